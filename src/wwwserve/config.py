@@ -1,0 +1,414 @@
+"""Node configuration: frozen dataclasses and a strict YAML loader.
+
+The YAML schema is the WWW.Serve paper's (``server_params``, ``ledger_params``, ``models`` with
+``gen_params`` and ``dispatch_params``), plus optional sections with defaults: ``node`` (name,
+data directory, key file), ``network`` (network id, listen address, bootstrap peers),
+``gateway`` (the users' HTTP address) and ``membership`` (gossip timing).
+
+Each dataclass checks its own values in ``__post_init__``, so a config built in Python is
+validated exactly like one read from a file. The loader adds the file and the key path to every
+message: ``node1.yaml: server_params.accept_frequency: must be a number in [0, 1], got 1.5``.
+
+Relative paths inside a file (``node.data_dir``, ``node.key_path``) are resolved against the
+directory of that file, so a config works from any current directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = [
+    "DispatchParams",
+    "GatewayParams",
+    "GenParams",
+    "LedgerParams",
+    "MembershipParams",
+    "ModelConfig",
+    "NetworkParams",
+    "NodeConfig",
+    "NodeParams",
+    "ServerParams",
+    "config_from_dict",
+    "load_config",
+]
+
+T = TypeVar("T")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _fmt(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _probability(obj: Any, name: str) -> None:
+    value = getattr(obj, name)
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name}: must be a number in [0, 1], got {_fmt(value)}")
+
+
+def _non_negative(obj: Any, name: str) -> None:
+    value = getattr(obj, name)
+    if not value >= 0:
+        raise ConfigError(f"{name}: must be >= 0, got {_fmt(value)}")
+
+
+def _positive(obj: Any, name: str) -> None:
+    value = getattr(obj, name)
+    if not value > 0:
+        raise ConfigError(f"{name}: must be > 0, got {_fmt(value)}")
+
+
+def _port(obj: Any, name: str) -> None:
+    value = getattr(obj, name)
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"{name}: must be a TCP port in [0, 65535] (0 picks a free one), "
+                          f"got {_fmt(value)}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerParams:
+    """``server_params``: the node's p2p address and its dispatch policy knobs."""
+
+    ip: str = "127.0.0.1"
+    port: int = 5778
+    policy: str = "default_sglang"
+    offload_frequency: float = 0.8
+    queue_frequency: float = 0.2
+    accept_frequency: float = 0.8
+
+    def __post_init__(self) -> None:
+        _port(self, "port")
+        for name in ("offload_frequency", "queue_frequency", "accept_frequency"):
+            _probability(self, name)
+        if not _NAME_RE.match(self.policy):
+            raise ConfigError(f"policy: must be a policy name like 'default_sglang', "
+                              f"got {_fmt(self.policy)}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LedgerParams:
+    """``ledger_params``: this node's allocation when a private network's genesis is built."""
+
+    initial_credit: float = 1000.0
+    initial_staked: float = 0.0
+
+    def __post_init__(self) -> None:
+        _non_negative(self, "initial_credit")
+        _non_negative(self, "initial_staked")
+        if self.initial_staked > self.initial_credit:
+            raise ConfigError(
+                f"initial_staked: cannot exceed initial_credit ({self.initial_credit}), "
+                f"got {self.initial_staked}"
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenParams:
+    """``gen_params``: default sampling parameters applied to requests for this model."""
+
+    max_tokens: int = 8192
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_tokens")
+        _non_negative(self, "temperature")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p: must be a number in (0, 1], got {_fmt(self.top_p)}")
+        if self.top_k is not None and self.top_k < 1 and self.top_k != -1:
+            raise ConfigError(f"top_k: must be >= 1 (or -1 for no limit), got {self.top_k}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DispatchParams:
+    """``dispatch_params``: when this model counts as busy."""
+
+    target_token_usage: float = 0.6
+
+    def __post_init__(self) -> None:
+        _probability(self, "target_token_usage")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelConfig:
+    """One entry of ``models``: a model served by an OpenAI-compatible engine."""
+
+    model_path: str
+    base_url: str = "http://127.0.0.1:30000"
+    api_key: str | None = None
+    gen_params: GenParams = field(default_factory=GenParams)
+    dispatch_params: DispatchParams = field(default_factory=DispatchParams)
+
+    def __post_init__(self) -> None:
+        if not self.model_path.strip():
+            raise ConfigError("model_path: must be a non-empty model name or path")
+        if not re.match(r"^https?://[^\s/]+", self.base_url):
+            raise ConfigError(
+                f"base_url: must be an http:// or https:// URL, got {_fmt(self.base_url)}"
+            )
+        if self.api_key in ("None", "none", "null", ""):
+            # the paper's configs write `api_key: None`, which YAML reads as a string
+            object.__setattr__(self, "api_key", None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeParams:
+    """``node`` (optional): local name, data directory and identity key file."""
+
+    name: str = "node"
+    data_dir: Path = Path(".wwwserve/node")
+    key_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.name):
+            raise ConfigError(
+                "name: must be 1-64 letters, digits, '.', '_' or '-', "
+                f"got {_fmt(self.name)}"
+            )
+
+    @property
+    def identity_path(self) -> Path:
+        """Where the node's key lives: ``key_path``, or ``<data_dir>/node.key``."""
+        return self.key_path if self.key_path is not None else self.data_dir / "node.key"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetworkParams:
+    """``network`` (optional): which network to join and how to reach it.
+
+    ``listen`` defaults to ``/ip4/<server_params.ip>/tcp/<server_params.port>``. ``bootstrap``
+    lists full multiaddrs of members (``/ip4/127.0.0.1/tcp/5778/p2p/12D3KooW...``).
+    """
+
+    network_id: str = "wwwserve-local"
+    listen: tuple[str, ...] = ()
+    bootstrap: tuple[str, ...] = ()
+    target_degree: int = 8
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.network_id):
+            raise ConfigError(
+                "network_id: must be 1-64 letters, digits, '.', '_' or '-', "
+                f"got {_fmt(self.network_id)}"
+            )
+        for key, addrs in (("listen", self.listen), ("bootstrap", self.bootstrap)):
+            for i, addr in enumerate(addrs):
+                if not addr.startswith("/"):
+                    raise ConfigError(
+                        f"{key}[{i}]: must be a multiaddr like /ip4/127.0.0.1/tcp/5778"
+                        f"{'/p2p/<peer id>' if key == 'bootstrap' else ''}, got {_fmt(addr)}"
+                    )
+        for i, addr in enumerate(self.bootstrap):
+            if "/p2p/" not in addr:
+                raise ConfigError(
+                    f"bootstrap[{i}]: must end with /p2p/<peer id> (see `wwwserve id`), "
+                    f"got {_fmt(addr)}"
+                )
+        _positive(self, "target_degree")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayParams:
+    """``gateway`` (optional): the OpenAI-compatible HTTP address for this node's users."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        _port(self, "port")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MembershipParams:
+    """``membership`` (optional): gossip heartbeat timing, in seconds.
+
+    A peer silent for ``suspect_timeout`` is suspected; silent for ``peer_timeout`` it is
+    removed. Heartbeats stamped more than ``max_heartbeat_age`` away from our clock are stale.
+    """
+
+    heartbeat_interval: float = 1.0
+    suspect_timeout: float = 2.5
+    peer_timeout: float = 5.0
+    max_heartbeat_age: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("heartbeat_interval", "suspect_timeout", "peer_timeout",
+                     "max_heartbeat_age"):
+            _positive(self, name)
+        if self.peer_timeout <= self.heartbeat_interval:
+            raise ConfigError(
+                f"peer_timeout: must be greater than heartbeat_interval "
+                f"({self.heartbeat_interval}), got {self.peer_timeout}"
+            )
+        if self.suspect_timeout > self.peer_timeout:
+            raise ConfigError(
+                f"suspect_timeout: must be at most peer_timeout ({self.peer_timeout}), "
+                f"got {self.suspect_timeout}"
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    """A whole node configuration (one YAML file)."""
+
+    server_params: ServerParams = field(default_factory=ServerParams)
+    ledger_params: LedgerParams = field(default_factory=LedgerParams)
+    models: tuple[ModelConfig, ...] = ()
+    node: NodeParams = field(default_factory=NodeParams)
+    network: NetworkParams = field(default_factory=NetworkParams)
+    gateway: GatewayParams = field(default_factory=GatewayParams)
+    membership: MembershipParams = field(default_factory=MembershipParams)
+
+    def __post_init__(self) -> None:
+        seen: dict[str, int] = {}
+        for i, model in enumerate(self.models):
+            if model.model_path in seen:
+                raise ConfigError(
+                    f"models[{i}].model_path: duplicate model {model.model_path!r} "
+                    f"(already models[{seen[model.model_path]}]); each model may appear once"
+                )
+            seen[model.model_path] = i
+
+    @property
+    def listen_addrs(self) -> tuple[str, ...]:
+        """The p2p listen multiaddrs: ``network.listen`` or one built from server_params."""
+        if self.network.listen:
+            return self.network.listen
+        return (f"/ip4/{self.server_params.ip}/tcp/{self.server_params.port}",)
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+class _Invalid(Exception):
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(path, message)
+        self.path = path
+        self.message = message
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               Path: "a path string"}
+
+
+def _convert(tp: Any, value: Any, path: str, base: Path) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(inner[0], value, path, base)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise _Invalid(path, f"must be a list, got {_fmt(value)}")
+        return tuple(_convert(args[0], v, f"{path}[{i}]", base) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _build(tp, value, path, base)
+    if tp is float:
+        if type(value) not in (int, float) or not math.isfinite(value):
+            raise _Invalid(path, f"must be a number, got {_fmt(value)}")
+        return float(value)
+    if tp is Path:
+        if type(value) is not str or not value:
+            raise _Invalid(path, f"must be a path string, got {_fmt(value)}")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else base / p
+    if type(value) is not tp:
+        raise _Invalid(path, f"must be {_TYPE_NAMES.get(tp, tp.__name__)}, got {_fmt(value)}")
+    return value
+
+
+def _build(cls: type[T], data: Any, path: str, base: Path) -> T:
+    where = path or "top level"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise _Invalid(where, f"must be a mapping of keys to values, got {_fmt(data)}")
+    assert dataclasses.is_dataclass(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            allowed = ", ".join(sorted(fields))
+            raise _Invalid(_join(path, str(key)), f"unknown key (allowed here: {allowed})")
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], _join(path, name), base)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise _Invalid(_join(path, name), "required key is missing")
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        # the dataclass names the offending field first: "field: message"
+        text = str(exc)
+        key, sep, rest = text.partition(": ")
+        if sep and re.match(r"^[\w\[\].]+$", key):
+            raise _Invalid(_join(path, key), rest) from None
+        raise _Invalid(where, text) from None
+
+
+def config_from_dict(data: Any, *, source: str = "<config>", base_dir: Path | None = None,
+                     name: str | None = None) -> NodeConfig:
+    """Build a :class:`NodeConfig` from parsed YAML (a dict), validating everything.
+
+    ``source`` names the origin in error messages; relative paths resolve against
+    ``base_dir`` (default: the current directory). ``name`` is the default node name.
+    """
+    base = base_dir if base_dir is not None else Path.cwd()
+    if isinstance(data, dict) and name is not None:
+        node = data.get("node")
+        if node is None or (isinstance(node, dict) and "name" not in node):
+            node = dict(node or {})
+            node["name"] = name
+            node.setdefault("data_dir", f".wwwserve/{name}")
+            data = {**data, "node": node}
+    try:
+        return _build(NodeConfig, data, "", base)
+    except _Invalid as exc:
+        raise ConfigError(f"{source}: {exc.path}: {exc.message}") from None
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Read and validate a node YAML file; every problem is a :class:`ConfigError`."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read config file: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{p}: invalid YAML{where}: {problem}") from None
+    if data is None:
+        raise ConfigError(f"{p}: top level: file is empty (expected a mapping with at least "
+                          "server_params and models)")
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "-", p.stem)[:64] or "node"
+    return config_from_dict(data, source=str(p), base_dir=p.resolve().parent, name=stem)

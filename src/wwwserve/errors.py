@@ -1,0 +1,72 @@
+"""The one error tree of wwwserve.
+
+Every error wwwserve raises on purpose derives from :class:`WWWServeError`, so an embedding
+application can catch the whole family with one ``except``. Errors are kept apart by cause:
+bad input you gave us (:class:`ConfigError`, :class:`IdentityError`), bad input a peer sent
+(:class:`ProtocolError`), a peer or network failing under you (:class:`PeerUnavailableError`),
+and using something you already closed (:class:`ClosedError`).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClosedError",
+    "ConfigError",
+    "IdentityError",
+    "OverlayError",
+    "PeerUnavailableError",
+    "ProtocolError",
+    "RemoteError",
+    "WWWServeError",
+]
+
+
+class WWWServeError(Exception):
+    """Base class of every error raised by wwwserve."""
+
+
+class ConfigError(WWWServeError):
+    """A configuration file or value is invalid.
+
+    The message names the file, the key path inside it and what is allowed, e.g.
+    ``node1.yaml: server_params.accept_frequency: must be a number in [0, 1], got 1.5``.
+    """
+
+
+class IdentityError(WWWServeError):
+    """A key file is missing, unreadable or corrupt, or a key or signature is malformed.
+
+    wwwserve never overwrites a key file it could not read: the peer ID is the node's name
+    and account, and losing it silently would lose the account.
+    """
+
+
+class ProtocolError(WWWServeError):
+    """Bytes or a message from the network break the wire protocol.
+
+    Raised by the sans-IO decoders for anything malformed: bad framing, oversized frames,
+    invalid msgpack, unknown message types or versions, fields of the wrong type.
+    """
+
+
+class OverlayError(WWWServeError):
+    """Base class for failures of the peer-to-peer overlay."""
+
+
+class PeerUnavailableError(OverlayError):
+    """A peer could not be reached, or the connection to it broke under us.
+
+    Raised for failed dials, reset or truncated streams, timeouts waiting for a peer,
+    and peers on the other side of a partition.
+    """
+
+
+class RemoteError(OverlayError):
+    """The peer was reached but its handler failed or refused the request.
+
+    The peer's handler raised; its message travels back in ``args[0]``.
+    """
+
+
+class ClosedError(WWWServeError):
+    """An operation was attempted on something that was already closed by its owner."""

@@ -1,0 +1,209 @@
+"""The Overlay interface: what node logic needs from a peer-to-peer network.
+
+Two implementations satisfy it: :class:`~wwwserve.overlay.Libp2pOverlay` (the real network)
+and :class:`~wwwserve.overlay.MemoryOverlay` (in-process, deterministic in virtual time, with
+fault injection). One conformance suite (``tests/overlay_conformance.py``) runs against both.
+
+Payloads are bytes; message encoding belongs to the protocols above (see :mod:`wwwserve.wire`).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol, Self, TypeVar, runtime_checkable
+
+import trio
+
+from ..errors import PeerUnavailableError, ProtocolError, RemoteError
+
+__all__ = [
+    "DEFAULT_IDLE_TIMEOUT",
+    "GossipMessage",
+    "Handler",
+    "Overlay",
+    "PeerEvent",
+    "PeerEventKind",
+    "ResponseSender",
+    "ResponseStream",
+    "StreamCode",
+    "decode_stream_frame",
+    "peer_id_of",
+]
+
+logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+DEFAULT_IDLE_TIMEOUT = 60.0
+"""Seconds a requester waits for the next response chunk before giving up on the peer."""
+
+
+@dataclass(frozen=True, slots=True)
+class GossipMessage:
+    """A message received on a pub/sub topic. ``source`` is the original publisher's peer ID."""
+
+    topic: str
+    data: bytes
+    source: str
+
+
+class PeerEventKind(enum.Enum):
+    """Kinds of :class:`PeerEvent`."""
+
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerEvent:
+    """A direct connection to ``peer_id`` was opened or closed."""
+
+    kind: PeerEventKind
+    peer_id: str
+
+
+class ResponseSender(Protocol):
+    """Given to a request handler to stream response chunks back to the requester."""
+
+    async def send(self, chunk: bytes) -> None:
+        """Send one response chunk; raises :class:`PeerUnavailableError` if the requester left."""
+        ...
+
+
+Handler = Callable[[str, bytes, ResponseSender], Awaitable[None]]
+"""A request handler: ``await handler(requester_peer_id, request_bytes, sender)``.
+
+The handler streams zero or more chunks with ``sender.send``; returning ends the response
+normally. If it raises, the requester gets a :class:`RemoteError` carrying the message (the
+handler's own exception never escapes into the overlay).
+"""
+
+
+class ResponseStream(Protocol):
+    """Response chunks of one request, as an async iterator of bytes.
+
+    Iteration raises :class:`PeerUnavailableError` if the stream breaks, the peer vanishes or
+    no chunk arrives within the idle timeout, and :class:`RemoteError` if the handler failed.
+    It ends normally only when the handler finished.
+    """
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def __anext__(self) -> bytes: ...
+
+
+@runtime_checkable
+class Overlay(Protocol):
+    """A node's view of the peer-to-peer network.
+
+    Use as ``async with overlay:``: entering starts listening, leaving shuts down cleanly (no
+    listener, connection or task survives).
+    """
+
+    @property
+    def peer_id(self) -> str:
+        """This node's peer ID."""
+        ...
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Addresses peers can dial, each ending in ``/p2p/<peer id>``."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc_info: object) -> bool | None: ...
+
+    async def connect(self, address: str) -> str:
+        """Dial ``address`` (ending in ``/p2p/<peer id>``); return the peer ID reached."""
+        ...
+
+    def add_peer_addresses(self, peer_id: str, addresses: tuple[str, ...]) -> None:
+        """Remember how to reach ``peer_id``, so :meth:`request` can dial it on demand."""
+        ...
+
+    def connected_peers(self) -> frozenset[str]:
+        """Peers with an open direct connection now."""
+        ...
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Publish ``data`` on ``topic`` (best effort, like GossipSub)."""
+        ...
+
+    def subscribe(
+        self, topic: str
+    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[GossipMessage]]:
+        """Receive messages published on ``topic`` by others while the context is open."""
+        ...
+
+    def serve(self, protocol: str, handler: Handler) -> None:
+        """Answer requests for ``protocol`` (e.g. ``/wwwserve/offload/1.0.0``) with ``handler``."""
+        ...
+
+    def request(
+        self,
+        peer_id: str,
+        protocol: str,
+        payload: bytes,
+        *,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    ) -> AbstractAsyncContextManager[ResponseStream]:
+        """Send one request and stream back the response chunks.
+
+        Leaving the context early cancels the request on the peer's side.
+        """
+        ...
+
+    def peer_events(self) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[PeerEvent]]:
+        """Receive :class:`PeerEvent` for connections opened and closed while the context is open."""
+        ...
+
+
+def peer_id_of(address: str) -> str:
+    """The peer ID at the end of a ``.../p2p/<peer id>`` address."""
+    head, sep, pid = address.rpartition("/p2p/")
+    if not sep or not pid or "/" in pid:
+        raise ValueError(f"address must end with /p2p/<peer id>: {address!r}")
+    return pid
+
+
+class StreamCode(bytes, enum.Enum):
+    """First byte of every frame a request handler's side sends back."""
+
+    DATA = b"D"
+    END = b"E"
+    ERROR = b"X"
+
+
+def decode_stream_frame(frame: bytes) -> tuple[StreamCode, bytes]:
+    """Split a response frame into its code and body (sans-IO, used by both overlays)."""
+    if not frame:
+        raise ProtocolError("empty response frame")
+    try:
+        code = StreamCode(frame[:1])
+    except ValueError:
+        raise ProtocolError(f"unknown response frame code {frame[:1]!r}") from None
+    return code, frame[1:]
+
+
+def raise_for_frame(code: StreamCode, body: bytes, peer_id: str) -> bytes | None:
+    """Return a DATA body, None at END; raise :class:`RemoteError` for ERROR."""
+    if code is StreamCode.DATA:
+        return body
+    if code is StreamCode.END:
+        return None
+    raise RemoteError(f"peer {peer_id[-8:]}: {body.decode('utf-8', 'replace')[:500]}")
+
+
+async def receive_with_idle_timeout(
+    receive: Callable[[], Awaitable[_T]], idle_timeout: float, peer_id: str
+) -> _T:
+    """Await ``receive()``, mapping a timeout to :class:`PeerUnavailableError`."""
+    with trio.move_on_after(idle_timeout):
+        return await receive()
+    raise PeerUnavailableError(
+        f"peer {peer_id[-8:]} sent nothing for {idle_timeout:g} s; giving up on the request"
+    )

@@ -1,0 +1,541 @@
+"""Libp2pOverlay: the real overlay on py-libp2p 0.8.1 (TCP, Noise, Yamux, GossipSub).
+
+This is the only module of wwwserve that imports libp2p. It applies the workarounds listed in
+LIBP2P_NOTES.md: Noise and Yamux only, one connection per peer (no 250 ms dial stall), a 1 s
+GossipSub heartbeat with spam and eclipse protection off (all loopback peers share one IP),
+bigger per-peer RPC queues and subscription buffers, guarded stream handlers and topic
+validators, a deadline on every network wait, unblocking peers stuck in the dial back-off
+cache, and a shutdown that closes connections and the host *before* the pubsub services stop.
+
+Requests travel on one libp2p stream each: the requester writes one frame holding the request;
+the handler side answers with frames whose first byte is a :class:`StreamCode` (data chunks,
+then END or ERROR). A stream that ends without END or ERROR was cut short.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any, Self
+
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.serialization import deserialize_private_key
+from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub import pubsub as _pubsub_module
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.rpc_queue import RpcQueue
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
+from multiaddr import Multiaddr
+
+from ..errors import ClosedError, PeerUnavailableError, ProtocolError, RemoteError
+from ..identity import Identity
+from ..wire import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from ._base import (
+    DEFAULT_IDLE_TIMEOUT,
+    GossipMessage,
+    Handler,
+    PeerEvent,
+    PeerEventKind,
+    ResponseStream,
+    StreamCode,
+    decode_stream_frame,
+    peer_id_of,
+    raise_for_frame,
+    receive_with_idle_timeout,
+)
+from .memory import EVENT_BUFFER, MAX_GOSSIP_SIZE, SUBSCRIPTION_BUFFER, _sink_context
+
+__all__ = ["Libp2pOverlay"]
+
+logger = logging.getLogger(__name__)
+
+READ_CHUNK = 64 * 1024
+RPC_QUEUE_SIZE = 4096
+
+
+class _DeepRpcQueue(RpcQueue):
+    """RpcQueue with room for bursts (the default of 32 RPCs drops messages silently)."""
+
+    def __init__(self, max_size: int = RPC_QUEUE_SIZE, **kwargs: Any) -> None:
+        super().__init__(max_size=max_size, **kwargs)
+
+
+def _patch_pubsub_queues() -> None:
+    # Module-level knobs of py-libp2p 0.8.1 (see LIBP2P_NOTES.md, trap 5); idempotent.
+    setattr(_pubsub_module, "RpcQueue", _DeepRpcQueue)  # noqa: B010
+    _pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = SUBSCRIPTION_BUFFER
+
+
+def _keypair(identity: Identity) -> KeyPair:
+    private = deserialize_private_key(identity.to_libp2p_bytes())
+    return KeyPair(private, private.get_public_key())
+
+
+def _map_dial_error(exc: BaseException, peer: str) -> PeerUnavailableError:
+    return PeerUnavailableError(f"cannot reach peer {peer[-8:]}: {type(exc).__name__}: {exc}")
+
+
+class _Notifee(INotifee):
+    """Turns swarm connection callbacks into :class:`PeerEvent` (one per peer, not per conn)."""
+
+    def __init__(self, overlay: Libp2pOverlay) -> None:
+        self._overlay = overlay
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        peer = conn.muxed_conn.peer_id
+        if len(network.get_connections(peer)) <= 1:
+            self._overlay._emit(PeerEvent(PeerEventKind.CONNECTED, peer.to_base58()))
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        peer = conn.muxed_conn.peer_id
+        if not network.get_connections(peer):
+            self._overlay._emit(PeerEvent(PeerEventKind.DISCONNECTED, peer.to_base58()))
+
+    async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        pass
+
+
+class _StreamSender:
+    def __init__(self, stream: INetStream, max_frame: int) -> None:
+        self._stream = stream
+        self._max_frame = max_frame
+
+    async def send(self, chunk: bytes) -> None:
+        frame = encode_frame(StreamCode.DATA.value + chunk, max_size=self._max_frame)
+        try:
+            await self._stream.write(frame)
+        except Exception as exc:
+            raise PeerUnavailableError(f"requester went away: {type(exc).__name__}") from None
+
+
+class _StreamResponse:
+    def __init__(self, stream: INetStream, peer: str, idle_timeout: float, max_frame: int):
+        self._stream = stream
+        self._peer = peer
+        self._idle = idle_timeout
+        self._decoder = FrameDecoder(max_size=max_frame)
+        self.done = False
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def _read(self) -> bytes:
+        try:
+            data = await self._stream.read(READ_CHUNK)
+        except Exception as exc:  # StreamEOF, StreamReset, StreamClosed, muxer errors
+            raise PeerUnavailableError(
+                f"stream to peer {self._peer[-8:]} broke: {type(exc).__name__}"
+            ) from None
+        if not data:
+            raise PeerUnavailableError(f"stream to peer {self._peer[-8:]} ended early")
+        return data
+
+    async def __anext__(self) -> bytes:
+        if self.done:
+            raise StopAsyncIteration
+        try:
+            while (frame := self._decoder.next_frame()) is None:
+                self._decoder.feed(
+                    await receive_with_idle_timeout(self._read, self._idle, self._peer)
+                )
+            code, body = decode_stream_frame(frame)
+            data = raise_for_frame(code, body, self._peer)
+        except BaseException:
+            self.done = True
+            raise
+        if data is None:
+            self.done = True
+            raise StopAsyncIteration
+        return data
+
+
+class Libp2pOverlay:
+    """One node's overlay on py-libp2p (see :class:`~wwwserve.overlay.Overlay`).
+
+    ``listen`` takes multiaddrs such as ``/ip4/127.0.0.1/tcp/0`` (port 0 picks a free port).
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",),
+        max_frame: int = DEFAULT_MAX_FRAME,
+        dial_timeout: float = 5.0,
+        request_timeout: float = 10.0,
+        gossip_degree: int = 6,
+        gossip_heartbeat: float = 1.0,
+        shutdown_timeout: float = 5.0,
+    ) -> None:
+        self.identity = identity
+        self.listen = listen
+        self.max_frame = max_frame
+        self.dial_timeout = dial_timeout
+        self.request_timeout = request_timeout
+        self.gossip_degree = gossip_degree
+        self.gossip_heartbeat = gossip_heartbeat
+        self.shutdown_timeout = shutdown_timeout
+        self._subs: dict[str, list[trio.MemorySendChannel[GossipMessage]]] = {}
+        self._pubsub_topics: set[str] = set()
+        self._event_sinks: list[trio.MemorySendChannel[PeerEvent]] = []
+        self._handlers: dict[str, Handler] = {}
+        self._open = False
+        self._host: IHost | None = None
+
+    # ---- properties ---------------------------------------------------------------------
+    @property
+    def peer_id(self) -> str:
+        """This node's peer ID."""
+        return self.identity.peer_id
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Listen addresses with ``/p2p/<peer id>`` (actual ports once started)."""
+        if self._host is None:
+            return ()
+        return tuple(str(a) for a in self._host.get_addrs())
+
+    @property
+    def host(self) -> IHost:
+        """The underlying libp2p host (escape hatch; avoid in protocol code)."""
+        if self._host is None:
+            raise ClosedError("overlay is not running")
+        return self._host
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        self._stack = AsyncExitStack()
+        await self._stack.enter_async_context(self._lifetime())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> bool | None:
+        return await self._stack.__aexit__(*exc_info)  # type: ignore[arg-type]
+
+    @asynccontextmanager
+    async def _lifetime(self) -> AsyncIterator[None]:
+        _patch_pubsub_queues()
+        kp = _keypair(self.identity)
+        host = new_host(
+            key_pair=kp,
+            sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(
+                kp, noise_privkey=new_x25519_key_pair().private_key)},
+            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+            connection_config=ConnectionConfig(max_connections_per_peer=1),
+        )
+        gossipsub = GossipSub(
+            protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
+            degree=self.gossip_degree,
+            degree_low=max(1, self.gossip_degree - 2),
+            degree_high=self.gossip_degree * 2,
+            heartbeat_initial_delay=0.1,
+            heartbeat_interval=self.gossip_heartbeat,  # type: ignore[arg-type]
+            spam_protection_enabled=False,
+            eclipse_protection_enabled=False,
+        )
+        pubsub = Pubsub(host, gossipsub, strict_signing=True)
+        self._pubsub = pubsub
+        try:
+            listen = [Multiaddr(a) for a in self.listen]
+        except Exception as exc:
+            raise PeerUnavailableError(f"invalid listen address {self.listen}: {exc}") from None
+        async with host.run(listen):
+            self._host = host
+            async with background_trio_service(pubsub), background_trio_service(gossipsub):
+                with trio.fail_after(10):
+                    await pubsub.wait_until_ready()
+                host.get_network().register_notifee(_Notifee(self))
+                try:
+                    async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
+                        self._open = True
+                        for proto, handler in self._handlers.items():
+                            self._install(proto, handler)
+                        try:
+                            yield
+                        finally:
+                            self._open = False
+                            nursery.cancel_scope.cancel()
+                finally:
+                    self._open = False
+                    with trio.CancelScope(shield=True), trio.move_on_after(
+                        self.shutdown_timeout
+                    ):
+                        await self._close_host(host)
+                    for sinks in self._subs.values():
+                        for sink in sinks:
+                            sink.close()
+                    for ev_sink in self._event_sinks:
+                        ev_sink.close()
+            self._host = None
+
+    async def _close_host(self, host: IHost) -> None:
+        net = host.get_network()
+        peers = list(net.get_connections_map())
+
+        async def close_one(pid: ID) -> None:
+            try:
+                await net.close_peer(pid)
+            except Exception as exc:
+                logger.debug("closing connection to %s failed: %r", pid, exc)
+
+        async with trio.open_nursery() as n:
+            for pid in peers:
+                n.start_soon(close_one, pid)
+        try:
+            await host.close()
+        except Exception as exc:
+            logger.debug("host close failed: %r", exc)
+
+    def _check_open(self) -> None:
+        if not self._open or self._host is None:
+            raise ClosedError("overlay is not running (use `async with overlay:`)")
+
+    def _emit(self, event: PeerEvent) -> None:
+        for sink in list(self._event_sinks):
+            try:
+                sink.send_nowait(event)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    # ---- connections --------------------------------------------------------------------
+    async def connect(self, address: str) -> str:
+        """Dial ``address`` (``/ip4/.../tcp/.../p2p/<peer id>``) within ``dial_timeout``."""
+        self._check_open()
+        try:
+            pid_text = peer_id_of(address)
+            info = info_from_p2p_addr(Multiaddr(address))
+        except Exception as exc:
+            raise PeerUnavailableError(f"invalid peer address {address!r}: {exc}") from None
+        if pid_text == self.peer_id:
+            raise PeerUnavailableError("cannot dial ourselves")
+        host = self.host
+        self._unblock(info.peer_id)
+        try:
+            with trio.fail_after(self.dial_timeout):
+                await host.connect(info)
+        except trio.TooSlowError:
+            raise PeerUnavailableError(
+                f"dialing {address} timed out after {self.dial_timeout:g} s"
+            ) from None
+        except Exception as exc:
+            raise _map_dial_error(exc, pid_text) from None
+        return pid_text
+
+    def _unblock(self, pid: ID) -> None:
+        # a failed dial parks the peer in a 60 s back-off cache (LIBP2P_NOTES, trap 8)
+        net: Any = self.host.get_network()
+        unblock = getattr(net, "unblock_peer", None)
+        if unblock is not None:
+            try:
+                unblock(pid)
+            except Exception:
+                pass
+
+    def add_peer_addresses(self, peer_id: str, addresses: tuple[str, ...]) -> None:
+        """Put a peer's addresses in the peerstore so requests can dial it."""
+        if self._host is None or peer_id == self.peer_id:
+            return
+        try:
+            pid = ID.from_base58(peer_id)
+            addrs = [info_from_p2p_addr(Multiaddr(a)).addrs[0] for a in addresses]
+        except Exception as exc:
+            logger.debug("ignoring bad addresses for %s: %r", peer_id, exc)
+            return
+        self._host.get_peerstore().add_addrs(pid, addrs, 3600)
+
+    def connected_peers(self) -> frozenset[str]:
+        """Peers with an open connection now."""
+        if self._host is None:
+            return frozenset()
+        net = self._host.get_network()
+        return frozenset(p.to_base58() for p, conns in net.get_connections_map().items() if conns)
+
+    async def disconnect(self, peer_id: str) -> None:
+        """Close every connection to ``peer_id``."""
+        self._check_open()
+        try:
+            await self.host.disconnect(ID.from_base58(peer_id))
+        except Exception as exc:
+            logger.debug("disconnect from %s failed: %r", peer_id, exc)
+
+    def peer_events(self) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[PeerEvent]]:
+        """Connection events while the context is open."""
+        return _sink_context(self._event_sinks, EVENT_BUFFER)
+
+    # ---- gossip -------------------------------------------------------------------------
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Publish on a GossipSub topic (best effort; refuses oversized payloads)."""
+        self._check_open()
+        if len(data) > MAX_GOSSIP_SIZE:
+            raise ProtocolError(
+                f"gossip message of {len(data)} bytes exceeds the limit of {MAX_GOSSIP_SIZE}"
+            )
+        try:
+            await self._pubsub.publish(topic, bytes(data))
+        except Exception as exc:
+            logger.warning("publish on %s failed: %r", topic, exc)
+
+    @asynccontextmanager
+    async def subscribe(self, topic: str) -> AsyncIterator[trio.MemoryReceiveChannel[GossipMessage]]:
+        """Messages on ``topic`` from other nodes while the context is open."""
+        self._check_open()
+        if topic not in self._pubsub_topics:
+            self._pubsub_topics.add(topic)
+            self._pubsub.set_topic_validator(topic, _accept_any, False)
+            sub = await self._pubsub.subscribe(topic)
+            self._nursery.start_soon(self._read_topic, topic, sub)
+        async with _sink_context(self._subs.setdefault(topic, []), SUBSCRIPTION_BUFFER) as ch:
+            yield ch
+
+    async def _read_topic(self, topic: str, sub: Any) -> None:
+        while True:
+            try:
+                msg = await sub.get()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            try:
+                source = ID(msg.from_id).to_base58()
+            except Exception:
+                continue
+            if source == self.peer_id:
+                continue
+            gm = GossipMessage(topic, bytes(msg.data), source)
+            for sink in list(self._subs.get(topic, ())):
+                try:
+                    sink.send_nowait(gm)
+                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+    # ---- request / response -------------------------------------------------------------
+    def serve(self, protocol: str, handler: Handler) -> None:
+        """Answer requests for ``protocol`` with ``handler`` (guarded: it can never crash
+        the host)."""
+        self._handlers[protocol] = handler
+        if self._open:
+            self._install(protocol, handler)
+
+    def _install(self, protocol: str, handler: Handler) -> None:
+        async def on_stream(stream: INetStream) -> None:
+            await self._handle_stream(stream, handler)
+
+        self.host.set_stream_handler(TProtocol(protocol), on_stream)
+
+    async def _handle_stream(self, stream: INetStream, handler: Handler) -> None:
+        try:
+            peer = stream.muxed_conn.peer_id.to_base58()
+            decoder = FrameDecoder(max_size=self.max_frame)
+            with trio.fail_after(self.request_timeout):
+                while (payload := decoder.next_frame()) is None:
+                    data = await stream.read(READ_CHUNK)
+                    if not data:
+                        raise PeerUnavailableError("requester closed before sending")
+                    decoder.feed(data)
+            failure: str | None = None
+            async with trio.open_nursery() as nursery:
+                # the requester sends nothing more: a read returning means it left
+                nursery.start_soon(_cancel_when_closed, stream, nursery.cancel_scope)
+                try:
+                    await handler(peer, payload, _StreamSender(stream, self.max_frame))
+                except PeerUnavailableError:
+                    raise
+                except Exception as exc:
+                    logger.debug("handler for %s failed: %r", peer, exc)
+                    failure = f"{type(exc).__name__}: {exc}"
+                nursery.cancel_scope.cancel()
+            if failure is not None:
+                await stream.write(encode_frame(StreamCode.ERROR.value + failure.encode()))
+            else:
+                await stream.write(encode_frame(StreamCode.END.value))
+            await stream.close()
+        except Exception as exc:  # never let a peer's stream take the host down
+            logger.debug("stream handler aborted: %r", exc)
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                try:
+                    await stream.reset()
+                except Exception:
+                    pass
+
+    @asynccontextmanager
+    async def request(
+        self,
+        peer_id: str,
+        protocol: str,
+        payload: bytes,
+        *,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    ) -> AsyncIterator[ResponseStream]:
+        """Open a stream to ``peer_id``, send the request, stream back the response."""
+        self._check_open()
+        frame = encode_frame(payload, max_size=self.max_frame)
+        try:
+            pid = ID.from_base58(peer_id)
+        except Exception:
+            raise PeerUnavailableError(f"invalid peer id {peer_id!r}") from None
+        self._unblock(pid)
+        try:
+            with trio.fail_after(self.dial_timeout):
+                stream = await self.host.new_stream(pid, [TProtocol(protocol)])
+        except trio.TooSlowError:
+            raise PeerUnavailableError(
+                f"opening a stream to {peer_id[-8:]} timed out after {self.dial_timeout:g} s"
+            ) from None
+        except Exception as exc:
+            if type(exc).__name__ == "StreamFailure" and pid in self.host.get_network().connections:
+                raise RemoteError(f"peer {peer_id[-8:]}: protocol {protocol} not supported") from None
+            raise _map_dial_error(exc, peer_id) from None
+        response = _StreamResponse(stream, peer_id, idle_timeout, self.max_frame)
+        try:
+            try:
+                with trio.fail_after(self.request_timeout):
+                    await stream.write(frame)
+            except trio.TooSlowError:
+                raise PeerUnavailableError(f"sending to {peer_id[-8:]} timed out") from None
+            except Exception as exc:
+                raise PeerUnavailableError(
+                    f"stream to {peer_id[-8:]} broke: {type(exc).__name__}") from None
+            yield response
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                try:
+                    if response.done:
+                        await stream.close()
+                    else:
+                        await stream.reset()
+                except Exception:
+                    pass
+
+
+async def _cancel_when_closed(stream: INetStream, scope: trio.CancelScope) -> None:
+    try:
+        await stream.read(1)
+    except Exception:
+        pass
+    scope.cancel()
+
+
+def _accept_any(peer_id: ID, msg: Any) -> bool:
+    # Validation is the application's job (message contents are checked by each protocol);
+    # this validator exists so a raising default can never crash Pubsub (trap 4).
+    return True

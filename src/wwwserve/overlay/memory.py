@@ -1,0 +1,630 @@
+"""MemoryOverlay: an in-process overlay, deterministic in virtual time, with fault injection.
+
+A :class:`MemoryNetwork` holds the nodes, the connection graph and one delivery scheduler (a
+heap of timed deliveries served by a single task), so thousands of messages cost no tasks.
+Faults are knobs on the network: per-link latency and jitter (which reorders gossip), gossip
+loss and duplication, partitions, and node crash / restart.
+
+Semantics mirror the libp2p overlay closely enough that one conformance suite runs on both:
+
+- gossip reaches subscribed nodes in the publisher's connected component, after one link
+  latency per hop (a flood over direct connections, as GossipSub's mesh does);
+- requests ride ordered, reliable streams; a crash or partition resets them;
+- dialing an unreachable peer fails after ``dial_failure_delay`` (libp2p: ~0.7 s).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Self
+
+import trio
+
+from ..errors import ClosedError, PeerUnavailableError, ProtocolError
+from ..identity import Identity
+from ..wire import DEFAULT_MAX_FRAME
+from ._base import (
+    DEFAULT_IDLE_TIMEOUT,
+    GossipMessage,
+    Handler,
+    PeerEvent,
+    PeerEventKind,
+    ResponseStream,
+    StreamCode,
+    peer_id_of,
+    raise_for_frame,
+    receive_with_idle_timeout,
+)
+
+__all__ = ["MAX_GOSSIP_SIZE", "MemoryNetwork", "MemoryOverlay", "NetworkStats"]
+
+logger = logging.getLogger(__name__)
+
+MAX_GOSSIP_SIZE = 1_000_000
+"""Largest gossip payload, in bytes (libp2p silently drops messages from about 1,048,000)."""
+
+SUBSCRIPTION_BUFFER = 4096
+EVENT_BUFFER = 1024
+Latency = float | Callable[[str, str], float]
+
+
+@dataclass
+class NetworkStats:
+    """Counters of what the memory network did (for tests and fault reports)."""
+
+    gossip_published: int = 0
+    gossip_delivered: int = 0
+    gossip_lost: int = 0
+    gossip_duplicated: int = 0
+    gossip_dropped_full: int = 0
+    streams_opened: int = 0
+    streams_reset: int = 0
+    dials_failed: int = 0
+    crashes: int = 0
+
+
+class _Reset:
+    """Marker delivered to a requester when its stream breaks."""
+
+
+_RESET = _Reset()
+
+
+@dataclass(eq=False)
+class _Stream:
+    client: MemoryOverlay
+    server: MemoryOverlay
+    inbox: trio.MemorySendChannel[tuple[StreamCode, bytes] | _Reset]
+    last_delivery: float = 0.0
+    server_scope: trio.CancelScope | None = None
+    closed: bool = False  # the requester went away, or the stream was reset
+    finished: bool = False  # END or ERROR was sent
+
+    def reset(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.server_scope is not None:
+            self.server_scope.cancel()
+        self.client.network.stats.streams_reset += 1
+        self.inbox.send_nowait(_RESET)
+
+
+class MemoryNetwork:
+    """An in-process network of :class:`MemoryOverlay` nodes with injectable faults.
+
+    Use as ``async with MemoryNetwork(seed=1) as net:``; make nodes with :meth:`node`.
+    All randomness (loss, duplication, jitter) comes from ``random.Random(seed)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        latency: Latency = 0.001,
+        jitter: float = 0.0,
+        loss: float = 0.0,
+        duplicate: float = 0.0,
+        dial_failure_delay: float = 0.7,
+        max_frame: int = DEFAULT_MAX_FRAME,
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.latency = latency
+        self.jitter = jitter
+        self.loss = loss
+        self.duplicate = duplicate
+        self.dial_failure_delay = dial_failure_delay
+        self.max_frame = max_frame
+        self.stats = NetworkStats()
+        self._nodes: dict[str, MemoryOverlay] = {}
+        self._edges: dict[str, set[str]] = {}
+        self._group: dict[str, int] = {}
+        self._streams: set[_Stream] = set()
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._index = itertools.count(1)
+        self._wakeup = trio.Event()
+        self._running = False
+        self._hops_cache: dict[str, dict[str, int]] = {}
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        self._stack = AsyncExitStack()
+        nursery = await self._stack.enter_async_context(trio.open_nursery())
+        nursery.start_soon(self._scheduler)
+        self._nursery = nursery
+        self._running = True
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> bool | None:
+        self._running = False
+        self._nursery.cancel_scope.cancel()
+        return await self._stack.__aexit__(*exc_info)  # type: ignore[arg-type]
+
+    def node(self, identity: Identity | None = None) -> MemoryOverlay:
+        """A new (not yet started) overlay on this network; enter it with ``async with``."""
+        return MemoryOverlay(self, identity or Identity.from_seed(self.rng.randbytes(32)))
+
+    # ---- scheduler ----------------------------------------------------------------------
+    def _schedule(self, delay: float, action: Callable[[], None]) -> float:
+        when = trio.current_time() + max(0.0, delay)
+        self._schedule_at(when, action)
+        return when
+
+    def _schedule_at(self, when: float, action: Callable[[], None]) -> None:
+        if self._heap and when < self._heap[0][0]:
+            self._wakeup.set()
+        elif not self._heap:
+            self._wakeup.set()
+        heapq.heappush(self._heap, (when, next(self._seq), action))
+
+    async def _scheduler(self) -> None:
+        while True:
+            if not self._heap:
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                continue
+            when = self._heap[0][0]
+            if trio.current_time() < when:
+                with trio.move_on_at(when):
+                    await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                continue
+            now = trio.current_time()
+            while self._heap and self._heap[0][0] <= now:
+                _, _, action = heapq.heappop(self._heap)
+                try:
+                    action()
+                except Exception:  # a delivery must never kill the network
+                    logger.exception("memory network delivery failed")
+            await trio.lowlevel.checkpoint()
+
+    def _link_latency(self, src: str, dst: str) -> float:
+        base = self.latency(src, dst) if callable(self.latency) else self.latency
+        return base + (self.rng.uniform(0.0, self.jitter) if self.jitter else 0.0)
+
+    # ---- topology -----------------------------------------------------------------------
+    def _reachable(self, a: str, b: str) -> bool:
+        return (
+            a in self._nodes
+            and b in self._nodes
+            and self._group.get(a, -1) == self._group.get(b, -1)
+        )
+
+    def _topology_changed(self) -> None:
+        self._hops_cache.clear()
+
+    def _add_edge(self, a: str, b: str) -> bool:
+        if b in self._edges.setdefault(a, set()):
+            return False
+        self._edges[a].add(b)
+        self._edges.setdefault(b, set()).add(a)
+        self._topology_changed()
+        self._nodes[a]._emit(PeerEvent(PeerEventKind.CONNECTED, b))
+        self._nodes[b]._emit(PeerEvent(PeerEventKind.CONNECTED, a))
+        self._nodes[a]._known.add(b)
+        self._nodes[b]._known.add(a)
+        return True
+
+    def _drop_edge(self, a: str, b: str) -> None:
+        if b not in self._edges.get(a, ()):
+            return
+        self._edges[a].discard(b)
+        self._edges[b].discard(a)
+        self._topology_changed()
+        for x, y in ((a, b), (b, a)):
+            if x in self._nodes:
+                self._nodes[x]._emit(PeerEvent(PeerEventKind.DISCONNECTED, y))
+        for s in list(self._streams):
+            if {s.client.peer_id, s.server.peer_id} == {a, b}:
+                self._reset_stream(s)
+
+    def _reset_stream(self, s: _Stream) -> None:
+        self._streams.discard(s)
+        s.reset()
+
+    def _hops_from(self, src: str) -> dict[str, int]:
+        cached = self._hops_cache.get(src)
+        if cached is not None:
+            return cached
+        hops = {src: 0}
+        frontier = deque([src])
+        while frontier:
+            cur = frontier.popleft()
+            for nxt in sorted(self._edges.get(cur, ())):
+                if nxt not in hops:
+                    hops[nxt] = hops[cur] + 1
+                    frontier.append(nxt)
+        self._hops_cache[src] = hops
+        return hops
+
+    # ---- faults -------------------------------------------------------------------------
+    def partition(self, *groups: Iterable[str]) -> None:
+        """Split the network: peers in different groups cannot reach each other.
+
+        Peers named in no group form one more group together. Connections across groups are
+        closed and their streams reset; :meth:`heal` lets peers dial each other again.
+        """
+        self._group = {pid: i for i, g in enumerate(groups) for pid in g}
+        for a in list(self._edges):
+            for b in list(self._edges[a]):
+                if not self._reachable(a, b):
+                    self._drop_edge(a, b)
+
+    def heal(self) -> None:
+        """Undo :meth:`partition` (connections are not re-opened by themselves)."""
+        self._group = {}
+
+    def crash(self, peer_id: str) -> None:
+        """Kill a node abruptly: its ``async with`` body is cancelled, its links and streams
+        break. Start a new overlay with the same identity to restart it."""
+        node = self._nodes.get(peer_id)
+        if node is None:
+            raise KeyError(f"no live node {peer_id}")
+        self.stats.crashes += 1
+        node.crashed = True
+        self._unregister(node)
+        node._scope.cancel()
+
+    def live_peers(self) -> frozenset[str]:
+        """Peer IDs of the nodes running now."""
+        return frozenset(self._nodes)
+
+    def edges(self) -> frozenset[frozenset[str]]:
+        """Current direct connections, as pairs."""
+        return frozenset(frozenset((a, b)) for a, bs in self._edges.items() for b in bs)
+
+    # ---- node registry ------------------------------------------------------------------
+    def _register(self, node: MemoryOverlay) -> None:
+        if not self._running:
+            raise ClosedError("the MemoryNetwork is not running (use `async with network:`)")
+        if node.peer_id in self._nodes:
+            raise ClosedError(f"a node with peer id {node.peer_id} is already running")
+        self._nodes[node.peer_id] = node
+        self._edges.setdefault(node.peer_id, set())
+
+    def _unregister(self, node: MemoryOverlay) -> None:
+        if self._nodes.get(node.peer_id) is not node:
+            return
+        for other in list(self._edges.get(node.peer_id, ())):
+            self._drop_edge(node.peer_id, other)
+        for s in list(self._streams):
+            if node in (s.client, s.server):
+                self._reset_stream(s)
+        del self._nodes[node.peer_id]
+        self._edges.pop(node.peer_id, None)
+        self._topology_changed()
+
+    # ---- gossip -------------------------------------------------------------------------
+    def _publish(self, src: MemoryOverlay, topic: str, data: bytes) -> None:
+        self.stats.gossip_published += 1
+        hops = self._hops_from(src.peer_id)
+        for dst, n in hops.items():
+            if n == 0:
+                continue
+            if self.loss and self.rng.random() < self.loss:
+                self.stats.gossip_lost += 1
+                continue
+            delay = sum(self._link_latency(src.peer_id, dst) for _ in range(n))
+            msg = GossipMessage(topic, data, src.peer_id)
+            node = self._nodes[dst]
+            self._schedule(delay, _bind_deliver(node, msg))
+            if self.duplicate and self.rng.random() < self.duplicate:
+                self.stats.gossip_duplicated += 1
+                self._schedule(delay + self._link_latency(src.peer_id, dst),
+                               _bind_deliver(node, msg))
+
+
+def _bind_deliver(node: MemoryOverlay, msg: GossipMessage) -> Callable[[], None]:
+    return lambda: node._deliver_gossip(msg)
+
+
+class _Sender:
+    def __init__(self, net: MemoryNetwork, stream: _Stream) -> None:
+        self._net = net
+        self._stream = stream
+
+    async def send(self, chunk: bytes) -> None:
+        await trio.lowlevel.checkpoint()
+        if self._stream.closed:
+            raise PeerUnavailableError("the requester closed the stream")
+        if len(chunk) + 1 > self._net.max_frame:
+            raise ProtocolError(
+                f"response chunk of {len(chunk)} bytes exceeds the frame limit "
+                f"of {self._net.max_frame}"
+            )
+        _deliver_to_client(self._net, self._stream, (StreamCode.DATA, bytes(chunk)))
+
+
+def _deliver_to_client(
+    net: MemoryNetwork, stream: _Stream, item: tuple[StreamCode, bytes]
+) -> None:
+    delay = net._link_latency(stream.server.peer_id, stream.client.peer_id)
+    when = max(trio.current_time() + delay, stream.last_delivery)
+    stream.last_delivery = when
+
+    def deliver() -> None:
+        if not stream.closed:
+            stream.inbox.send_nowait(item)
+
+    net._schedule_at(when, deliver)
+
+
+class _Response:
+    def __init__(
+        self,
+        recv: trio.MemoryReceiveChannel[tuple[StreamCode, bytes] | _Reset],
+        idle_timeout: float,
+        peer_id: str,
+    ) -> None:
+        self._recv = recv
+        self._idle = idle_timeout
+        self._peer = peer_id
+        self._done = False
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        item = await receive_with_idle_timeout(self._recv.receive, self._idle, self._peer)
+        if isinstance(item, _Reset):
+            self._done = True
+            raise PeerUnavailableError(f"stream to peer {self._peer[-8:]} was reset")
+        code, body = item
+        try:
+            data = raise_for_frame(code, body, self._peer)
+        except BaseException:
+            self._done = True
+            raise
+        if data is None:
+            self._done = True
+            raise StopAsyncIteration
+        return data
+
+
+class MemoryOverlay:
+    """One node's overlay on a :class:`MemoryNetwork` (see :class:`~wwwserve.overlay.Overlay`)."""
+
+    def __init__(self, network: MemoryNetwork, identity: Identity) -> None:
+        self.network = network
+        self.identity = identity
+        self._index = next(network._index)
+        self._handlers: dict[str, Handler] = {}
+        self._subs: dict[str, list[trio.MemorySendChannel[GossipMessage]]] = {}
+        self._event_sinks: list[trio.MemorySendChannel[PeerEvent]] = []
+        self._known: set[str] = set()
+        self._scope = trio.CancelScope()
+        self._open = False
+        self.crashed = False
+
+    @property
+    def peer_id(self) -> str:
+        """This node's peer ID."""
+        return self.identity.peer_id
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """This node's (single) memory address."""
+        return (f"/memory/{self._index}/p2p/{self.peer_id}",)
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        self._stack = AsyncExitStack()
+        await self._stack.enter_async_context(self._lifetime())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> bool | None:
+        return await self._stack.__aexit__(*exc_info)  # type: ignore[arg-type]
+
+    @asynccontextmanager
+    async def _lifetime(self) -> AsyncIterator[None]:
+        self.network._register(self)
+        self._open = True
+        with self._scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    try:
+                        yield
+                    finally:
+                        self._open = False
+                        self.network._unregister(self)
+                        nursery.cancel_scope.cancel()
+            finally:
+                self._open = False
+                for sinks in self._subs.values():
+                    for sink in sinks:
+                        sink.close()
+                for ev_sink in self._event_sinks:
+                    ev_sink.close()
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise ClosedError("overlay is not running (use `async with overlay:`)")
+
+    def _emit(self, event: PeerEvent) -> None:
+        for sink in list(self._event_sinks):
+            try:
+                sink.send_nowait(event)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    # ---- connections --------------------------------------------------------------------
+    async def connect(self, address: str) -> str:
+        """Dial a peer by its memory address (``/memory/<n>/p2p/<peer id>``)."""
+        self._check_open()
+        try:
+            pid = peer_id_of(address)
+        except ValueError as exc:
+            raise PeerUnavailableError(str(exc)) from None
+        await self._dial(pid)
+        return pid
+
+    async def _dial(self, pid: str) -> None:
+        if pid == self.peer_id:
+            raise PeerUnavailableError("cannot dial ourselves")
+        if pid in self.network._edges.get(self.peer_id, ()):
+            await trio.lowlevel.checkpoint()
+            return
+        if not self.network._reachable(self.peer_id, pid):
+            self.network.stats.dials_failed += 1
+            await trio.sleep(self.network.dial_failure_delay)
+            raise PeerUnavailableError(f"cannot reach peer {pid[-8:]}")
+        # a handshake takes a round trip
+        await trio.sleep(2 * self.network._link_latency(self.peer_id, pid))
+        if not self.network._reachable(self.peer_id, pid) or not self._open:
+            raise PeerUnavailableError(f"peer {pid[-8:]} went away while dialing")
+        self.network._add_edge(self.peer_id, pid)
+
+    def add_peer_addresses(self, peer_id: str, addresses: tuple[str, ...]) -> None:
+        """Remember that ``peer_id`` can be dialed."""
+        if peer_id != self.peer_id and addresses:
+            self._known.add(peer_id)
+
+    def connected_peers(self) -> frozenset[str]:
+        """Peers with a direct connection now."""
+        return frozenset(self.network._edges.get(self.peer_id, ()))
+
+    async def disconnect(self, peer_id: str) -> None:
+        """Close the direct connection to ``peer_id``, if any."""
+        await trio.lowlevel.checkpoint()
+        self.network._drop_edge(self.peer_id, peer_id)
+
+    def peer_events(self) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[PeerEvent]]:
+        """Connection events while the context is open."""
+        return _sink_context(self._event_sinks, EVENT_BUFFER)
+
+    # ---- gossip -------------------------------------------------------------------------
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Flood ``data`` to the subscribers of ``topic`` reachable from here."""
+        self._check_open()
+        if len(data) > MAX_GOSSIP_SIZE:
+            raise ProtocolError(
+                f"gossip message of {len(data)} bytes exceeds the limit of {MAX_GOSSIP_SIZE}"
+            )
+        await trio.lowlevel.checkpoint()
+        self.network._publish(self, topic, bytes(data))
+
+    def subscribe(
+        self, topic: str
+    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[GossipMessage]]:
+        """Messages on ``topic`` from other nodes while the context is open."""
+        self._check_open()
+        return _sink_context(self._subs.setdefault(topic, []), SUBSCRIPTION_BUFFER)
+
+    def _deliver_gossip(self, msg: GossipMessage) -> None:
+        if not self._open:
+            return
+        sinks = self._subs.get(msg.topic)
+        if not sinks:
+            return
+        for sink in list(sinks):
+            try:
+                sink.send_nowait(msg)
+                self.network.stats.gossip_delivered += 1
+            except trio.WouldBlock:
+                self.network.stats.gossip_dropped_full += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    # ---- request / response -------------------------------------------------------------
+    def serve(self, protocol: str, handler: Handler) -> None:
+        """Answer requests for ``protocol`` with ``handler``."""
+        self._handlers[protocol] = handler
+
+    @asynccontextmanager
+    async def request(
+        self,
+        peer_id: str,
+        protocol: str,
+        payload: bytes,
+        *,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    ) -> AsyncIterator[ResponseStream]:
+        """Send a request to ``peer_id`` and stream the response (see :class:`Overlay`)."""
+        self._check_open()
+        net = self.network
+        if len(payload) > net.max_frame:
+            raise ProtocolError(
+                f"request of {len(payload)} bytes exceeds the frame limit of {net.max_frame}"
+            )
+        if peer_id not in self._known and peer_id not in self.connected_peers():
+            await trio.lowlevel.checkpoint()
+            raise PeerUnavailableError(f"no known address for peer {peer_id[-8:]}")
+        await self._dial(peer_id)
+        server = net._nodes[peer_id]
+        send, recv = trio.open_memory_channel[tuple[StreamCode, bytes] | _Reset](math.inf)
+        stream = _Stream(client=self, server=server, inbox=send)
+        net._streams.add(stream)
+        net.stats.streams_opened += 1
+        net._schedule(net._link_latency(self.peer_id, peer_id),
+                      lambda: server._accept(stream, protocol, bytes(payload)))
+        try:
+            yield _Response(recv, idle_timeout, peer_id)
+        finally:
+            if not stream.closed:
+                stream.closed = True
+                if stream.server_scope is not None:
+                    stream.server_scope.cancel()
+            net._streams.discard(stream)
+
+    def _accept(self, stream: _Stream, protocol: str, payload: bytes) -> None:
+        if stream.closed:
+            return
+        if not self._open or self.network._nodes.get(self.peer_id) is not self:
+            self.network._reset_stream(stream)
+            return
+        handler = self._handlers.get(protocol)
+        if handler is None:
+            stream.finished = True
+            _deliver_to_client(
+                self.network, stream,
+                (StreamCode.ERROR, f"protocol {protocol} not supported".encode()),
+            )
+            return
+        stream.server_scope = trio.CancelScope()
+        self._nursery.start_soon(self._run_handler, stream, handler, payload)
+
+    async def _run_handler(self, stream: _Stream, handler: Handler, payload: bytes) -> None:
+        assert stream.server_scope is not None
+        with stream.server_scope:
+            try:
+                await handler(stream.client.peer_id, payload, _Sender(self.network, stream))
+            except Exception as exc:
+                if not stream.closed:
+                    logger.debug("handler failed for %s: %r", stream.client.peer_id, exc)
+                    stream.finished = True
+                    _deliver_to_client(
+                        self.network, stream,
+                        (StreamCode.ERROR, f"{type(exc).__name__}: {exc}".encode()),
+                    )
+                return
+            if not stream.closed:
+                stream.finished = True
+                _deliver_to_client(self.network, stream, (StreamCode.END, b""))
+
+
+@asynccontextmanager
+async def _sink_context(
+    sinks: list[trio.MemorySendChannel[Any]], size: int
+) -> AsyncIterator[trio.MemoryReceiveChannel[Any]]:
+    send, recv = trio.open_memory_channel[Any](size)
+    sinks.append(send)
+    try:
+        async with recv:
+            yield recv
+    finally:
+        if send in sinks:
+            sinks.remove(send)
+        send.close()
+
