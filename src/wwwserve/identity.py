@@ -12,6 +12,7 @@ canonical bytes (see :func:`canonical_bytes`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -119,6 +120,15 @@ def verify(peer_id: str, data: bytes, signature: bytes) -> bool:
     """
     if not isinstance(signature, bytes) or len(signature) != SIGNATURE_SIZE:
         return False
+    if not isinstance(data, bytes) or not isinstance(peer_id, str):
+        return False
+    return _verify_cached(peer_id, data, signature)
+
+
+@functools.lru_cache(maxsize=8192)
+def _verify_cached(peer_id: str, data: bytes, signature: bytes) -> bool:
+    # Keyed on the exact (signer, bytes, signature): a hit is the same check's answer. Gossip
+    # delivers one message to a node more than once, and a simulation to many nodes.
     try:
         key = Ed25519PublicKey.from_public_bytes(public_key_from_peer_id(peer_id))
         key.verify(signature, data)

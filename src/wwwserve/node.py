@@ -1,0 +1,146 @@
+"""Node: one provider's participant in a wwwserve network.
+
+A node composes its identity, an overlay (libp2p in the real world, memory in simulations) and
+gossip membership. Later capabilities (engines, dispatch, ledger, gateway) plug in here.
+
+Embedding::
+
+    async with Node(load_config("node_configs/node1.yaml")) as node:
+        print(node.peer_id, node.addresses)
+        async with node.membership.events() as events:
+            async for event in events:
+                print(event.kind.value, event.peer_id)
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
+from typing import Self
+
+import trio
+
+from ._compat import TaskStatus
+from .clock import WallClock, system_wall_clock
+from .config import NodeConfig
+from .errors import ConfigError
+from .identity import Identity, load_or_create_identity
+from .membership import LocalState, Membership, PeerInfo
+from .overlay import Overlay
+
+__all__ = ["Node"]
+
+logger = logging.getLogger(__name__)
+
+
+class Node:
+    """A wwwserve node. Use ``async with Node(config) as node:`` or ``nursery.start(node.run)``.
+
+    ``identity`` defaults to the key file named by the config (created on first start).
+    ``overlay`` defaults to a :class:`~wwwserve.overlay.Libp2pOverlay` listening on the
+    config's address; pass a :class:`~wwwserve.overlay.MemoryOverlay` to simulate.
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        identity: Identity | None = None,
+        overlay: Overlay | None = None,
+        wall_clock: WallClock = system_wall_clock,
+        rng: random.Random | None = None,
+        local_state: Callable[[], LocalState] | None = None,
+    ) -> None:
+        self.config = config
+        self._identity = identity
+        self._overlay = overlay
+        self.wall_clock = wall_clock
+        self.rng = rng or random.Random()
+        self._local_state = local_state
+        self._membership: Membership | None = None
+
+    @property
+    def identity(self) -> Identity:
+        """This node's keypair (loaded on start if not given)."""
+        if self._identity is None:
+            self._identity = load_or_create_identity(self.config.node.identity_path)
+        return self._identity
+
+    @property
+    def peer_id(self) -> str:
+        """This node's peer ID (its name and its ledger account)."""
+        return self.identity.peer_id
+
+    @property
+    def overlay(self) -> Overlay:
+        """The overlay this node talks through."""
+        if self._overlay is None:
+            from .overlay import Libp2pOverlay
+
+            self._overlay = Libp2pOverlay(self.identity, listen=self.config.listen_addrs)
+        return self._overlay
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Addresses peers can dial (full multiaddrs), once started."""
+        return self.overlay.addresses
+
+    @property
+    def membership(self) -> Membership:
+        """Gossip membership (available once started)."""
+        if self._membership is None:
+            raise RuntimeError("node is not started")
+        return self._membership
+
+    @property
+    def peers(self) -> Mapping[str, PeerInfo]:
+        """The live peer table."""
+        return self.membership.peers
+
+    def local_state(self) -> LocalState:
+        """What this node announces in its heartbeats."""
+        if self._local_state is not None:
+            return self._local_state()
+        sp = self.config.server_params
+        return LocalState(
+            policy={
+                "offload_frequency": sp.offload_frequency,
+                "queue_frequency": sp.queue_frequency,
+                "accept_frequency": sp.accept_frequency,
+            },
+        )
+
+    async def __aenter__(self) -> Self:
+        overlay = self.overlay
+        if overlay.peer_id != self.peer_id:
+            raise ConfigError("the overlay's peer id does not match the node's identity")
+        self._stack = AsyncExitStack()
+        try:
+            await self._stack.enter_async_context(overlay)
+            nursery = await self._stack.enter_async_context(trio.open_nursery())
+            self._nursery = nursery
+            net = self.config.network
+            self._membership = Membership(
+                overlay, self.identity, network_id=net.network_id,
+                params=self.config.membership, bootstrap=net.bootstrap,
+                target_degree=net.target_degree, wall_clock=self.wall_clock, rng=self.rng,
+                local_state=self.local_state,
+            )
+            await nursery.start(self._membership.run)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        logger.info("node %s up at %s", self.peer_id, ", ".join(overlay.addresses))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> bool | None:
+        self._nursery.cancel_scope.cancel()
+        return await self._stack.__aexit__(*exc_info)  # type: ignore[arg-type]
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled (for ``nursery.start(node.run)``)."""
+        async with self:
+            task_status.started()
+            await trio.sleep_forever()
