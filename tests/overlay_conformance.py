@@ -134,7 +134,7 @@ async def test_leaving_early_cancels_the_handler(overlays, clock):
 
         async def endless(peer: str, request: bytes, sender: ResponseSender) -> None:
             try:
-                for i in range(10_000):
+                for _i in range(10_000):
                     await sender.send(b"tick")
                     await trio.sleep(0.01)
                 outcome.append("completed")
@@ -197,7 +197,7 @@ async def test_request_dials_on_demand_from_known_addresses(overlays, clock):
 
 
 async def test_unreachable_peer_is_peer_unavailable(overlays, clock):
-    async with overlays.make(2) as (a, b):
+    async with overlays.make(2) as (_a, b):
         gone_addr = b.addresses[0]
     async with overlays.make(1) as (c,):
         with pytest.raises(PeerUnavailableError):

@@ -23,7 +23,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -367,10 +367,8 @@ class Membership:
             if ev.kind in (MembershipEventKind.JOINED, MembershipEventKind.REJOINED):
                 self.overlay.add_peer_addresses(ev.peer_id, ev.info.addresses)
             for sink in list(self._sinks):
-                try:
+                with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                     sink.send_nowait(ev)
-                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
 
     def _next(self) -> tuple[int, float]:
         self._seq += 1

@@ -235,9 +235,12 @@ def encode(msg: Message) -> bytes:
     """Encode a registered message to msgpack bytes (no frame header)."""
     if (getattr(msg, "TYPE", None), getattr(msg, "VERSION", None)) not in _MESSAGES:
         raise TypeError(f"{type(msg).__name__} is not a registered wire message")
-    return msgpack.packb(  # type: ignore[no-any-return]
-        {"t": msg.TYPE, "v": msg.VERSION, "b": _body(msg)}, use_bin_type=True
-    )
+    try:
+        return msgpack.packb(  # type: ignore[no-any-return]
+            {"t": msg.TYPE, "v": msg.VERSION, "b": _body(msg)}, use_bin_type=True
+        )
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"cannot encode {msg.TYPE!r}: {exc}") from None
 
 
 def signable_bytes(msg: Message, *, exclude: str = "signature") -> bytes:

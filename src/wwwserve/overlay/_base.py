@@ -158,13 +158,13 @@ class Overlay(Protocol):
         ...
 
     def peer_events(self) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[PeerEvent]]:
-        """Receive :class:`PeerEvent` for connections opened and closed while the context is open."""
+        """Receive a :class:`PeerEvent` per connection opened or closed while open."""
         ...
 
 
 def peer_id_of(address: str) -> str:
     """The peer ID at the end of a ``.../p2p/<peer id>`` address."""
-    head, sep, pid = address.rpartition("/p2p/")
+    _head, sep, pid = address.rpartition("/p2p/")
     if not sep or not pid or "/" in pid:
         raise ValueError(f"address must end with /p2p/<peer id>: {address!r}")
     return pid

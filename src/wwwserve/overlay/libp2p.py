@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from typing import Any, Self
 
 import trio
@@ -314,10 +314,8 @@ class Libp2pOverlay:
 
     def _emit(self, event: PeerEvent) -> None:
         for sink in list(self._event_sinks):
-            try:
+            with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 sink.send_nowait(event)
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
 
     # ---- connections --------------------------------------------------------------------
     async def connect(self, address: str) -> str:
@@ -348,10 +346,8 @@ class Libp2pOverlay:
         net: Any = self.host.get_network()
         unblock = getattr(net, "unblock_peer", None)
         if unblock is not None:
-            try:
+            with suppress(Exception):
                 unblock(pid)
-            except Exception:
-                pass
 
     def add_peer_addresses(self, peer_id: str, addresses: tuple[str, ...]) -> None:
         """Put a peer's addresses in the peerstore so requests can dial it."""
@@ -398,7 +394,9 @@ class Libp2pOverlay:
             logger.warning("publish on %s failed: %r", topic, exc)
 
     @asynccontextmanager
-    async def subscribe(self, topic: str) -> AsyncIterator[trio.MemoryReceiveChannel[GossipMessage]]:
+    async def subscribe(
+        self, topic: str
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[GossipMessage]]:
         """Messages on ``topic`` from other nodes while the context is open."""
         self._check_open()
         if topic not in self._pubsub_topics:
@@ -423,10 +421,8 @@ class Libp2pOverlay:
                 continue
             gm = GossipMessage(topic, bytes(msg.data), source)
             for sink in list(self._subs.get(topic, ())):
-                try:
+                with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                     sink.send_nowait(gm)
-                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
 
     # ---- request / response -------------------------------------------------------------
     def serve(self, protocol: str, handler: Handler) -> None:
@@ -471,11 +467,8 @@ class Libp2pOverlay:
             await stream.close()
         except Exception as exc:  # never let a peer's stream take the host down
             logger.debug("stream handler aborted: %r", exc)
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                try:
-                    await stream.reset()
-                except Exception:
-                    pass
+            with trio.CancelScope(shield=True), trio.move_on_after(1), suppress(Exception):
+                await stream.reset()
 
     @asynccontextmanager
     async def request(
@@ -502,8 +495,11 @@ class Libp2pOverlay:
                 f"opening a stream to {peer_id[-8:]} timed out after {self.dial_timeout:g} s"
             ) from None
         except Exception as exc:
-            if type(exc).__name__ == "StreamFailure" and pid in self.host.get_network().connections:
-                raise RemoteError(f"peer {peer_id[-8:]}: protocol {protocol} not supported") from None
+            connected = pid in self.host.get_network().get_connections_map()
+            if type(exc).__name__ == "StreamFailure" and connected:
+                raise RemoteError(
+                    f"peer {peer_id[-8:]}: protocol {protocol} not supported"
+                ) from None
             raise _map_dial_error(exc, peer_id) from None
         response = _StreamResponse(stream, peer_id, idle_timeout, self.max_frame)
         try:
@@ -528,10 +524,8 @@ class Libp2pOverlay:
 
 
 async def _cancel_when_closed(stream: INetStream, scope: trio.CancelScope) -> None:
-    try:
+    with suppress(Exception):
         await stream.read(1)
-    except Exception:
-        pass
     scope.cancel()
 
 

@@ -22,7 +22,7 @@ import math
 import random
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -160,9 +160,7 @@ class MemoryNetwork:
         return when
 
     def _schedule_at(self, when: float, action: Callable[[], None]) -> None:
-        if self._heap and when < self._heap[0][0]:
-            self._wakeup.set()
-        elif not self._heap:
+        if (self._heap and when < self._heap[0][0]) or not self._heap:
             self._wakeup.set()
         heapq.heappush(self._heap, (when, next(self._seq), action))
 
@@ -454,10 +452,8 @@ class MemoryOverlay:
 
     def _emit(self, event: PeerEvent) -> None:
         for sink in list(self._event_sinks):
-            try:
+            with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 sink.send_nowait(event)
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
 
     # ---- connections --------------------------------------------------------------------
     async def connect(self, address: str) -> str:
