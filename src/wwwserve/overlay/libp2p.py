@@ -79,6 +79,24 @@ def _patch_pubsub_queues() -> None:
     _pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = SUBSCRIPTION_BUFFER
 
 
+def _tame_libp2p_logging() -> None:
+    # `import libp2p` sets its logger to propagate=False with no handler, so Python's
+    # last-resort handler prints its ERROR-level chatter about routine events (trap 9).
+    # Route it through the application's logging instead, quiet unless asked for.
+    lp = logging.getLogger("libp2p")
+    lp.handlers.clear()
+    lp.propagate = True
+    if lp.level in (logging.NOTSET, logging.WARNING):
+        lp.setLevel(logging.CRITICAL)
+    for name, child in list(logging.root.manager.loggerDict.items()):
+        # some modules pin their own level (the auto-connector logs at INFO)
+        if name.startswith("libp2p.") and isinstance(child, logging.Logger):
+            child.setLevel(logging.NOTSET)
+
+
+_tame_libp2p_logging()
+
+
 def _keypair(identity: Identity) -> KeyPair:
     private = deserialize_private_key(identity.to_libp2p_bytes())
     return KeyPair(private, private.get_public_key())
@@ -242,7 +260,11 @@ class Libp2pOverlay:
             sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(
                 kp, noise_privkey=new_x25519_key_pair().private_key)},
             muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-            connection_config=ConnectionConfig(max_connections_per_peer=1),
+            # one connection per peer (no 250 ms dial stall); membership keeps the degree,
+            # so libp2p's auto-connector (which dials every peerstore entry) stays off
+            connection_config=ConnectionConfig(
+                max_connections_per_peer=1, min_connections=0, low_watermark=0
+            ),
         )
         gossipsub = GossipSub(
             protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
@@ -290,7 +312,17 @@ class Libp2pOverlay:
                         ev_sink.close()
             self._host = None
 
+    async def _drain_gossip(self, limit: float = 0.5) -> None:
+        """Let queued gossip (a goodbye, say) leave before connections close (bounded)."""
+        queues = getattr(self._pubsub, "peer_queues", {})
+        with trio.move_on_after(limit):
+            # py-libp2p offers no "queue drained" event to wait on, so poll, briefly
+            while any(len(q) for q in list(queues.values())):  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            await trio.sleep(0.02)  # the sender task may still be writing its last RPC
+
     async def _close_host(self, host: IHost) -> None:
+        await self._drain_gossip()
         net = host.get_network()
         peers = list(net.get_connections_map())
 

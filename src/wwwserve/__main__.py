@@ -1,0 +1,5 @@
+import sys
+
+from wwwserve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,273 @@
+"""The ``wwwserve`` command line.
+
+Exit codes: 0 success (including Ctrl-C of a long-running command), 1 runtime failure,
+2 bad usage or bad input (config, key file). Errors are one line on stderr, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from . import __version__
+from .config import NodeConfig, NodeParams, load_config
+from .errors import ConfigError, IdentityError, WWWServeError
+from .identity import Identity, load_or_create_identity
+
+__all__ = ["main"]
+
+logger = logging.getLogger(__name__)
+
+EPILOG = """examples:
+  wwwserve demo                                   # 4 nodes on loopback, live peer table
+  wwwserve node node_configs/node1.yaml           # run one node from its config
+  wwwserve keygen keys/my-node.key                # create a key file (0600)
+  wwwserve id node_configs/node1.yaml             # print a node's peer id
+"""
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING - 10 * verbosity
+    logging.basicConfig(level=max(level, logging.DEBUG),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbosity >= 3:
+        # py-libp2p logs routine events at ERROR; only show them when asked (-vvv)
+        from .overlay import libp2p as _  # noqa: F401  (normalises libp2p's logger)
+
+        logging.getLogger("libp2p").setLevel(logging.DEBUG)
+
+
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+# ---- node -------------------------------------------------------------------------------
+
+
+async def _run_node(cfg: NodeConfig, json_events: bool) -> None:
+    from .node import Node
+
+    node = Node(cfg)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with node, node.membership.events() as events, trio.open_nursery() as nursery:
+            if json_events:
+                _print_json({"event": "started", "peer_id": node.peer_id,
+                             "addresses": list(node.addresses)})
+            else:
+                print(f"node {cfg.node.name} {node.peer_id}")
+                for addr in node.addresses:
+                    print(f"  listening on {addr}")
+                sys.stdout.flush()
+
+            async def stop_on_signal() -> None:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+            async for ev in events:
+                peers = sorted(node.peers)
+                if json_events:
+                    _print_json({"event": ev.kind.value, "peer_id": ev.peer_id,
+                                 "peers": peers})
+                else:
+                    print(f"{ev.kind.value:>9} {ev.peer_id}  ({len(peers)} peers)", flush=True)
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    trio.run(_run_node, cfg, args.json_events)
+    return 0
+
+
+# ---- demo -------------------------------------------------------------------------------
+
+
+async def _demo(n_nodes: int, duration: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .config import MembershipParams, NetworkParams
+    from .membership import MembershipEvent
+    from .node import Node
+    from .overlay import Libp2pOverlay
+
+    console = Console()
+    params = MembershipParams(heartbeat_interval=0.5, suspect_timeout=1.5, peer_timeout=3.0)
+    stops: list[trio.Event] = []
+    nodes: list[Node] = []
+    names: dict[str, str] = {}
+
+    def show_table(observer: Node) -> None:
+        table = Table(title=f"peer table of {names[observer.peer_id]}", show_lines=False)
+        for col in ("peer", "peer id", "status", "address", "seen for"):
+            table.add_column(col)
+        now = trio.current_time()
+        for pid, info in sorted(observer.peers.items(), key=lambda kv: names[kv[0]]):
+            table.add_row(names[pid], pid[:14] + "…" + pid[-6:], info.status.value,
+                          info.addresses[0].split("/p2p/")[0] if info.addresses else "-",
+                          f"{now - info.first_seen:.1f} s")
+        console.print(table)
+
+    async def run_node(i: int, bootstrap: tuple[str, ...], started: trio.Event) -> None:
+        ident = Identity.generate()
+        names[ident.peer_id] = f"node{i}"
+        cfg = NodeConfig(node=NodeParams(name=f"node{i}"), membership=params,
+                         network=NetworkParams(network_id="wwwserve-demo", bootstrap=bootstrap))
+        node = Node(cfg, identity=ident, overlay=Libp2pOverlay(ident))
+        stop = trio.Event()
+        stops.append(stop)
+        async with node:
+            nodes.append(node)
+            started.set()
+            if i == 0:
+                await watch(node)
+            else:
+                # leave by exiting cleanly: a cancelled node cannot say goodbye (py-libp2p's
+                # sender tasks die with it) and is dropped by timeout instead
+                await stop.wait()
+
+    async def watch(observer: Node) -> None:
+        async with observer.membership.events() as events:
+            async for ev in events:
+                _report(ev)
+
+    def _report(ev: MembershipEvent) -> None:
+        name = names.get(ev.peer_id, "?")
+        style = {"joined": "green", "rejoined": "green", "left": "red",
+                 "suspected": "yellow"}.get(ev.kind.value)
+        if ev.kind.value == "updated":
+            return
+        console.print(f"[{style or 'white'}]{ev.kind.value:>9}[/] {name} {ev.peer_id}")
+        show_table(nodes[0])
+
+    console.print(f"[bold]wwwserve demo[/]: {n_nodes} nodes on loopback (libp2p: TCP, Noise, "
+                  "Yamux, GossipSub), joining through node0's address")
+    with trio.move_on_after(duration):
+        async with trio.open_nursery() as nursery:
+            first = trio.Event()
+            nursery.start_soon(run_node, 0, (), first)
+            await first.wait()
+            boot = (nodes[0].addresses[0],)
+            console.print(f"bootstrap address: {boot[0]}")
+            for i in range(1, n_nodes):
+                ev = trio.Event()
+                nursery.start_soon(run_node, i, boot, ev)
+                await ev.wait()
+                await trio.sleep(0.5)
+            await trio.sleep(max(0.0, duration * 0.4))
+            if n_nodes > 2:
+                console.print(f"[bold]stopping {names[nodes[-1].peer_id]}[/] (clean leave)")
+                stops[-1].set()
+            await trio.sleep_forever()
+    if nodes:
+        console.print("[bold]final[/]")
+        show_table(nodes[0])
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if not 2 <= args.nodes <= 30:
+        raise ConfigError(f"--nodes: must be between 2 and 30, got {args.nodes}")
+    trio.run(_demo, args.nodes, args.duration)
+    return 0
+
+
+# ---- keys -------------------------------------------------------------------------------
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if path.exists():
+        raise IdentityError(f"{path}: already exists; refusing to overwrite a key file")
+    ident = load_or_create_identity(path)
+    print(ident.peer_id)
+    return 0
+
+
+def cmd_id(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if path.suffix in (".yaml", ".yml"):
+        key_path = load_config(path).node.identity_path
+        if not key_path.exists():
+            raise IdentityError(f"{key_path}: no key yet (it is created on the node's first "
+                                "start, or with `wwwserve keygen`)")
+    else:
+        key_path = path
+    try:
+        data = key_path.read_bytes()
+    except OSError as exc:
+        raise IdentityError(f"{key_path}: cannot read key file: {exc.strerror}") from None
+    print(Identity.from_libp2p_bytes(data).peer_id)
+    return 0
+
+
+# ---- entry point ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="wwwserve", description="A decentralized market of LLM services over libp2p.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"wwwserve {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging (-vvv includes libp2p)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_: str, example: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=help_,
+                              epilog=f"example:\n  {example}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = add("demo", "start N nodes on loopback and print the live peer table",
+            "wwwserve demo --nodes 4 --duration 12")
+    p.add_argument("--nodes", type=int, default=4, help="number of nodes (2-30, default 4)")
+    p.add_argument("--duration", type=float, default=12.0, help="seconds to run (default 12)")
+    p.set_defaults(func=cmd_demo)
+
+    p = add("node", "run one node from a YAML config until Ctrl-C",
+            "wwwserve node node_configs/node1.yaml")
+    p.add_argument("config", help="node YAML file (see node_configs/)")
+    p.add_argument("--json-events", action="store_true",
+                   help="print one JSON object per line for start and membership events")
+    p.set_defaults(func=cmd_node)
+
+    p = add("keygen", "create a new Ed25519 key file (mode 0600) and print its peer id",
+            "wwwserve keygen keys/my-node.key")
+    p.add_argument("path", help="where to write the key (must not exist)")
+    p.set_defaults(func=cmd_keygen)
+
+    p = add("id", "print the peer id of a key file or of a node config's key",
+            "wwwserve id node_configs/node1.yaml")
+    p.add_argument("path", help="a key file, or a node YAML config")
+    p.set_defaults(func=cmd_id)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        code: int = args.func(args)
+    except (ConfigError, IdentityError) as exc:
+        print(f"wwwserve {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except WWWServeError as exc:
+        print(f"wwwserve {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
