@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import sys
@@ -38,9 +39,10 @@ class NodeProcess:
         self.addresses: list[str] = []
 
     async def run(self, nursery: trio.Nursery) -> None:
-        self.proc = await nursery.start(lambda task_status: trio.run_process(
+        self.proc = await nursery.start(functools.partial(
+            trio.run_process,
             [sys.executable, "-m", "wwwserve", "node", "--json-events", str(self.config)],
-            stdout=-1, check=False, task_status=task_status))
+            stdout=-1, check=False))
         nursery.start_soon(self._read)
         with trio.fail_after(30):
             await self.started.wait()

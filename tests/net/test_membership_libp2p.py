@@ -61,7 +61,7 @@ async def test_shutdown_leaves_no_sockets_or_resource_warnings():
             async with a:
                 b = make_node((a.addresses[0],))
                 async with b:
-                    await wait_until(lambda: len(a.peers) == 1, 10)
+                    await wait_until(lambda a=a: len(a.peers) == 1, 10)
         gc.collect()
     await trio.sleep(0.2)
     assert _open_fds() <= before + 2  # leftovers would be listeners and sockets

@@ -1,0 +1,223 @@
+"""Overlay benchmark: libp2p round trips vs plain TCP, GossipSub spread, membership timing, RSS.
+
+Prints its figures and ends with one JSON line. Ratios are against a plain trio TCP echo
+measured in the same run (these machines are noisy). Targets (issue 2): 1 KB round trip p50
+<= 1.5 ms; a joiner seen by all 20 within 3 s; a killed node dropped by all within
+peer_timeout + 1 s; <= 5 MiB RSS per additional in-process node.
+
+    python bench/overlay.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import resource
+import statistics
+import sys
+
+import trio
+
+from wwwserve.config import MembershipParams, NetworkParams, NodeConfig
+from wwwserve.identity import Identity
+from wwwserve.node import Node
+from wwwserve.overlay import Libp2pOverlay, ResponseSender
+
+ECHO = "/bench/echo/1.0.0"
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def echo(peer: str, request: bytes, sender: ResponseSender) -> None:
+    await sender.send(request)
+
+
+async def libp2p_rtt(size: int, n: int) -> list[float]:
+    async with Libp2pOverlay(Identity.generate()) as a, Libp2pOverlay(Identity.generate()) as b:
+        b.serve(ECHO, echo)
+        await a.connect(b.addresses[0])
+        payload = b"x" * size
+        times = []
+        for _ in range(n):
+            t = trio.current_time()
+            async with a.request(b.peer_id, ECHO, payload) as resp:
+                async for _chunk in resp:
+                    pass
+            times.append((trio.current_time() - t) * 1000)
+        return times
+
+
+async def tcp_rtt(size: int, n: int) -> list[float]:
+    async def handler(stream: trio.SocketStream) -> None:
+        while True:
+            data = await stream.receive_some(1 << 20)
+            if not data:
+                return
+            await stream.send_all(data)
+
+    async with trio.open_nursery() as nursery:
+        (listener,) = await nursery.start(
+            functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+        port = listener.socket.getsockname()[1]
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        payload = b"x" * size
+        times = []
+        for _ in range(n):
+            t = trio.current_time()
+            await stream.send_all(payload)
+            got = 0
+            while got < size:
+                got += len(await stream.receive_some(1 << 20))
+            times.append((trio.current_time() - t) * 1000)
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+        return times
+
+
+async def gossip_time_to_all(n: int, rounds: int) -> float:
+    """Median seconds for one published message to reach all other n-1 nodes (line+ring)."""
+    async with trio.open_nursery() as nursery:
+        nodes: list[Libp2pOverlay] = []
+        done = trio.Event()
+
+        async def run(i: int, task_status=trio.TASK_STATUS_IGNORED) -> None:
+            async with Libp2pOverlay(Identity.generate()) as ov:
+                nodes.append(ov)
+                task_status.started()
+                await done.wait()
+
+        for i in range(n):
+            await nursery.start(run, i)
+        for i in range(1, n):  # each node links to two earlier ones: a connected mesh
+            await nodes[i].connect(nodes[i - 1].addresses[0])
+            if i > 1:
+                await nodes[i].connect(nodes[i // 2].addresses[0])
+        results = []
+        async with trio.open_nursery() as subs:
+            channels = []
+            for ov in nodes[1:]:
+                cm = ov.subscribe("bench")
+                channels.append((cm, await cm.__aenter__()))
+            await nodes[0].publish("bench", b"warm")  # nodes[0] joins the topic via fanout
+            await trio.sleep(3.0)  # GossipSub builds its mesh on its 1 s heartbeat
+            for _, ch in channels:
+                while True:
+                    try:
+                        ch.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+            for r in range(rounds):
+                data = b"round-%d" % r
+                t = trio.current_time()
+                await nodes[0].publish("bench", data)
+                with trio.fail_after(10):
+                    for _, ch in channels:
+                        while (await ch.receive()).data != data:
+                            pass
+                results.append(trio.current_time() - t)
+            for cm, _ in channels:
+                await cm.__aexit__(None, None, None)
+            subs.cancel_scope.cancel()
+        done.set()
+    return statistics.median(results)
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def membership_timing(n: int) -> dict[str, float]:
+    params = MembershipParams(heartbeat_interval=1.0, suspect_timeout=2.5, peer_timeout=5.0)
+    nodes: list[Node] = []
+    stops: dict[int, trio.CancelScope] = {}
+
+    def make(boot: tuple[str, ...]) -> Node:
+        ident = Identity.generate()
+        cfg = NodeConfig(membership=params,
+                         network=NetworkParams(network_id="bench", bootstrap=boot))
+        return Node(cfg, identity=ident, overlay=Libp2pOverlay(ident))
+
+    async def run(node: Node, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            stops[id(node)] = scope
+            async with node:
+                nodes.append(node)
+                task_status.started()
+                await trio.sleep_forever()
+
+    async def wait(pred, limit: float) -> float:
+        t = trio.current_time()
+        with trio.fail_after(limit):
+            while not pred():
+                await trio.sleep(0.02)
+        return trio.current_time() - t
+
+    async with trio.open_nursery() as nursery:
+        rss0 = rss_mib()
+        await nursery.start(run, make(()))
+        boot = (nodes[0].addresses[0],)
+        rss1 = rss_mib()
+        for _ in range(n - 1):
+            await nursery.start(run, make(boot))
+        await wait(lambda: all(len(x.peers) == n - 1 for x in nodes), 60)
+        rss_n = rss_mib()
+        joiner = make(boot)
+        t_join = trio.current_time()
+        await nursery.start(run, joiner)
+        await wait(lambda: all(joiner.peer_id in x.peers for x in nodes[:n]), 30)
+        seen = trio.current_time() - t_join  # includes the joiner's own start-up
+        # "kill": cancel the node's scope: no goodbye gets out, peers must time it out
+        victim = nodes[n // 2]
+        stops[id(victim)].cancel()
+        others = [x for x in nodes if x is not victim]
+        dropped = await wait(lambda: all(victim.peer_id not in x.peers for x in others), 30)
+        nursery.cancel_scope.cancel()
+    return {
+        "join_seen_by_all_s": round(seen, 3),
+        "kill_dropped_by_all_s": round(dropped, 3),
+        "peer_timeout_s": params.peer_timeout,
+        "rss_first_node_mib": round(rss1 - rss0, 2),
+        "rss_per_extra_node_mib": round((rss_n - rss1) / (n - 1), 2),
+    }
+
+
+async def main(quick: bool) -> dict[str, float]:
+    n_rtt = 200 if quick else 1000
+    out: dict[str, float] = {}
+    for size, label in ((1024, "1kb"), (100 * 1024, "100kb")):
+        lp = await libp2p_rtt(size, n_rtt)
+        tcp = await tcp_rtt(size, n_rtt)
+        out[f"rtt_{label}_p50_ms"] = round(pct(lp, 0.5), 3)
+        out[f"rtt_{label}_p99_ms"] = round(pct(lp, 0.99), 3)
+        out[f"tcp_rtt_{label}_p50_ms"] = round(pct(tcp, 0.5), 3)
+        out[f"rtt_{label}_p50_vs_tcp_ratio"] = round(pct(lp, 0.5) / pct(tcp, 0.5), 1)
+        print(f"round trip {label}: libp2p p50 {pct(lp, 0.5):.3f} ms p99 {pct(lp, 0.99):.3f} ms"
+              f" | plain TCP p50 {pct(tcp, 0.5):.3f} ms", flush=True)
+    for n in (10, 30):
+        t = await gossip_time_to_all(n, 5 if quick else 10)
+        out[f"gossip_time_to_all_n{n}_ms"] = round(t * 1000, 1)
+        print(f"gossip time-to-all, N={n}: {t * 1000:.1f} ms", flush=True)
+    m = await membership_timing(20)
+    out.update(m)
+    print(f"membership N=20: joiner seen by all in {m['join_seen_by_all_s']:.2f} s; killed node "
+          f"dropped by all in {m['kill_dropped_by_all_s']:.2f} s (peer_timeout "
+          f"{m['peer_timeout_s']:.0f} s); RSS per extra node {m['rss_per_extra_node_mib']} MiB",
+          flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples")
+    args = parser.parse_args()
+    figures = trio.run(main, args.quick)
+    print(json.dumps(figures))
+    sys.exit(0)
