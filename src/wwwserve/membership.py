@@ -23,7 +23,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -35,6 +35,7 @@ from .config import MembershipParams
 from .errors import OverlayError, ProtocolError
 from .identity import Identity, verify
 from .overlay import Overlay, peer_id_of
+from .overlay._base import fan_out
 from .wire import Message, Signed, decode, encode, message, record, seal
 
 __all__ = [
@@ -366,9 +367,7 @@ class Membership:
                          ev.peer_id[-6:])
             if ev.kind in (MembershipEventKind.JOINED, MembershipEventKind.REJOINED):
                 self.overlay.add_peer_addresses(ev.peer_id, ev.info.addresses)
-            for sink in list(self._sinks):
-                with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                    sink.send_nowait(ev)
+            fan_out(self._sinks, ev)
 
     def _next(self) -> tuple[int, float]:
         self._seq += 1

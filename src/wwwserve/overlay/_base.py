@@ -162,6 +162,22 @@ class Overlay(Protocol):
         ...
 
 
+def fan_out(sinks: list[trio.MemorySendChannel[_T]], item: _T) -> int:
+    """Offer ``item`` to every sink without blocking; return how many were full.
+
+    A full sink drops the item (like GossipSub's buffers); a closed one is skipped.
+    """
+    full = 0
+    for sink in list(sinks):
+        try:
+            sink.send_nowait(item)
+        except trio.WouldBlock:
+            full += 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+    return full
+
+
 def peer_id_of(address: str) -> str:
     """The peer ID at the end of a ``.../p2p/<peer id>`` address."""
     _head, sep, pid = address.rpartition("/p2p/")

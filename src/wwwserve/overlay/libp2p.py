@@ -52,6 +52,7 @@ from ._base import (
     ResponseStream,
     StreamCode,
     decode_stream_frame,
+    fan_out,
     peer_id_of,
     raise_for_frame,
     receive_with_idle_timeout,
@@ -345,9 +346,7 @@ class Libp2pOverlay:
             raise ClosedError("overlay is not running (use `async with overlay:`)")
 
     def _emit(self, event: PeerEvent) -> None:
-        for sink in list(self._event_sinks):
-            with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                sink.send_nowait(event)
+        fan_out(self._event_sinks, event)
 
     # ---- connections --------------------------------------------------------------------
     async def connect(self, address: str) -> str:
@@ -452,9 +451,7 @@ class Libp2pOverlay:
             if source == self.peer_id:
                 continue
             gm = GossipMessage(topic, bytes(msg.data), source)
-            for sink in list(self._subs.get(topic, ())):
-                with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                    sink.send_nowait(gm)
+            fan_out(self._subs.get(topic, []), gm)
 
     # ---- request / response -------------------------------------------------------------
     def serve(self, protocol: str, handler: Handler) -> None:

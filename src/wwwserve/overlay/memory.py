@@ -22,7 +22,7 @@ import math
 import random
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -39,6 +39,7 @@ from ._base import (
     PeerEventKind,
     ResponseStream,
     StreamCode,
+    fan_out,
     peer_id_of,
     raise_for_frame,
     receive_with_idle_timeout,
@@ -451,9 +452,7 @@ class MemoryOverlay:
             raise ClosedError("overlay is not running (use `async with overlay:`)")
 
     def _emit(self, event: PeerEvent) -> None:
-        for sink in list(self._event_sinks):
-            with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                sink.send_nowait(event)
+        fan_out(self._event_sinks, event)
 
     # ---- connections --------------------------------------------------------------------
     async def connect(self, address: str) -> str:
@@ -524,14 +523,9 @@ class MemoryOverlay:
         sinks = self._subs.get(msg.topic)
         if not sinks:
             return
-        for sink in list(sinks):
-            try:
-                sink.send_nowait(msg)
-                self.network.stats.gossip_delivered += 1
-            except trio.WouldBlock:
-                self.network.stats.gossip_dropped_full += 1
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+        full = fan_out(sinks, msg)
+        self.network.stats.gossip_delivered += len(sinks) - full
+        self.network.stats.gossip_dropped_full += full
 
     # ---- request / response -------------------------------------------------------------
     def serve(self, protocol: str, handler: Handler) -> None:
