@@ -10,13 +10,21 @@ and using something you already closed (:class:`ClosedError`).
 from __future__ import annotations
 
 __all__ = [
+    "BadRequestError",
     "ClosedError",
     "ConfigError",
+    "DeadlineExceededError",
+    "EngineError",
+    "EngineUnavailableError",
     "IdentityError",
+    "ModelNotFoundError",
+    "NoCapacityError",
     "OverlayError",
     "PeerUnavailableError",
     "ProtocolError",
     "RemoteError",
+    "RequestError",
+    "StreamBrokenError",
     "WWWServeError",
 ]
 
@@ -70,3 +78,55 @@ class RemoteError(OverlayError):
 
 class ClosedError(WWWServeError):
     """An operation was attempted on something that was already closed by its owner."""
+
+
+class EngineError(WWWServeError):
+    """An inference engine failed a request (HTTP error, bad response, crash mid-stream)."""
+
+
+class EngineUnavailableError(EngineError):
+    """The engine is down or unhealthy; its models are unavailable until it recovers."""
+
+
+class RequestError(WWWServeError):
+    """A user's request could not be served. Subclasses map to HTTP statuses in the gateway."""
+
+    status = 500
+
+
+class BadRequestError(RequestError):
+    """The request itself is malformed (bad JSON, wrong field types, out-of-range values)."""
+
+    status = 400
+
+
+class ModelNotFoundError(RequestError):
+    """No node in the network (this one included) serves the requested model."""
+
+    status = 404
+
+
+class NoCapacityError(RequestError):
+    """The model exists but nobody could take the request; retry after ``retry_after`` s."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DeadlineExceededError(RequestError):
+    """The request's time budget ran out before it completed."""
+
+    status = 504
+
+
+class StreamBrokenError(RequestError):
+    """The executor failed after part of a streamed answer had reached the user.
+
+    Tokens already sent cannot be taken back, so the stream ends with an explicit error
+    instead of being retried elsewhere (non-streamed requests are retried).
+    """
+
+    status = 502

@@ -7,9 +7,9 @@ bigger per-peer RPC queues and subscription buffers, guarded stream handlers and
 validators, a deadline on every network wait, unblocking peers stuck in the dial back-off
 cache, and a shutdown that closes connections and the host *before* the pubsub services stop.
 
-Requests travel on one libp2p stream each: the requester writes one frame holding the request;
-the handler side answers with frames whose first byte is a :class:`StreamCode` (data chunks,
-then END or ERROR). A stream that ends without END or ERROR was cut short.
+Requests are multiplexed over one long-lived libp2p stream per peer and direction
+(:mod:`._mux`): opening a stream per request costs a multistream-select negotiation, several
+times the round trip itself.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from multiaddr import Multiaddr
 
 from ..errors import ClosedError, PeerUnavailableError, ProtocolError, RemoteError
 from ..identity import Identity
-from ..wire import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from ..wire import DEFAULT_MAX_FRAME
 from ._base import (
     DEFAULT_IDLE_TIMEOUT,
     GossipMessage,
@@ -50,20 +50,16 @@ from ._base import (
     PeerEvent,
     PeerEventKind,
     ResponseStream,
-    StreamCode,
-    decode_stream_frame,
     fan_out,
     peer_id_of,
-    raise_for_frame,
-    receive_with_idle_timeout,
 )
+from ._mux import MUX_PROTOCOL, MuxClient, serve_mux_stream
 from .memory import EVENT_BUFFER, MAX_GOSSIP_SIZE, SUBSCRIPTION_BUFFER, _sink_context
 
 __all__ = ["Libp2pOverlay"]
 
 logger = logging.getLogger(__name__)
 
-READ_CHUNK = 64 * 1024
 RPC_QUEUE_SIZE = 4096
 
 
@@ -136,60 +132,6 @@ class _Notifee(INotifee):
         pass
 
 
-class _StreamSender:
-    def __init__(self, stream: INetStream, max_frame: int) -> None:
-        self._stream = stream
-        self._max_frame = max_frame
-
-    async def send(self, chunk: bytes) -> None:
-        frame = encode_frame(StreamCode.DATA.value + chunk, max_size=self._max_frame)
-        try:
-            await self._stream.write(frame)
-        except Exception as exc:
-            raise PeerUnavailableError(f"requester went away: {type(exc).__name__}") from None
-
-
-class _StreamResponse:
-    def __init__(self, stream: INetStream, peer: str, idle_timeout: float, max_frame: int):
-        self._stream = stream
-        self._peer = peer
-        self._idle = idle_timeout
-        self._decoder = FrameDecoder(max_size=max_frame)
-        self.done = False
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def _read(self) -> bytes:
-        try:
-            data = await self._stream.read(READ_CHUNK)
-        except Exception as exc:  # StreamEOF, StreamReset, StreamClosed, muxer errors
-            raise PeerUnavailableError(
-                f"stream to peer {self._peer[-8:]} broke: {type(exc).__name__}"
-            ) from None
-        if not data:
-            raise PeerUnavailableError(f"stream to peer {self._peer[-8:]} ended early")
-        return data
-
-    async def __anext__(self) -> bytes:
-        if self.done:
-            raise StopAsyncIteration
-        try:
-            while (frame := self._decoder.next_frame()) is None:
-                self._decoder.feed(
-                    await receive_with_idle_timeout(self._read, self._idle, self._peer)
-                )
-            code, body = decode_stream_frame(frame)
-            data = raise_for_frame(code, body, self._peer)
-        except BaseException:
-            self.done = True
-            raise
-        if data is None:
-            self.done = True
-            raise StopAsyncIteration
-        return data
-
-
 class Libp2pOverlay:
     """One node's overlay on py-libp2p (see :class:`~wwwserve.overlay.Overlay`).
 
@@ -220,6 +162,8 @@ class Libp2pOverlay:
         self._pubsub_topics: set[str] = set()
         self._event_sinks: list[trio.MemorySendChannel[PeerEvent]] = []
         self._handlers: dict[str, Handler] = {}
+        self._clients: dict[str, MuxClient] = {}
+        self._client_locks: dict[str, trio.Lock] = {}
         self._open = False
         self._host: IHost | None = None
 
@@ -276,6 +220,7 @@ class Libp2pOverlay:
             heartbeat_interval=self.gossip_heartbeat,  # type: ignore[arg-type]
             spam_protection_enabled=False,
             eclipse_protection_enabled=False,
+            adaptive_gossip_enabled=False,
         )
         pubsub = Pubsub(host, gossipsub, strict_signing=True)
         self._pubsub = pubsub
@@ -293,8 +238,7 @@ class Libp2pOverlay:
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
                         self._open = True
-                        for proto, handler in self._handlers.items():
-                            self._install(proto, handler)
+                        host.set_stream_handler(TProtocol(MUX_PROTOCOL), self._on_mux_stream)
                         try:
                             yield
                         finally:
@@ -458,46 +402,51 @@ class Libp2pOverlay:
         """Answer requests for ``protocol`` with ``handler`` (guarded: it can never crash
         the host)."""
         self._handlers[protocol] = handler
-        if self._open:
-            self._install(protocol, handler)
 
-    def _install(self, protocol: str, handler: Handler) -> None:
-        async def on_stream(stream: INetStream) -> None:
-            await self._handle_stream(stream, handler)
-
-        self.host.set_stream_handler(TProtocol(protocol), on_stream)
-
-    async def _handle_stream(self, stream: INetStream, handler: Handler) -> None:
+    async def _on_mux_stream(self, stream: INetStream) -> None:
         try:
             peer = stream.muxed_conn.peer_id.to_base58()
-            decoder = FrameDecoder(max_size=self.max_frame)
-            with trio.fail_after(self.request_timeout):
-                while (payload := decoder.next_frame()) is None:
-                    data = await stream.read(READ_CHUNK)
-                    if not data:
-                        raise PeerUnavailableError("requester closed before sending")
-                    decoder.feed(data)
-            failure: str | None = None
-            async with trio.open_nursery() as nursery:
-                # the requester sends nothing more: a read returning means it left
-                nursery.start_soon(_cancel_when_closed, stream, nursery.cancel_scope)
-                try:
-                    await handler(peer, payload, _StreamSender(stream, self.max_frame))
-                except PeerUnavailableError:
-                    raise
-                except Exception as exc:
-                    logger.debug("handler for %s failed: %r", peer, exc)
-                    failure = f"{type(exc).__name__}: {exc}"
-                nursery.cancel_scope.cancel()
-            if failure is not None:
-                await stream.write(encode_frame(StreamCode.ERROR.value + failure.encode()))
-            else:
-                await stream.write(encode_frame(StreamCode.END.value))
-            await stream.close()
+            await serve_mux_stream(
+                stream, peer, self._handlers.get,
+                max_frame=self.max_frame, write_timeout=self.request_timeout)
         except Exception as exc:  # never let a peer's stream take the host down
-            logger.debug("stream handler aborted: %r", exc)
-            with trio.CancelScope(shield=True), trio.move_on_after(1), suppress(Exception):
-                await stream.reset()
+            logger.debug("mux stream handler aborted: %r", exc)
+
+    async def _client(self, peer_id: str, pid: ID) -> MuxClient:
+        client = self._clients.get(peer_id)
+        if client is not None and not client.broken:
+            return client
+        async with self._client_locks.setdefault(peer_id, trio.Lock()):
+            client = self._clients.get(peer_id)
+            if client is not None and not client.broken:
+                return client
+            self._unblock(pid)
+            try:
+                with trio.fail_after(self.dial_timeout):
+                    stream = await self.host.new_stream(pid, [TProtocol(MUX_PROTOCOL)])
+            except trio.TooSlowError:
+                raise PeerUnavailableError(
+                    f"opening a stream to {peer_id[-8:]} timed out after {self.dial_timeout:g} s"
+                ) from None
+            except Exception as exc:
+                connected = pid in self.host.get_network().get_connections_map()
+                if type(exc).__name__ == "StreamFailure" and connected:
+                    raise RemoteError(
+                        f"peer {peer_id[-8:]}: protocol {MUX_PROTOCOL} not supported"
+                    ) from None
+                raise _map_dial_error(exc, peer_id) from None
+            client = MuxClient(
+                stream, peer_id, max_frame=self.max_frame, write_timeout=self.request_timeout)
+            self._clients[peer_id] = client
+            self._nursery.start_soon(self._run_client, client)
+            return client
+
+    async def _run_client(self, client: MuxClient) -> None:
+        try:
+            await client.run()
+        finally:
+            if self._clients.get(client.peer) is client:
+                del self._clients[client.peer]
 
     @asynccontextmanager
     async def request(
@@ -508,54 +457,15 @@ class Libp2pOverlay:
         *,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> AsyncIterator[ResponseStream]:
-        """Open a stream to ``peer_id``, send the request, stream back the response."""
+        """Send a request to ``peer_id`` over its multiplexed stream; stream back the answer."""
         self._check_open()
-        frame = encode_frame(payload, max_size=self.max_frame)
         try:
             pid = ID.from_base58(peer_id)
         except Exception:
             raise PeerUnavailableError(f"invalid peer id {peer_id!r}") from None
-        self._unblock(pid)
-        try:
-            with trio.fail_after(self.dial_timeout):
-                stream = await self.host.new_stream(pid, [TProtocol(protocol)])
-        except trio.TooSlowError:
-            raise PeerUnavailableError(
-                f"opening a stream to {peer_id[-8:]} timed out after {self.dial_timeout:g} s"
-            ) from None
-        except Exception as exc:
-            connected = pid in self.host.get_network().get_connections_map()
-            if type(exc).__name__ == "StreamFailure" and connected:
-                raise RemoteError(
-                    f"peer {peer_id[-8:]}: protocol {protocol} not supported"
-                ) from None
-            raise _map_dial_error(exc, peer_id) from None
-        response = _StreamResponse(stream, peer_id, idle_timeout, self.max_frame)
-        try:
-            try:
-                with trio.fail_after(self.request_timeout):
-                    await stream.write(frame)
-            except trio.TooSlowError:
-                raise PeerUnavailableError(f"sending to {peer_id[-8:]} timed out") from None
-            except Exception as exc:
-                raise PeerUnavailableError(
-                    f"stream to {peer_id[-8:]} broke: {type(exc).__name__}") from None
+        client = await self._client(peer_id, pid)
+        async with client.request(protocol, payload, idle_timeout) as response:
             yield response
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                try:
-                    if response.done:
-                        await stream.close()
-                    else:
-                        await stream.reset()
-                except Exception:
-                    pass
-
-
-async def _cancel_when_closed(stream: INetStream, scope: trio.CancelScope) -> None:
-    with suppress(Exception):
-        await stream.read(1)
-    scope.cancel()
 
 
 def _accept_any(peer_id: ID, msg: Any) -> bool:
