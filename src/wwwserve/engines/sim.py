@@ -1,0 +1,269 @@
+"""The simulated engine: continuous batching on a calibrated GPU performance model.
+
+It runs in trio time, so under ``MockClock(autojump_threshold=0)`` an hour of serving takes
+seconds, and it reports the same load signals as SGLang and vLLM. Each iteration decodes one
+token for every running request and spends the rest of a chunked-prefill budget on prompts;
+its duration comes from a :class:`Profile` (see ``profiles.yaml`` for the figures and their
+sources). A request is admitted only when its whole KV footprint fits (the simulator knows
+each request's output length, so it never needs to preempt); until then it waits in a FIFO
+queue. Output text is synthetic: one word per token, deterministic per seed and request id.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, replace
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import trio
+import yaml
+
+from .._compat import TaskStatus
+from ..errors import ConfigError, EngineError, EngineUnavailableError
+from .base import Chunk, CompletionRequest, Emit, EngineLoad, Usage
+
+__all__ = ["Profile", "SimEngine", "get_profile", "profile_names"]
+
+_WORDS = ("the", "model", "answer", "is", "a", "of", "to", "and", "we", "so", "token", "then",
+          "compute", "value", "step", "result", "check", "next", "sum", "thus")
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """Step-time model and capacity of one model on one GPU (see ``profiles.yaml``)."""
+
+    name: str
+    model: str
+    base_ms: float
+    per_token_ms: float
+    attn_ms_per_ctx_token: float
+    floor_ms: float
+    kv_capacity_tokens: int
+    quality: float = 0.0
+    backend: str = "flashinfer"
+    backend_factor: float = 1.0
+
+    def step_seconds(self, batch_tokens: int, batch_ctx: int) -> float:
+        """Duration of one iteration processing ``batch_tokens`` over ``batch_ctx`` context."""
+        ms = max(self.floor_ms, self.base_ms + self.per_token_ms * batch_tokens)
+        ms += self.attn_ms_per_ctx_token * batch_ctx
+        return ms * self.backend_factor / 1000.0
+
+
+@cache
+def _data() -> dict[str, Any]:
+    text = resources.files("wwwserve.engines").joinpath("profiles.yaml").read_text()
+    data: dict[str, Any] = yaml.safe_load(text)
+    return data
+
+
+def profile_names() -> tuple[str, ...]:
+    """Names of the shipped profiles, e.g. ``a100-80g/qwen3-8b``."""
+    return tuple(sorted(_data()["profiles"]))
+
+
+def get_profile(name: str, backend: str = "flashinfer") -> Profile:
+    """The shipped profile ``name`` with attention ``backend`` (flashinfer, triton, sdpa)."""
+    data = _data()
+    if name not in data["profiles"]:
+        raise ConfigError(f"unknown engine profile {name!r}; known: {', '.join(profile_names())}")
+    if backend not in data["backends"]:
+        raise ConfigError(
+            f"unknown attention backend {backend!r}; known: {', '.join(sorted(data['backends']))}")
+    return Profile(name=name, backend=backend, backend_factor=float(data["backends"][backend]),
+                   **data["profiles"][name])
+
+
+class _Req:
+    __slots__ = ("cancelled", "finish", "generated", "id", "output", "prefilled", "prompt",
+                 "rng", "send", "unsent")
+
+    def __init__(self, rid: str, prompt: int, output: int, rng: random.Random,
+                 send: trio.MemorySendChannel[Chunk | Exception], finish: str) -> None:
+        self.id = rid
+        self.finish = finish
+        self.prompt = prompt
+        self.output = output
+        self.rng = rng
+        self.send = send
+        self.prefilled = 0
+        self.generated = 0
+        self.unsent = 0
+        self.cancelled = False
+
+    @property
+    def need(self) -> int:
+        return self.prompt + self.output
+
+    @property
+    def ctx(self) -> int:
+        return self.prefilled + self.generated
+
+
+class SimEngine:
+    """A simulated SGLang-like engine serving ``profile.model`` (see module docs).
+
+    ``stream_interval`` tokens are sent per chunk (like SGLang's ``--stream-interval``);
+    ``mean_output_tokens`` is the mean of the (geometric) output length of requests that do
+    not set ``ignore_eos``. Deterministic for a ``seed``.
+    """
+
+    def __init__(
+        self,
+        profile: Profile,
+        *,
+        models: tuple[str, ...] | None = None,
+        seed: int = 0,
+        stream_interval: int = 1,
+        max_running: int = 256,
+        prefill_chunk: int = 2048,
+        mean_output_tokens: int = 256,
+    ) -> None:
+        self.profile = profile
+        self._models = models or (profile.model,)
+        self.seed = seed
+        self.stream_interval = max(1, stream_interval)
+        self.max_running = max_running
+        self.prefill_chunk = prefill_chunk
+        self.mean_output_tokens = mean_output_tokens
+        self.quality = profile.quality
+        self._waiting: list[_Req] = []
+        self._running: list[_Req] = []
+        self._reserved = 0
+        self._wake = trio.Event()
+        self._healthy = True
+        self.completed = 0
+        self.generated_tokens = 0
+
+    # ---- Engine protocol --------------------------------------------------------------------
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Model names this engine answers to."""
+        return self._models
+
+    def load(self) -> EngineLoad:
+        """KV tokens in use over capacity, running and queued requests (instantaneous)."""
+        used = sum(r.ctx for r in self._running)
+        return EngineLoad(
+            token_usage=min(1.0, used / self.profile.kv_capacity_tokens),
+            running=len(self._running), queued=len(self._waiting), healthy=self._healthy)
+
+    def output_length(self, request: CompletionRequest) -> int:
+        """How many tokens this engine will generate for ``request`` (deterministic)."""
+        if request.ignore_eos:
+            return max(1, request.max_tokens)
+        rng = random.Random(f"{self.seed}:len:{request.request_id}")
+        p = 1.0 / max(1, self.mean_output_tokens)
+        n = 1 + int(math.log(1.0 - rng.random()) / math.log(1.0 - p)) if p < 1 else 1
+        return max(1, min(request.max_tokens, n))
+
+    async def generate(self, request: CompletionRequest, emit: Emit) -> Usage:
+        """Queue ``request``, stream its tokens as the batching loop produces them."""
+        if not self._healthy:
+            raise EngineUnavailableError(f"simulated engine {self.profile.name} is down")
+        prompt = request.prompt_tokens()
+        output = self.output_length(request)
+        if prompt + output > self.profile.kv_capacity_tokens:
+            raise EngineError(f"request needs {prompt + output} KV tokens; the engine has "
+                              f"{self.profile.kv_capacity_tokens}")
+        send, receive = trio.open_memory_channel[Chunk | Exception](math.inf)
+        req = _Req(request.request_id, prompt, output,
+                   random.Random(f"{self.seed}:text:{request.request_id}"), send,
+                   "length" if output >= request.max_tokens else "stop")
+        self._waiting.append(req)
+        self._wake.set()
+        try:
+            async with receive:
+                async for item in receive:
+                    if isinstance(item, Exception):
+                        raise item
+                    await emit(item)
+                    if item.finish_reason is not None:
+                        return item.usage or Usage(prompt, req.generated)
+            raise EngineError("simulated engine stopped")
+        finally:
+            req.cancelled = True
+            self._wake.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The batching loop: one trio sleep per iteration, idle while there is no work."""
+        task_status.started()
+        while True:
+            self._drop_cancelled()
+            self._admit()
+            if not self._running:
+                self._wake = trio.Event()
+                await self._wake.wait()
+                continue
+            budget = self.prefill_chunk
+            decoding = [r for r in self._running if r.prefilled >= r.prompt]
+            prefill: list[tuple[_Req, int]] = []
+            for r in self._running:
+                if r.prefilled < r.prompt and budget > 0:
+                    take = min(budget, r.prompt - r.prefilled)
+                    prefill.append((r, take))
+                    budget -= take
+            batch_tokens = len(decoding) + sum(t for _, t in prefill)
+            batch_ctx = sum(r.ctx for r in self._running)
+            await trio.sleep(self.profile.step_seconds(batch_tokens, batch_ctx))
+            for r, take in prefill:
+                r.prefilled += take
+                if r.prefilled >= r.prompt:
+                    decoding.append(r)  # the step that ends the prefill yields a token
+            for r in decoding:
+                if not r.cancelled:
+                    self._advance(r)
+            self._running = [r for r in self._running if r.generated < r.output
+                             and not r.cancelled]
+
+    # ---- internals --------------------------------------------------------------------------
+    def _drop_cancelled(self) -> None:
+        self._waiting = [r for r in self._waiting if not r.cancelled]
+        keep = []
+        for r in self._running:
+            if r.cancelled:
+                self._reserved -= r.need
+            else:
+                keep.append(r)
+        self._running = keep
+
+    def _admit(self) -> None:
+        cap = self.profile.kv_capacity_tokens
+        while (self._waiting and len(self._running) < self.max_running
+               and self._reserved + self._waiting[0].need <= cap):
+            r = self._waiting.pop(0)
+            self._reserved += r.need
+            self._running.append(r)
+
+    def _advance(self, r: _Req) -> None:
+        r.generated += 1
+        r.unsent += 1
+        self.generated_tokens += 1
+        done = r.generated >= r.output
+        if r.unsent >= self.stream_interval or done:
+            words = " ".join(r.rng.choice(_WORDS) for _ in range(r.unsent))
+            text = (" " + words) if r.generated > r.unsent else words
+            chunk = Chunk(text=text, tokens=r.unsent)
+            r.unsent = 0
+            if done:
+                chunk = replace(chunk, finish_reason=r.finish, usage=Usage(r.prompt, r.generated))
+                self._reserved -= r.need
+                self.completed += 1
+            r.send.send_nowait(chunk)
+
+    # ---- fault injection --------------------------------------------------------------------
+    def crash(self) -> None:
+        """Fail every request in flight and refuse new ones until :meth:`recover`."""
+        self._healthy = False
+        err = EngineUnavailableError(f"simulated engine {self.profile.name} crashed")
+        for r in self._waiting + self._running:
+            r.send.send_nowait(err)
+            r.cancelled = True
+        self._wake.set()
+
+    def recover(self) -> None:
+        """Accept requests again after :meth:`crash`."""
+        self._healthy = True
