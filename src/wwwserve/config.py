@@ -144,6 +144,9 @@ class DispatchParams:
         _probability(self, "target_token_usage")
 
 
+ENGINE_KINDS = ("sglang", "vllm", "sim")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelConfig:
     """One entry of ``models``: a model served by an OpenAI-compatible engine."""
@@ -153,8 +156,16 @@ class ModelConfig:
     api_key: str | None = None
     gen_params: GenParams = field(default_factory=GenParams)
     dispatch_params: DispatchParams = field(default_factory=DispatchParams)
+    #: ``sglang`` or ``vllm`` (an HTTP engine at ``base_url``), or ``sim`` (a simulated
+    #: engine in the node's process with ``sim_profile`` and ``attention_backend``)
+    engine: str = "sglang"
+    sim_profile: str = "a100-80g/qwen3-8b"
+    attention_backend: str = "flashinfer"
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINE_KINDS:
+            raise ConfigError(f"engine: must be one of {', '.join(ENGINE_KINDS)}, "
+                              f"got {_fmt(self.engine)}")
         if not self.model_path.strip():
             raise ConfigError("model_path: must be a non-empty model name or path")
         if not re.match(r"^https?://[^\s/]+", self.base_url):

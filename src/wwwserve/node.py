@@ -1,7 +1,8 @@
 """Node: one provider's participant in a wwwserve network.
 
-A node composes its identity, an overlay (libp2p in the real world, memory in simulations) and
-gossip membership. Later capabilities (engines, dispatch, ledger, gateway) plug in here.
+A node composes its identity, an overlay (libp2p in the real world, memory in simulations),
+gossip membership, its engines, a credit account and the dispatcher that decides where each
+request runs. Later capabilities (ledger, gateway) plug in here.
 
 Embedding::
 
@@ -25,9 +26,11 @@ import trio
 from ._compat import TaskStatus
 from .clock import WallClock, system_wall_clock
 from .config import NodeConfig
+from .engines import Chunk, CompletionRequest, Emit, Engine, SimEngine, Usage, get_profile
 from .errors import ConfigError
 from .identity import Identity, load_or_create_identity
-from .membership import LocalState, Membership, PeerInfo
+from .market import CreditAccount, CreditBook, Dispatcher, LocalModel, get_policy
+from .membership import LocalState, Membership, ModelLoad, PeerInfo
 from .overlay import Overlay
 
 __all__ = ["Node"]
@@ -52,6 +55,8 @@ class Node:
         wall_clock: WallClock = system_wall_clock,
         rng: random.Random | None = None,
         local_state: Callable[[], LocalState] | None = None,
+        engines: Mapping[str, Engine] | None = None,
+        credit: CreditAccount | None = None,
     ) -> None:
         self.config = config
         self._identity = identity
@@ -60,6 +65,9 @@ class Node:
         self.rng = rng or random.Random()
         self._local_state = local_state
         self._membership: Membership | None = None
+        self._engines = dict(engines or {})
+        self._credit = credit
+        self._dispatcher: Dispatcher | None = None
 
     @property
     def identity(self) -> Identity:
@@ -99,18 +107,71 @@ class Node:
         """The live peer table."""
         return self.membership.peers
 
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """The request dispatcher (available once started)."""
+        if self._dispatcher is None:
+            raise RuntimeError("node is not started")
+        return self._dispatcher
+
+    @property
+    def credit(self) -> CreditAccount:
+        """This node's credit account."""
+        if self._credit is None:
+            lp = self.config.ledger_params
+            self._credit = CreditBook().open(self.peer_id, lp.initial_credit, lp.initial_staked)
+        return self._credit
+
     def local_state(self) -> LocalState:
         """What this node announces in its heartbeats."""
         if self._local_state is not None:
             return self._local_state()
         sp = self.config.server_params
+        models: tuple[ModelLoad, ...] = ()
+        if self._dispatcher is not None:
+            loads = [(m.name, m.engine.load()) for m in self._dispatcher.models]
+            models = tuple(ModelLoad(model=name, token_usage=ld.token_usage, running=ld.running,
+                                     queued=ld.queued) for name, ld in loads if ld.healthy)
         return LocalState(
+            models=models,
             policy={
                 "offload_frequency": sp.offload_frequency,
                 "queue_frequency": sp.queue_frequency,
                 "accept_frequency": sp.accept_frequency,
             },
+            stake=self.credit.stake(),
+            credit=self.credit.balance(),
         )
+
+    def _local_models(self) -> list[LocalModel]:
+        models = []
+        for i, mc in enumerate(self.config.models):
+            engine = self._engines.get(mc.model_path)
+            if engine is None and mc.engine == "sim":
+                engine = SimEngine(get_profile(mc.sim_profile, mc.attention_backend),
+                                   models=(mc.model_path,), seed=self.rng.randrange(1 << 30))
+                self._engines[mc.model_path] = engine
+            if engine is None:
+                raise ConfigError(
+                    f"models[{i}] ({mc.model_path}): no engine; pass engines={{...}} to Node "
+                    f"or set engine: sim (the HTTP driver for {mc.engine} is not built yet)")
+            models.append(LocalModel(mc.model_path, engine,
+                                     mc.dispatch_params.target_token_usage))
+        return models
+
+    async def submit(self, request: CompletionRequest, emit: Emit) -> Usage:
+        """Serve ``request`` (locally or on a peer), pushing its chunks to ``emit``."""
+        return await self.dispatcher.submit(request, emit)
+
+    async def complete(self, request: CompletionRequest) -> tuple[str, Usage]:
+        """Serve ``request`` and return its whole text and usage."""
+        parts: list[str] = []
+
+        async def collect(chunk: Chunk) -> None:
+            parts.append(chunk.text)
+
+        usage = await self.submit(request, collect)
+        return "".join(parts), usage
 
     async def __aenter__(self) -> Self:
         overlay = self.overlay
@@ -128,12 +189,26 @@ class Node:
                 target_degree=net.target_degree, wall_clock=self.wall_clock, rng=self.rng,
                 local_state=self.local_state,
             )
+            models = self._local_models()
+            for engine in {id(e): e for e in self._engines.values()}.values():
+                await nursery.start(engine.run)
+            self._dispatcher = Dispatcher(
+                overlay=overlay, peer_id=self.peer_id, peers=lambda: self.membership.peers,
+                models=models, policy=get_policy(self.config.server_params),
+                credit=self.credit, rng=self.rng)
+            await nursery.start(self._dispatcher.run)
             await nursery.start(self._membership.run)
+            nursery.start_soon(self._notify_on_membership)
         except BaseException:
             await self._stack.aclose()
             raise
         logger.info("node %s up at %s", self.peer_id, ", ".join(overlay.addresses))
         return self
+
+    async def _notify_on_membership(self) -> None:
+        async with self.membership.events() as events:
+            async for _event in events:
+                self.dispatcher.notify()
 
     async def __aexit__(self, *exc_info: object) -> bool | None:
         self._nursery.cancel_scope.cancel()

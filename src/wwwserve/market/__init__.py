@@ -1,0 +1,19 @@
+"""The market: Proof-of-Stake selection, policies, credits and the dispatcher."""
+
+from .credit import CreditAccount, CreditBook
+from .dispatch import Dispatcher, LocalModel
+from .policy import DefaultPolicy, NodeView, Policy, get_policy, register_policy
+from .pos import weighted_sample
+
+__all__ = [
+    "CreditAccount",
+    "CreditBook",
+    "DefaultPolicy",
+    "Dispatcher",
+    "LocalModel",
+    "NodeView",
+    "Policy",
+    "get_policy",
+    "register_policy",
+    "weighted_sample",
+]

@@ -1,0 +1,330 @@
+"""The dispatcher: decides, for every request, where it runs — event-driven.
+
+A user's request is decided when it arrives; if the policy says neither run, offload nor
+queue, it waits for something to change (a local request finishing, a peer's heartbeat)
+and is decided again, until its deadline. Offloading draws ``candidates`` peers by stake
+(:func:`~.pos.weighted_sample`) among live peers serving the model, probes them in
+parallel, sends the request to the first that accepts and streams its answer back.
+
+Failures: an executor that breaks or stalls (no chunk for ``stall_timeout``) is abandoned
+and the request decided again while its deadline allows. Streamed requests whose tokens
+already reached the user cannot be retried: they end with :class:`StreamBrokenError`.
+Non-streamed requests are buffered per attempt, so a failed attempt leaves no trace.
+A request is paid for once, only after it completed, by request id.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import trio
+
+from .._compat import TaskStatus
+from ..engines import Chunk, CompletionRequest, Emit, Engine, Usage
+from ..errors import (
+    DeadlineExceededError,
+    EngineError,
+    ModelNotFoundError,
+    OverlayError,
+    ProtocolError,
+    StreamBrokenError,
+    WWWServeError,
+)
+from ..membership import PeerInfo, PeerStatus
+from ..overlay import Overlay, ResponseSender
+from ..wire import decode, encode
+from .credit import CreditAccount
+from .messages import OFFLOAD_PROTOCOL, PROBE_PROTOCOL, Offload, Probe, ProbeReply
+from .policy import ModelView, NodeView, Policy
+from .pos import weighted_sample
+
+__all__ = ["Dispatcher", "LocalModel"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class LocalModel:
+    """A model this node serves: its name, engine and target token usage."""
+
+    name: str
+    engine: Engine
+    target_token_usage: float = 0.6
+
+
+class _Sink:
+    """The user's side of one request across attempts (buffers non-streamed answers)."""
+
+    def __init__(self, emit: Emit, stream: bool) -> None:
+        self._emit = emit
+        self._stream = stream
+        self._buffer: list[Chunk] = []
+        self.committed = False
+
+    async def send(self, chunk: Chunk) -> None:
+        if self._stream:
+            self.committed = True
+            await self._emit(chunk)
+        else:
+            self._buffer.append(chunk)
+
+    async def finish(self) -> None:
+        for chunk in self._buffer:
+            await self._emit(chunk)
+        self._buffer.clear()
+
+    def failed(self, why: str) -> None:
+        self._buffer.clear()
+        if self.committed:
+            raise StreamBrokenError(f"the answer broke off after it had started: {why}")
+
+
+def _serves(info: PeerInfo, model: str) -> bool:
+    return any(model in ("auto", m.model) for m in info.models)
+
+
+class Dispatcher:
+    """Local / offload / queue decisions for one node (see the module docs)."""
+
+    def __init__(
+        self,
+        *,
+        overlay: Overlay,
+        peer_id: str,
+        peers: Callable[[], Mapping[str, PeerInfo]],
+        models: list[LocalModel],
+        policy: Policy,
+        credit: CreditAccount,
+        rng: random.Random,
+        reward: float = 1.0,
+        candidates: int = 3,
+        max_hops: int = 2,
+        probe_timeout: float = 2.0,
+        stall_timeout: float = 30.0,
+    ) -> None:
+        self.overlay = overlay
+        self.peer_id = peer_id
+        self.peers = peers
+        self.models = models
+        self.policy = policy
+        self.credit = credit
+        self.rng = rng
+        self.reward = reward
+        self.candidates = candidates
+        self.max_hops = max_hops
+        self.probe_timeout = probe_timeout
+        self.stall_timeout = stall_timeout
+        self.stats: Counter[str] = Counter()
+        self._waiting = 0
+        self._changed = trio.Event()
+
+    # ---- state --------------------------------------------------------------------------
+    def notify(self) -> None:
+        """Something changed (capacity freed, a peer's state): waiting requests re-decide."""
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _local(self, model: str) -> list[LocalModel]:
+        return [m for m in self.models if model in ("auto", m.name) or model in m.engine.models]
+
+    def view(self, model: str = "auto") -> NodeView:
+        """What the policy sees for a request for ``model``."""
+        views = []
+        for m in self._local(model):
+            load = m.engine.load()
+            if load.healthy:
+                views.append(ModelView(m.name, load, m.target_token_usage))
+        return NodeView(tuple(views), self._waiting, self.credit.balance(), self.credit.stake())
+
+    def _by_name(self, name: str) -> LocalModel:
+        return next(m for m in self.models if m.name == name)
+
+    def network_models(self) -> set[str]:
+        """Models served here or by any live peer."""
+        names = {m.name for m in self.models}
+        for info in self.peers().values():
+            names.update(m.model for m in info.models)
+        return names
+
+    # ---- the requester side -------------------------------------------------------------
+    async def submit(self, request: CompletionRequest, emit: Emit,
+                     route: tuple[str, ...] = ()) -> Usage:
+        """Serve ``request`` here or elsewhere; push its chunks to ``emit``."""
+        if request.model != "auto" and request.model not in self.network_models():
+            raise ModelNotFoundError(f"model {request.model!r} is not served in this network")
+        deadline = trio.current_time() + request.timeout
+        sink = _Sink(emit, request.stream)
+        self._waiting += 1
+        waiting = True
+        try:
+            while True:
+                changed = self._changed
+                view = self.view(request.model)
+                name = self.policy.run_locally(view)
+                if name is None and self.policy.offload(view, self.rng) \
+                        and self.credit.balance() >= self.reward:
+                    self._waiting -= 1
+                    waiting = False
+                    usage = await self._offload(request, sink, route, deadline)
+                    if usage is not None:
+                        return usage
+                    self._waiting += 1
+                    waiting = True
+                    view = self.view(request.model)
+                if name is None:
+                    name = self.policy.queue(view, self.rng)
+                    if name is not None:
+                        self.stats["queued"] += 1
+                if name is not None:
+                    self._waiting -= 1
+                    waiting = False
+                    usage = await self._run_local(self._by_name(name), request, sink, deadline)
+                    if usage is not None:
+                        self.stats["local"] += 1
+                        return usage
+                    self._waiting += 1
+                    waiting = True
+                self.stats["deferred"] += 1
+                with trio.move_on_at(deadline):
+                    await changed.wait()
+                if trio.current_time() >= deadline:
+                    self.stats["deadline"] += 1
+                    raise DeadlineExceededError(
+                        f"request {request.request_id} not served within {request.timeout:g} s")
+        finally:
+            if waiting:
+                self._waiting -= 1
+
+    async def _run_local(self, model: LocalModel, request: CompletionRequest, sink: _Sink,
+                         deadline: float) -> Usage | None:
+        try:
+            with trio.fail_after(max(0.0, deadline - trio.current_time())):
+                usage = await model.engine.generate(request, sink.send)
+            await sink.finish()
+            return usage
+        except (EngineError, trio.TooSlowError) as exc:
+            self.stats["local_failed"] += 1
+            sink.failed(f"local engine: {exc!r}")
+            return None
+        finally:
+            self.notify()
+
+    def _candidates(self, request: CompletionRequest, route: tuple[str, ...]) -> list[str]:
+        weights = {p: info.stake for p, info in self.peers().items()
+                   if p != self.peer_id and p not in route and info.status is PeerStatus.ALIVE
+                   and _serves(info, request.model)}
+        return weighted_sample(weights, self.candidates, self.rng)
+
+    async def _probe(self, peers: list[str], request: CompletionRequest,
+                     route: tuple[str, ...]) -> str | None:
+        probe = encode(Probe(request_id=request.request_id, model=request.model,
+                             prompt_tokens=request.prompt_tokens(),
+                             max_tokens=request.max_tokens, route=route))
+        winner: list[str] = []
+
+        async def ask(peer: str, scope: trio.CancelScope) -> None:
+            try:
+                async with self.overlay.request(peer, PROBE_PROTOCOL, probe,
+                                                idle_timeout=self.probe_timeout) as resp:
+                    async for data in resp:
+                        reply = decode(data, expect=ProbeReply)
+                        if reply.accept and not winner:
+                            winner.append(peer)
+                            scope.cancel()
+            except (OverlayError, ProtocolError) as exc:
+                logger.debug("probe of %s failed: %s", peer, exc)
+
+        with trio.move_on_after(self.probe_timeout):
+            async with trio.open_nursery() as n:
+                for peer in peers:
+                    n.start_soon(ask, peer, n.cancel_scope)
+        return winner[0] if winner else None
+
+    async def _offload(self, request: CompletionRequest, sink: _Sink,
+                       route: tuple[str, ...], deadline: float) -> Usage | None:
+        peers = self._candidates(request, route)
+        if not peers:
+            self.stats["no_candidates"] += 1
+            return None
+        executor = await self._probe(peers, request, route)
+        if executor is None:
+            self.stats["probes_refused"] += 1
+            return None
+        payload = encode(Offload(request=encode(request), route=(*route, self.peer_id),
+                                 hops=len(route) + 1))
+        usage: Usage | None = None
+        try:
+            with trio.move_on_at(deadline):
+                idle = min(self.stall_timeout, max(0.001, deadline - trio.current_time()))
+                async with self.overlay.request(executor, OFFLOAD_PROTOCOL, payload,
+                                                idle_timeout=idle) as resp:
+                    async for data in resp:
+                        chunk = decode(data, expect=Chunk)
+                        await sink.send(chunk)
+                        if chunk.finish_reason is not None:
+                            usage = chunk.usage or Usage()
+        except (OverlayError, ProtocolError) as exc:
+            self.stats["offload_failed"] += 1
+            sink.failed(f"executor {executor[-8:]}: {exc}")
+            return None
+        if usage is None:
+            self.stats["offload_failed"] += 1
+            sink.failed(f"executor {executor[-8:]} ended without finishing")
+            return None
+        await sink.finish()
+        if self.credit.pay(executor, self.reward, request.request_id):
+            self.stats["paid"] += 1
+        self.stats["offloaded"] += 1
+        return usage
+
+    # ---- the executor side --------------------------------------------------------------
+    def serve(self) -> None:
+        """Answer peers' probes and offloaded requests on the overlay."""
+        self.overlay.serve(PROBE_PROTOCOL, self._on_probe)
+        self.overlay.serve(OFFLOAD_PROTOCOL, self._on_offload)
+
+    def _accepts(self, model: str, route: tuple[str, ...]) -> str | None:
+        if self.peer_id in route or len(route) > self.max_hops:
+            return None
+        return self.policy.accept(self.view(model), self.rng)
+
+    async def _on_probe(self, peer: str, payload: bytes, sender: ResponseSender) -> None:
+        probe = decode(payload, expect=Probe)
+        name = self._accepts(probe.model, probe.route)
+        self.stats["probe_accepted" if name else "probe_refused"] += 1
+        await sender.send(encode(ProbeReply(accept=name is not None, model=name or "",
+                                            reason="" if name else "busy")))
+
+    async def _on_offload(self, peer: str, payload: bytes, sender: ResponseSender) -> None:
+        off = decode(payload, expect=Offload)
+        request = decode(off.request, expect=CompletionRequest)
+        if self.peer_id in off.route or off.hops > self.max_hops:
+            raise WWWServeError("route loop or hop limit exceeded")
+        candidates = [m for m in self.view(request.model).models]
+        if not candidates:
+            raise WWWServeError(f"model {request.model!r} unavailable here")
+        name = min(candidates, key=lambda m: (m.load.queued, m.load.token_usage)).name
+
+        async def forward(chunk: Chunk) -> None:
+            await sender.send(encode(chunk))
+
+        try:
+            await self._by_name(name).engine.generate(request, forward)
+        finally:
+            self.notify()
+        self.stats["accepted"] += 1
+        self.credit.earn(peer, self.reward, request.request_id)
+
+    # ---- stake --------------------------------------------------------------------------
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the protocols and re-target the stake every second."""
+        self.serve()
+        self.credit.set_stake(self.policy.target_stake(self.view()))
+        task_status.started()
+        while True:
+            await trio.sleep(1.0)
+            self.credit.set_stake(self.policy.target_stake(self.view()))

@@ -1,0 +1,44 @@
+"""Wire messages of the market protocols (probe and offload)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..wire import Message, message
+
+__all__ = ["Offload", "Probe", "ProbeReply"]
+
+PROBE_PROTOCOL = "/wwwserve/probe/1.0.0"
+OFFLOAD_PROTOCOL = "/wwwserve/offload/1.0.0"
+
+
+@message("probe", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Probe(Message):
+    """Would you take this request now?"""
+
+    request_id: str
+    model: str
+    prompt_tokens: int
+    max_tokens: int
+    route: tuple[str, ...] = ()
+
+
+@message("probe-reply", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeReply(Message):
+    """Yes (with the model that would run it) or no (with why)."""
+
+    accept: bool
+    model: str = ""
+    reason: str = ""
+
+
+@message("offload", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Offload(Message):
+    """Run this request (an encoded CompletionRequest); ``route`` lists the nodes it passed."""
+
+    request: bytes
+    route: tuple[str, ...] = ()
+    hops: int = 1

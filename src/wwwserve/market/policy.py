@@ -1,0 +1,143 @@
+"""Policies: the decisions a node makes about requests and stake, pluggable by name.
+
+The default is the WWW.Serve authors' rule (DESIGN.md, Dispatch): run locally while a local
+model is under its ``target_token_usage``; otherwise offload with ``offload_frequency``; else
+queue locally with ``queue_frequency``; else wait for a change and decide again. Accept a
+peer's request with ``accept_frequency`` when the node's own users are not waiting and a
+model is idle. A config names a policy (``server_params.policy``): a registered name
+(``default_sglang``, ``default_vllm``) or a dotted path ``package.module:Class`` whose class
+takes the :class:`~wwwserve.config.ServerParams`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..config import ServerParams
+from ..engines import EngineLoad
+from ..errors import ConfigError
+
+__all__ = ["DefaultPolicy", "NodeView", "Policy", "get_policy", "register_policy"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelView:
+    """One healthy local model as a policy sees it."""
+
+    name: str
+    load: EngineLoad
+    target_token_usage: float
+
+    @property
+    def under_target(self) -> bool:
+        """Room for one more request now (under target usage and nothing queued)."""
+        return self.load.token_usage < self.target_token_usage and self.load.queued == 0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """The node's state at a decision: its healthy local models for the request, its own
+    users' requests still waiting for a decision, its credit and stake."""
+
+    models: tuple[ModelView, ...]
+    own_waiting: int
+    balance: float
+    stake: float
+
+
+class Policy(Protocol):
+    """Decision hooks of a node (see the module docs for the default behaviour)."""
+
+    def run_locally(self, view: NodeView) -> str | None:
+        """A local model to run the request on now, or None."""
+        ...
+
+    def offload(self, view: NodeView, rng: random.Random) -> bool:
+        """Try to offload the request to a peer?"""
+        ...
+
+    def queue(self, view: NodeView, rng: random.Random) -> str | None:
+        """A local model to queue the request on, or None to wait and decide again."""
+        ...
+
+    def accept(self, view: NodeView, rng: random.Random) -> str | None:
+        """The local model to run a peer's request on, or None to refuse it."""
+        ...
+
+    def target_stake(self, view: NodeView) -> float:
+        """How much credit to keep staked (re-targeted every second)."""
+        ...
+
+
+class DefaultPolicy:
+    """The authors' rule with the node's three frequencies; stake follows idleness."""
+
+    def __init__(self, params: ServerParams, *, stake_fraction: float = 0.5) -> None:
+        self.offload_frequency = params.offload_frequency
+        self.queue_frequency = params.queue_frequency
+        self.accept_frequency = params.accept_frequency
+        self.stake_fraction = stake_fraction
+
+    def run_locally(self, view: NodeView) -> str | None:
+        """The least loaded model under its target, if any."""
+        free = [m for m in view.models if m.under_target]
+        return min(free, key=lambda m: m.load.token_usage).name if free else None
+
+    def offload(self, view: NodeView, rng: random.Random) -> bool:
+        """With ``offload_frequency``."""
+        return rng.random() < self.offload_frequency
+
+    def queue(self, view: NodeView, rng: random.Random) -> str | None:
+        """With ``queue_frequency``, the model with the shortest queue."""
+        if not view.models or rng.random() >= self.queue_frequency:
+            return None
+        return min(view.models, key=lambda m: (m.load.queued, m.load.token_usage)).name
+
+    def accept(self, view: NodeView, rng: random.Random) -> str | None:
+        """With ``accept_frequency``, if our users are not waiting and a model is idle."""
+        if view.own_waiting or rng.random() >= self.accept_frequency:
+            return None
+        return self.run_locally(view)
+
+    def target_stake(self, view: NodeView) -> float:
+        """A share of all our credit, larger when idle; nothing if we never accept."""
+        if self.accept_frequency <= 0 or not view.models:
+            return 0.0
+        busy = max(min(1.0, m.load.token_usage / max(m.target_token_usage, 1e-9)
+                       + (1.0 if m.load.queued else 0.0)) for m in view.models)
+        return self.stake_fraction * (view.balance + view.stake) * (1.0 - busy)
+
+
+PolicyFactory = Callable[[ServerParams], Policy]
+_REGISTRY: dict[str, PolicyFactory] = {
+    "default_sglang": DefaultPolicy,
+    "default_vllm": DefaultPolicy,
+}
+
+
+def register_policy(name: str, factory: PolicyFactory) -> None:
+    """Make ``factory`` available as ``server_params.policy: name``."""
+    _REGISTRY[name] = factory
+
+
+def get_policy(params: ServerParams, registry: Mapping[str, PolicyFactory] = _REGISTRY) -> Policy:
+    """Build the policy ``params.policy`` names (a registered name or ``module:Class``)."""
+    name = params.policy
+    if name in registry:
+        return registry[name](params)
+    module, sep, attr = name.partition(":")
+    if not sep:
+        module, _, attr = name.rpartition(".")
+    if not module or not attr:
+        raise ConfigError(f"server_params.policy: unknown policy {name!r}; use one of "
+                          f"{', '.join(sorted(registry))} or 'package.module:Class'")
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"server_params.policy: cannot import {name!r}: {exc}") from None
+    policy: Policy = factory(params)
+    return policy

@@ -1,0 +1,173 @@
+"""Dispatch in virtual time: 4 nodes over MemoryOverlay with simulated engines."""
+
+from __future__ import annotations
+
+import random
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from wwwserve.clock import trio_wall_clock
+from wwwserve.config import (
+    MembershipParams,
+    ModelConfig,
+    NetworkParams,
+    NodeConfig,
+    ServerParams,
+)
+from wwwserve.engines import Chunk, CompletionRequest, SimEngine, get_profile
+from wwwserve.errors import DeadlineExceededError, ModelNotFoundError
+from wwwserve.identity import Identity
+from wwwserve.market import CreditBook, weighted_sample
+from wwwserve.node import Node
+from wwwserve.overlay import MemoryNetwork
+from wwwserve.sim import seed_trio_scheduler
+
+MODEL = "Qwen/Qwen3-8B"
+PARAMS = MembershipParams(heartbeat_interval=1.0, suspect_timeout=2.5, peer_timeout=5.0)
+
+
+def request(i: int, out: int = 200, **kw) -> CompletionRequest:
+    return CompletionRequest(request_id=f"r{i}", model=MODEL, prompt="x" * 2000,
+                             max_tokens=out, ignore_eos=True, **kw)
+
+
+@asynccontextmanager
+async def network(accept: list[float], *, seed: int = 1, stake: list[float] | None = None,
+                  profile: str = "rtx4090/qwen3-8b"):
+    """Nodes with one simulated engine each, a shared credit book, virtual time."""
+    seed_trio_scheduler(seed)
+    book = CreditBook(shared=True)
+    async with MemoryNetwork(seed=seed, latency=0.002) as net, trio.open_nursery() as nursery:
+        nodes: list[Node] = []
+        engines: list[SimEngine] = []
+        for i, acc in enumerate(accept):
+            ident = Identity.from_seed(random.Random(seed * 100 + i).randbytes(32))
+            boot = (nodes[0].addresses[0],) if nodes else ()
+            cfg = NodeConfig(
+                server_params=ServerParams(offload_frequency=1.0, queue_frequency=0.5,
+                                           accept_frequency=acc),
+                models=(ModelConfig(model_path=MODEL, engine="sim"),),
+                network=NetworkParams(network_id="sim", bootstrap=boot),
+                membership=PARAMS)
+            engine = SimEngine(get_profile(profile), models=(MODEL,), seed=i, stream_interval=8)
+            credit = book.open(ident.peer_id, 100.0, 0.0)
+            node = Node(cfg, identity=ident, overlay=net.node(ident), engines={MODEL: engine},
+                        credit=credit, wall_clock=trio_wall_clock(), rng=random.Random(seed + i))
+            await nursery.start(node.run)
+            nodes.append(node)
+            engines.append(engine)
+        await trio.sleep(6)  # heartbeats spread, stakes re-targeted
+        if stake is not None:
+            for node, s in zip(nodes, stake, strict=True):
+                node.dispatcher.policy.target_stake = (lambda view, s=s: s)  # type: ignore[method-assign]
+            await trio.sleep(3)
+        assert all(len(n.peers) == len(accept) - 1 for n in nodes)
+        yield nodes, engines, book, net
+        nursery.cancel_scope.cancel()
+
+
+async def burst(node: Node, n: int, **kw) -> list[str]:
+    texts: list[str] = []
+
+    async def one(i: int) -> None:
+        text, usage = await node.complete(request(i, **kw))
+        assert usage.completion_tokens == kw.get("out", 200)
+        texts.append(text)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            nursery.start_soon(one, i)
+    return texts
+
+
+async def test_overloaded_node_offloads_and_credits_move_by_served_count(autojump_clock):
+    async with network([0.0, 1.0, 1.0, 1.0]) as (nodes, engines, book, _net):
+        total = book.total()
+        busy = nodes[0]
+        credit0 = busy.credit.balance() + busy.credit.stake()
+        texts = await burst(busy, 40)
+        assert len(texts) == 40
+        offloaded = busy.dispatcher.stats["offloaded"]
+        accepted = sum(n.dispatcher.stats["accepted"] for n in nodes[1:])
+        assert offloaded > 0 and offloaded == accepted
+        assert busy.dispatcher.stats["local"] + offloaded == 40
+        # exactly one credit per offloaded request left the busy node, none was created
+        assert busy.credit.balance() + busy.credit.stake() == pytest.approx(credit0 - offloaded)
+        assert len(book.settled) == offloaded
+        assert book.total() == pytest.approx(total)
+        assert sum(e.completed for e in engines) == 40
+
+
+async def test_zero_stake_and_zero_accept_peers_are_never_used(autojump_clock):
+    # node 2 stakes nothing (never drawn); node 3 never accepts (stakes nothing either)
+    async with network([0.0, 1.0, 1.0, 0.0], stake=[0.0, 30.0, 0.0, 0.0]) as (
+            nodes, engines, _book, _net):
+        await burst(nodes[0], 40)
+        assert engines[2].completed == 0
+        assert engines[3].completed == 0
+        assert nodes[3].dispatcher.stats["probe_accepted"] == 0
+        assert nodes[1].dispatcher.stats["accepted"] > 0
+
+
+async def test_executor_crash_mid_request_completes_elsewhere_billed_once(autojump_clock):
+    async with network([0.0, 1.0, 1.0, 1.0]) as (nodes, engines, book, net):
+        busy = nodes[0]
+        done: list[str] = []
+
+        async def one(i: int) -> None:
+            text, _ = await busy.complete(request(i, out=2000))
+            done.append(text)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(30):
+                nursery.start_soon(one, i)
+            await trio.sleep(10)  # executors are mid-way through 2000-token answers
+            victim = max(range(1, 4), key=lambda k: engines[k].load().running)
+            assert engines[victim].load().running > 0
+            net.crash(nodes[victim].peer_id)
+        assert len(done) == 30
+        assert busy.dispatcher.stats["offload_failed"] > 0
+        # every request billed at most once, and only to a node that completed it
+        assert len(book.settled) == busy.dispatcher.stats["offloaded"]
+        assert len(set(book.settled)) == len(book.settled)
+
+
+async def test_unknown_model_is_404_and_deadline_is_504(autojump_clock):
+    async with network([0.0, 0.0]) as (nodes, _engines, _book, _net):
+        with pytest.raises(ModelNotFoundError):
+            await nodes[0].complete(CompletionRequest(request_id="x", model="nope", prompt="p"))
+        # nobody accepts and the local queue is refused half the time: a tiny budget runs out
+        with pytest.raises(DeadlineExceededError):
+            await nodes[0].complete(request(99, out=5000, timeout=0.5))
+
+
+async def test_streamed_chunks_arrive_in_order_from_a_peer(autojump_clock):
+    async with network([0.0, 1.0]) as (nodes, _engines, _book, _net):
+        # fill the busy node so the next request goes to the peer
+        chunks: list[Chunk] = []
+
+        async def emit(c: Chunk) -> None:
+            chunks.append(c)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(12):
+                nursery.start_soon(nodes[0].complete, request(i, out=500))
+            await trio.sleep(0.5)
+            await nodes[0].submit(request(100, out=64, stream=True), emit)
+        assert sum(c.tokens for c in chunks) == 64
+        assert nodes[1].dispatcher.stats["accepted"] >= 1
+        assert len(chunks) == 8  # stream_interval 8: streamed, not one blob
+        assert chunks[-1].finish_reason == "length"
+        assert all(c.finish_reason is None for c in chunks[:-1])
+
+
+def test_weighted_sample_is_proportional_and_skips_zero_weights():
+    rng = random.Random(5)
+    counts = {"a": 0, "b": 0, "z": 0}
+    for _ in range(20_000):
+        counts[weighted_sample({"a": 1.0, "b": 3.0, "z": 0.0}, 1, rng)[0]] += 1
+    assert counts["z"] == 0
+    assert 2.8 < counts["b"] / counts["a"] < 3.2
+    assert sorted(weighted_sample({"a": 1, "b": 1, "c": 1}, 5, rng)) == ["a", "b", "c"]
