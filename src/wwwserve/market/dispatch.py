@@ -304,7 +304,7 @@ class Dispatcher:
         request = decode(off.request, expect=CompletionRequest)
         if self.peer_id in off.route or off.hops > self.max_hops:
             raise WWWServeError("route loop or hop limit exceeded")
-        candidates = [m for m in self.view(request.model).models]
+        candidates = self.view(request.model).models
         if not candidates:
             raise WWWServeError(f"model {request.model!r} unavailable here")
         name = min(candidates, key=lambda m: (m.load.queued, m.load.token_usage)).name
