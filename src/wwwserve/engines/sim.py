@@ -78,12 +78,11 @@ def get_profile(name: str, backend: str = "flashinfer") -> Profile:
 
 
 class _Req:
-    __slots__ = ("cancelled", "finish", "generated", "id", "output", "prefilled", "prompt",
-                 "rng", "send", "unsent")
+    __slots__ = ("cancelled", "finish", "generated", "output", "prefilled", "prompt", "rng",
+                 "send", "unsent")
 
-    def __init__(self, rid: str, prompt: int, output: int, rng: random.Random,
+    def __init__(self, prompt: int, output: int, rng: random.Random,
                  send: trio.MemorySendChannel[Chunk | Exception], finish: str) -> None:
-        self.id = rid
         self.finish = finish
         self.prompt = prompt
         self.output = output
@@ -170,7 +169,7 @@ class SimEngine:
             raise EngineError(f"request needs {prompt + output} KV tokens; the engine has "
                               f"{self.profile.kv_capacity_tokens}")
         send, receive = trio.open_memory_channel[Chunk | Exception](math.inf)
-        req = _Req(request.request_id, prompt, output,
+        req = _Req(prompt, output,
                    random.Random(f"{self.seed}:text:{request.request_id}"), send,
                    "length" if output >= request.max_tokens else "stop")
         self._waiting.append(req)

@@ -18,7 +18,7 @@ from typing import Protocol, Self, TypeVar, runtime_checkable
 
 import trio
 
-from ..errors import PeerUnavailableError, ProtocolError, RemoteError
+from ..errors import PeerUnavailableError, RemoteError
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
@@ -30,7 +30,6 @@ __all__ = [
     "ResponseSender",
     "ResponseStream",
     "StreamCode",
-    "decode_stream_frame",
     "peer_id_of",
 ]
 
@@ -192,17 +191,6 @@ class StreamCode(bytes, enum.Enum):
     DATA = b"D"
     END = b"E"
     ERROR = b"X"
-
-
-def decode_stream_frame(frame: bytes) -> tuple[StreamCode, bytes]:
-    """Split a response frame into its code and body (sans-IO, used by both overlays)."""
-    if not frame:
-        raise ProtocolError("empty response frame")
-    try:
-        code = StreamCode(frame[:1])
-    except ValueError:
-        raise ProtocolError(f"unknown response frame code {frame[:1]!r}") from None
-    return code, frame[1:]
 
 
 def raise_for_frame(code: StreamCode, body: bytes, peer_id: str) -> bytes | None:

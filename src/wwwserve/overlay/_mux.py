@@ -24,9 +24,9 @@ from typing import Protocol, Self
 
 import trio
 
-from ..errors import PeerUnavailableError, ProtocolError, RemoteError
+from ..errors import PeerUnavailableError, ProtocolError
 from ..wire import FrameDecoder, encode_frame
-from ._base import Handler, receive_with_idle_timeout
+from ._base import Handler, StreamCode, raise_for_frame, receive_with_idle_timeout
 
 __all__ = ["MUX_PROTOCOL", "ByteStream", "MuxClient", "serve_mux_stream"]
 
@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 MUX_PROTOCOL = "/wwwserve/mux/1.0.0"
 HEADER = 5
-OPEN, CANCEL, DATA, END, ERROR = b"O", b"C", b"D", b"E", b"X"
+OPEN, CANCEL = b"O", b"C"
+DATA, END, ERROR = StreamCode.DATA.value, StreamCode.END.value, StreamCode.ERROR.value
 _KINDS = frozenset((OPEN, CANCEL, DATA, END, ERROR))
 READ_CHUNK = 64 * 1024
 #: Frames buffered per request before the requester is deemed too slow and the request dropped.
@@ -189,11 +190,10 @@ class _Response:
             except trio.EndOfChannel:
                 raise self.failure or PeerUnavailableError(
                     f"connection to peer {peer[-8:]} lost mid-request") from None
-            if kind == DATA:
-                return body
-            if kind == END:
+            data = raise_for_frame(StreamCode(kind), body, peer)
+            if data is None:
                 raise StopAsyncIteration
-            raise RemoteError(f"peer {peer[-8:]}: {body.decode('utf-8', 'replace')[:500]}")
+            return data
         except BaseException:
             self.done = True
             raise

@@ -447,6 +447,9 @@ class Libp2pOverlay:
         finally:
             if self._clients.get(client.peer) is client:
                 del self._clients[client.peer]
+                lock = self._client_locks.get(client.peer)
+                if lock is not None and not lock.locked():
+                    del self._client_locks[client.peer]  # no per-peer state outlives the peer
 
     @asynccontextmanager
     async def request(
