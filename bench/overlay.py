@@ -19,7 +19,7 @@ import sys
 
 import trio
 
-from wwwserve.config import MembershipParams, NetworkParams, NodeConfig
+from wwwserve.config import GatewayParams, MembershipParams, NetworkParams, NodeConfig
 from wwwserve.identity import Identity
 from wwwserve.node import Node
 from wwwserve.overlay import Libp2pOverlay, ResponseSender
@@ -169,7 +169,7 @@ async def membership_timing(n: int) -> dict[str, float]:
 
     def make(boot: tuple[str, ...]) -> Node:
         ident = Identity.generate()
-        cfg = NodeConfig(membership=params,
+        cfg = NodeConfig(membership=params, gateway=GatewayParams(enabled=False),
                          network=NetworkParams(network_id="bench", bootstrap=boot))
         return Node(cfg, identity=ident, overlay=Libp2pOverlay(ident))
 

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 EPILOG = """examples:
   wwwserve demo                                   # 4 nodes on loopback, live peer table
   wwwserve node node_configs/node1.yaml           # run one node from its config
+  wwwserve sim-engine --port 30000                # a simulated SGLang server (no GPU)
   wwwserve keygen keys/my-node.key                # create a key file (0600)
   wwwserve id node_configs/node1.yaml             # print a node's peer id
 """
@@ -59,11 +60,13 @@ async def _run_node(cfg: NodeConfig, json_events: bool) -> None:
         async with node, node.membership.events() as events, trio.open_nursery() as nursery:
             if json_events:
                 _print_json({"event": "started", "peer_id": node.peer_id,
-                             "addresses": list(node.addresses)})
+                             "addresses": list(node.addresses), "gateway": node.gateway_url})
             else:
                 print(f"node {cfg.node.name} {node.peer_id}")
                 for addr in node.addresses:
                     print(f"  listening on {addr}")
+                if node.gateway_url:
+                    print(f"  OpenAI-compatible gateway at {node.gateway_url}/v1")
                 sys.stdout.flush()
 
             async def stop_on_signal() -> None:
@@ -87,6 +90,45 @@ def cmd_node(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- sim-engine -------------------------------------------------------------------------
+
+
+async def _sim_engine(args: argparse.Namespace) -> None:
+    from .engines import SimEngine, get_profile
+    from .http import SimEngineServer
+
+    profile = get_profile(args.profile, args.backend)
+    engine = SimEngine(profile, models=(args.model or profile.model,), seed=args.seed,
+                       stream_interval=args.stream_interval,
+                       mean_output_tokens=args.mean_output_tokens)
+    server = SimEngineServer(engine, args.host, args.port, api_key=args.api_key)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(server.run)
+            if args.json:
+                _print_json({"event": "started", "url": url, "model": engine.models[0],
+                             "profile": profile.name})
+            else:
+                print(f"simulated {profile.name} ({args.backend}) serving {engine.models[0]} "
+                      f"at {url}/v1 (metrics at {url}/metrics)", flush=True)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                return
+
+
+def cmd_sim_engine(args: argparse.Namespace) -> int:
+    from .engines import profile_names
+
+    if args.list:
+        for name in profile_names():
+            print(name)
+        return 0
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port: must be in [0, 65535], got {args.port}")
+    trio.run(_sim_engine, args)
+    return 0
+
+
 # ---- demo -------------------------------------------------------------------------------
 
 
@@ -94,7 +136,7 @@ async def _demo(n_nodes: int, duration: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .config import MembershipParams, NetworkParams
+    from .config import GatewayParams, MembershipParams, NetworkParams
     from .membership import MembershipEvent
     from .node import Node
     from .overlay import Libp2pOverlay
@@ -120,6 +162,7 @@ async def _demo(n_nodes: int, duration: float) -> None:
         ident = Identity.generate()
         names[ident.peer_id] = f"node{i}"
         cfg = NodeConfig(node=NodeParams(name=f"node{i}"), membership=params,
+                         gateway=GatewayParams(enabled=False),
                          network=NetworkParams(network_id="wwwserve-demo", bootstrap=bootstrap))
         node = Node(cfg, identity=ident, overlay=Libp2pOverlay(ident))
         stop = trio.Event()
@@ -239,6 +282,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print one JSON object per line for start and membership events")
     p.set_defaults(func=cmd_node)
 
+    p = add("sim-engine", "serve a simulated GPU engine over an SGLang-compatible HTTP API",
+            "wwwserve sim-engine --profile h100/qwen3-8b --port 30000")
+    p.add_argument("--profile", default="a100-80g/qwen3-8b",
+                   help="GPU/model profile (default a100-80g/qwen3-8b; --list shows all)")
+    p.add_argument("--backend", default="flashinfer",
+                   help="attention backend: flashinfer, triton or sdpa (default flashinfer)")
+    p.add_argument("--model", default=None,
+                   help="model name to serve (default: the profile's model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=30000, help="port (0 picks a free one)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (output lengths, text)")
+    p.add_argument("--stream-interval", type=int, default=1,
+                   help="tokens per streamed chunk (default 1)")
+    p.add_argument("--mean-output-tokens", type=int, default=256,
+                   help="mean output length when the request does not set ignore_eos")
+    p.add_argument("--api-key", default=None, help="require this bearer key")
+    p.add_argument("--json", action="store_true", help="print the start event as JSON")
+    p.add_argument("--list", action="store_true", help="list the profiles and exit")
+    p.set_defaults(func=cmd_sim_engine)
+
     p = add("keygen", "create a new Ed25519 key file (mode 0600) and print its peer id",
             "wwwserve keygen keys/my-node.key")
     p.add_argument("path", help="where to write the key (must not exist)")
@@ -257,7 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:
-        code: int = args.func(args)
+        try:
+            code: int = args.func(args)
+        except BaseExceptionGroup as group:
+            raise _single(group) from None
     except (ConfigError, IdentityError) as exc:
         print(f"wwwserve {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -267,6 +333,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     return code
+
+
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one wwwserve error (or Ctrl-C) inside nested nursery groups, else the group."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for e in exc.exceptions:
+                walk(e)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for kind in (KeyboardInterrupt, ConfigError, IdentityError, WWWServeError):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return group
 
 
 if __name__ == "__main__":

@@ -161,8 +161,11 @@ class ModelConfig:
     engine: str = "sglang"
     sim_profile: str = "a100-80g/qwen3-8b"
     attention_backend: str = "flashinfer"
+    #: seconds a load reading of an HTTP engine's ``/metrics`` is reused
+    scrape_interval: float = 0.5
 
     def __post_init__(self) -> None:
+        _positive(self, "scrape_interval")
         if self.engine not in ENGINE_KINDS:
             raise ConfigError(f"engine: must be one of {', '.join(ENGINE_KINDS)}, "
                               f"got {_fmt(self.engine)}")
@@ -240,9 +243,19 @@ class GatewayParams:
     host: str = "127.0.0.1"
     port: int = 8000
     enabled: bool = True
+    #: if set, users must send ``Authorization: Bearer <api_key>``
+    api_key: str | None = None
+    #: request bodies above this many bytes are refused (413)
+    max_body_bytes: int = 4 * 1024 * 1024
+    #: default and maximum time budget of one request, in seconds
+    request_timeout: float = 600.0
 
     def __post_init__(self) -> None:
         _port(self, "port")
+        _positive(self, "max_body_bytes")
+        _positive(self, "request_timeout")
+        if self.api_key in ("None", "none", "null", ""):
+            object.__setattr__(self, "api_key", None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

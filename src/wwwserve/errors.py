@@ -17,6 +17,7 @@ __all__ = [
     "EngineError",
     "EngineUnavailableError",
     "IdentityError",
+    "ListenError",
     "ModelNotFoundError",
     "NoCapacityError",
     "OverlayError",
@@ -47,6 +48,10 @@ class IdentityError(WWWServeError):
     wwwserve never overwrites a key file it could not read: the peer ID is the node's name
     and account, and losing it silently would lose the account.
     """
+
+
+class ListenError(WWWServeError):
+    """A server socket (gateway, sim-engine) could not listen on its address."""
 
 
 class ProtocolError(WWWServeError):

@@ -27,7 +27,9 @@ from ._compat import TaskStatus
 from .clock import WallClock, system_wall_clock
 from .config import NodeConfig
 from .engines import Chunk, CompletionRequest, Emit, Engine, SimEngine, Usage, get_profile
+from .engines.http import HTTPEngine
 from .errors import ConfigError
+from .http.gateway import Gateway
 from .identity import Identity, load_or_create_identity
 from .market import CreditAccount, CreditBook, Dispatcher, LocalModel, get_policy
 from .membership import LocalState, Membership, ModelLoad, PeerInfo
@@ -68,6 +70,7 @@ class Node:
         self._engines = dict(engines or {})
         self._credit = credit
         self._dispatcher: Dispatcher | None = None
+        self._gateway: Gateway | None = None
 
     @property
     def identity(self) -> Identity:
@@ -115,6 +118,11 @@ class Node:
         return self._dispatcher
 
     @property
+    def gateway_url(self) -> str | None:
+        """Base URL of the OpenAI-compatible gateway, once started (None if disabled)."""
+        return self._gateway.url if self._gateway is not None else None
+
+    @property
     def credit(self) -> CreditAccount:
         """This node's credit account."""
         if self._credit is None:
@@ -148,13 +156,17 @@ class Node:
         for i, mc in enumerate(self.config.models):
             engine = self._engines.get(mc.model_path)
             if engine is None and mc.engine == "sim":
-                engine = SimEngine(get_profile(mc.sim_profile, mc.attention_backend),
-                                   models=(mc.model_path,), seed=self.rng.randrange(1 << 30))
-                self._engines[mc.model_path] = engine
-            if engine is None:
-                raise ConfigError(
-                    f"models[{i}] ({mc.model_path}): no engine; pass engines={{...}} to Node "
-                    f"or set engine: sim (the HTTP driver for {mc.engine} is not built yet)")
+                try:
+                    profile = get_profile(mc.sim_profile, mc.attention_backend)
+                except ConfigError as exc:
+                    raise ConfigError(f"models[{i}] ({mc.model_path}): {exc}") from None
+                engine = SimEngine(profile, models=(mc.model_path,),
+                                   seed=self.rng.randrange(1 << 30))
+            elif engine is None:
+                engine = HTTPEngine(mc.base_url, mc.model_path, kind=mc.engine,
+                                    api_key=mc.api_key, scrape_interval=mc.scrape_interval,
+                                    timeout=self.config.gateway.request_timeout)
+            self._engines[mc.model_path] = engine
             models.append(LocalModel(mc.model_path, engine,
                                      mc.dispatch_params.target_token_usage))
         return models
@@ -178,6 +190,7 @@ class Node:
         if overlay.peer_id != self.peer_id:
             raise ConfigError("the overlay's peer id does not match the node's identity")
         self._stack = AsyncExitStack()
+        self._nursery: trio.Nursery | None = None
         try:
             await self._stack.enter_async_context(overlay)
             nursery = await self._stack.enter_async_context(trio.open_nursery())
@@ -199,8 +212,14 @@ class Node:
             await nursery.start(self._dispatcher.run)
             await nursery.start(self._membership.run)
             nursery.start_soon(self._notify_on_membership)
-        except BaseException:
-            await self._stack.aclose()
+            if self.config.gateway.enabled:
+                self._gateway = Gateway(self)
+                await nursery.start(self._gateway.run)
+        except BaseException as exc:
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
+            if await self._stack.__aexit__(type(exc), exc, exc.__traceback__):
+                raise  # pragma: no cover - the stack never swallows a start-up failure
             raise
         logger.info("node %s up at %s", self.peer_id, ", ".join(overlay.addresses))
         return self
@@ -211,7 +230,8 @@ class Node:
                 self.dispatcher.notify()
 
     async def __aexit__(self, *exc_info: object) -> bool | None:
-        self._nursery.cancel_scope.cancel()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
         return await self._stack.__aexit__(*exc_info)  # type: ignore[arg-type]
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

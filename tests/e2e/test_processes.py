@@ -20,6 +20,7 @@ def write_config(dirpath: Path, name: str, bootstrap: list[str]) -> Path:
         server_params: {{ip: 127.0.0.1, port: 0}}
         models: []
         node: {{name: {name}, data_dir: data/{name}}}
+        gateway: {{port: 0}}
         network:
           network_id: e2e
           bootstrap: {json.dumps(bootstrap)}

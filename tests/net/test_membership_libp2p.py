@@ -8,17 +8,18 @@ import warnings
 
 import trio
 
-from wwwserve.config import MembershipParams, NetworkParams, NodeConfig
+from wwwserve.config import GatewayParams, MembershipParams, NetworkParams, NodeConfig
 from wwwserve.identity import Identity
 from wwwserve.node import Node
 from wwwserve.overlay import Libp2pOverlay
 
+NO_GATEWAY = GatewayParams(enabled=False)
 PARAMS = MembershipParams(heartbeat_interval=0.5, suspect_timeout=1.5, peer_timeout=3.0)
 
 
 def make_node(bootstrap: tuple[str, ...] = ()) -> Node:
     ident = Identity.generate()
-    cfg = NodeConfig(membership=PARAMS,
+    cfg = NodeConfig(membership=PARAMS, gateway=NO_GATEWAY,
                      network=NetworkParams(network_id="nettest", bootstrap=bootstrap))
     return Node(cfg, identity=ident, overlay=Libp2pOverlay(ident))
 

@@ -9,7 +9,7 @@ import trio
 from trio.testing import MockClock
 
 from wwwserve.clock import trio_wall_clock
-from wwwserve.config import MembershipParams, NetworkParams, NodeConfig
+from wwwserve.config import GatewayParams, MembershipParams, NetworkParams, NodeConfig
 from wwwserve.identity import Identity
 from wwwserve.membership import MembershipEventKind
 from wwwserve.node import Node
@@ -41,7 +41,7 @@ class Sim:
         ident = Identity.from_seed(random.Random(self.seed * 1000 + i).randbytes(32))
         self.index_of[ident.peer_id] = i
         cfg = NodeConfig(network=NetworkParams(network_id="sim", bootstrap=bootstrap),
-                         membership=PARAMS)
+                         membership=PARAMS, gateway=GatewayParams(enabled=False))
         node = Node(cfg, identity=ident, overlay=self.net.node(ident),
                     wall_clock=trio_wall_clock(), rng=random.Random(self.seed + i))
         self.nodes[i] = node

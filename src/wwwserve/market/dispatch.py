@@ -29,6 +29,7 @@ from ..errors import (
     DeadlineExceededError,
     EngineError,
     ModelNotFoundError,
+    NoCapacityError,
     OverlayError,
     ProtocolError,
     StreamBrokenError,
@@ -164,6 +165,11 @@ class Dispatcher:
             while True:
                 changed = self._changed
                 view = self.view(request.model)
+                if not view.models and not self._has_peers_for(request, route):
+                    self.stats["no_capacity"] += 1
+                    raise NoCapacityError(
+                        f"no available engine serves {request.model!r} here or on a live "
+                        "peer; retry later", retry_after=1.0)
                 name = self.policy.run_locally(view)
                 if name is None and self.policy.offload(view, self.rng) \
                         and self.credit.balance() >= self.reward:
@@ -212,6 +218,10 @@ class Dispatcher:
             return None
         finally:
             self.notify()
+
+    def _has_peers_for(self, request: CompletionRequest, route: tuple[str, ...]) -> bool:
+        return any(p != self.peer_id and p not in route and info.status is PeerStatus.ALIVE
+                   and _serves(info, request.model) for p, info in self.peers().items())
 
     def _candidates(self, request: CompletionRequest, route: tuple[str, ...]) -> list[str]:
         weights = {p: info.stake for p, info in self.peers().items()

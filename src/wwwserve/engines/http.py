@@ -1,0 +1,257 @@
+"""The driver for OpenAI-compatible HTTP engines (SGLang, vLLM, ``wwwserve sim-engine``).
+
+Completions go through the official ``openai`` client (``AsyncOpenAI`` runs under trio),
+always streamed from the engine so tokens can be forwarded as they come and a stalled
+engine is noticed; ``usage`` comes from the engine's final usage chunk.
+
+Load comes from the engine's Prometheus ``/metrics``, parsed by ``prometheus_client``'s
+parser (:func:`parse_load`), scraped every ``scrape_interval`` seconds in :meth:`run`;
+:meth:`HTTPEngine.load` returns the cached result. An engine that cannot be scraped (down,
+erroring) is unhealthy: the dispatcher neither runs nor accepts requests for its model, and
+requests in flight on it are cut short with :class:`EngineUnavailableError` so they fail
+over. An engine started without metrics (``/metrics`` answers 404) is checked through
+``/health`` instead and its load is estimated from the requests this driver has in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import openai
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from .._compat import TaskStatus
+from ..errors import BadRequestError, EngineError, EngineUnavailableError, ProtocolError
+from .base import Chunk, CompletionRequest, Emit, EngineLoad, Usage
+
+__all__ = ["METRIC_NAMES", "HTTPEngine", "parse_load"]
+
+logger = logging.getLogger(__name__)
+
+#: Per engine kind: (token usage names in order of preference, running, queued).
+METRIC_NAMES: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "sglang": (("sglang:token_usage",), "sglang:num_running_reqs", "sglang:num_queue_reqs"),
+    "vllm": (("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+             "vllm:num_requests_running", "vllm:num_requests_waiting"),
+}
+
+
+def parse_load(text: str, kind: str, model: str | None = None) -> EngineLoad:
+    """The load in a Prometheus exposition ``text`` from an engine of ``kind``.
+
+    Series of several ranks or data-parallel replicas are combined: token usage is the
+    maximum, running and queued requests are summed. With ``model``, series labelled with
+    another ``model_name`` are ignored. Raises :class:`ProtocolError` if the text does not
+    parse or lacks the engine's metrics.
+    """
+    try:
+        usage_names, running_name, queued_name = METRIC_NAMES[kind]
+    except KeyError:
+        raise ValueError(f"unknown engine kind {kind!r}; one of {sorted(METRIC_NAMES)}") from None
+    values: dict[str, list[float]] = {}
+    wanted = {*usage_names, running_name, queued_name}
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name not in wanted:
+                    continue
+                label = sample.labels.get("model_name")
+                if model is not None and label is not None and label != model:
+                    continue
+                if math.isfinite(sample.value):
+                    values.setdefault(sample.name, []).append(sample.value)
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        raise ProtocolError(f"unparseable metrics: {exc}") from None
+    usage = next((values[n] for n in usage_names if n in values), None)
+    missing = [n for n, v in ((usage_names[0], usage), (running_name, values.get(running_name)),
+                              (queued_name, values.get(queued_name))) if v is None]
+    if missing:
+        raise ProtocolError(f"{kind} metrics lack {', '.join(missing)}")
+    assert usage is not None
+    return EngineLoad(token_usage=min(1.0, max(0.0, max(usage))),
+                      running=int(sum(values[running_name])),
+                      queued=int(sum(values[queued_name])), healthy=True)
+
+
+def _root(base_url: str) -> str:
+    url = base_url.rstrip("/")
+    return url[:-3] if url.endswith("/v1") else url
+
+
+class HTTPEngine:
+    """An OpenAI-compatible engine at ``base_url`` serving ``model`` (see module docs).
+
+    ``kind`` (``sglang`` or ``vllm``) picks the metric names; ``timeout`` bounds one
+    request's wall time (the request's own ``timeout`` too); ``connect_timeout`` bounds
+    connecting; ``scrape_interval`` is how long a load reading is reused.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        kind: str = "sglang",
+        api_key: str | None = None,
+        served_model: str | None = None,
+        timeout: float = 600.0,
+        connect_timeout: float = 5.0,
+        scrape_interval: float = 0.5,
+        scrape_timeout: float = 2.0,
+    ) -> None:
+        if kind not in METRIC_NAMES:
+            raise ValueError(f"unknown engine kind {kind!r}; one of {sorted(METRIC_NAMES)}")
+        self.base_url = _root(base_url)
+        self.model = model
+        self.served_model = served_model or model
+        self.kind = kind
+        self.timeout = timeout
+        self.scrape_interval = scrape_interval
+        self.scrape_timeout = scrape_timeout
+        self._client = openai.AsyncOpenAI(
+            base_url=self.base_url + "/v1", api_key=api_key or "EMPTY", max_retries=0,
+            timeout=openai.Timeout(timeout, connect=connect_timeout))
+        self._load = EngineLoad(healthy=False)
+        self._has_metrics = True
+        self._inflight: set[trio.CancelScope] = set()
+        self._ready = trio.Event()
+        self.scrapes = 0
+        self.scrape_failures = 0
+
+    # ---- Engine protocol --------------------------------------------------------------------
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The one model this engine serves."""
+        return (self.model,)
+
+    def load(self) -> EngineLoad:
+        """The last scraped load (unhealthy until the first successful scrape)."""
+        if not self._has_metrics and self._load.healthy:
+            n = len(self._inflight)
+            return EngineLoad(token_usage=0.0, running=n, queued=0, healthy=True)
+        return self._load
+
+    async def generate(self, request: CompletionRequest, emit: Emit) -> Usage:
+        """Stream ``request`` from the engine into ``emit``."""
+        if not self._load.healthy:
+            raise EngineUnavailableError(f"engine at {self.base_url} is unavailable")
+        scope = trio.CancelScope()
+        self._inflight.add(scope)
+        try:
+            with scope:
+                return await self._generate(request, emit)
+            raise EngineUnavailableError(f"engine at {self.base_url} went down mid-request")
+        finally:
+            self._inflight.discard(scope)
+
+    async def _generate(self, request: CompletionRequest, emit: Emit) -> Usage:
+        args: dict[str, Any] = {
+            "model": self.served_model, "max_tokens": request.max_tokens,
+            "temperature": request.temperature, "top_p": request.top_p, "stream": True,
+            "stream_options": {"include_usage": True},
+            "timeout": min(self.timeout, request.timeout),
+        }
+        if request.ignore_eos:
+            args["extra_body"] = {"ignore_eos": True}
+        finish: str | None = None
+        usage: Usage | None = None
+        generated = 0
+        try:
+            if request.is_chat:
+                messages: Any = [{"role": m.role, "content": m.content}
+                                 for m in request.messages]
+                stream: Any = await self._client.chat.completions.create(
+                    messages=messages, **args)
+            else:
+                stream = await self._client.completions.create(
+                    prompt=request.prompt or "", **args)
+            async with stream:
+                async for event in stream:
+                    if event.usage is not None:
+                        usage = Usage(event.usage.prompt_tokens, event.usage.completion_tokens)
+                    for choice in event.choices:
+                        text = (choice.delta.content if request.is_chat else choice.text) or ""
+                        if text:
+                            generated += 1
+                            await emit(Chunk(text=text, tokens=1))
+                        if choice.finish_reason is not None:
+                            finish = choice.finish_reason
+        except openai.APIStatusError as exc:
+            if 400 <= exc.status_code < 500 and exc.status_code not in (408, 429):
+                raise BadRequestError(f"engine refused the request: {_message(exc)}") from None
+            raise EngineError(f"engine error {exc.status_code}: {_message(exc)}") from None
+        except (openai.APIConnectionError, openai.APIResponseValidationError) as exc:
+            self._mark_down(f"{type(exc).__name__}: {exc}")
+            raise EngineUnavailableError(f"engine at {self.base_url}: {exc}") from None
+        except openai.OpenAIError as exc:
+            raise EngineError(f"engine at {self.base_url}: {exc}") from None
+        if finish is None:
+            raise EngineError(f"engine at {self.base_url} ended the stream without finishing")
+        if usage is None:
+            usage = Usage(request.prompt_tokens(), generated)
+        await emit(Chunk(text="", tokens=0, finish_reason=finish, usage=usage))
+        return usage
+
+    def _mark_down(self, why: str) -> None:
+        if self._load.healthy:
+            logger.warning("engine %s (%s) is unavailable: %s", self.base_url, self.model, why)
+        self._load = EngineLoad(healthy=False)
+        for scope in list(self._inflight):
+            scope.cancel()
+
+    async def scrape(self) -> EngineLoad:
+        """Read the engine's load now (``/metrics``, or ``/health`` without metrics)."""
+        self.scrapes += 1
+        try:
+            with trio.fail_after(self.scrape_timeout):
+                if self._has_metrics:
+                    try:
+                        text = await self._client.get(self.base_url + "/metrics", cast_to=str)
+                        return parse_load(text, self.kind, self.served_model)
+                    except openai.NotFoundError:
+                        logger.warning("engine %s has no /metrics (start it with metrics "
+                                       "enabled); using /health", self.base_url)
+                        self._has_metrics = False
+                await self._client.get(self.base_url + "/health", cast_to=str)
+                return EngineLoad(running=len(self._inflight))
+        except trio.TooSlowError:
+            raise EngineUnavailableError("metrics scrape timed out") from None
+        except openai.OpenAIError as exc:
+            raise EngineUnavailableError(f"{type(exc).__name__}: {exc}") from None
+
+    async def _refresh(self) -> None:
+        try:
+            load = await self.scrape()
+        except (EngineError, ProtocolError) as exc:
+            self.scrape_failures += 1
+            self._mark_down(str(exc))
+        else:
+            if not self._load.healthy:
+                logger.info("engine %s (%s) is available", self.base_url, self.model)
+            self._load = load
+        self._ready.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Scrape the engine's load every ``scrape_interval`` until cancelled."""
+        try:
+            await self._refresh()
+            task_status.started()
+            while True:
+                await trio.sleep(self.scrape_interval)
+                await self._refresh()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._client.close()
+
+
+def _message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return str(err["message"])
+    return str(exc.message)
+

@@ -1,0 +1,485 @@
+"""The OpenAI-compatible HTTP API, as a small ASGI application over a ``generate`` backend.
+
+Both the node's gateway and ``wwwserve sim-engine`` speak this API; they differ only in the
+backend that produces the chunks and in their ``/metrics``. Parsing and formatting are plain
+functions (sans-IO): :func:`parse_completion` turns a request body into a
+:class:`~wwwserve.engines.CompletionRequest` or raises :class:`~wwwserve.errors.BadRequestError`
+naming the field; the ``*_body`` / ``*_chunk`` functions build OpenAI's JSON shapes.
+
+Errors use OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}`` with the
+status of the :class:`~wwwserve.errors.RequestError` subclass (400, 401, 404, 413, 503 with
+``Retry-After``, 504). A streamed answer that fails after its first token ends with an
+``error`` event and no ``[DONE]``, which the ``openai`` client raises as an error: never a
+silent truncation.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from ..engines import ChatMessage, Chunk, CompletionRequest, Emit, Usage
+from ..errors import BadRequestError, NoCapacityError, RequestError, WWWServeError
+
+__all__ = [
+    "DEFAULT_MAX_BODY",
+    "Generate",
+    "OpenAIApp",
+    "ParsedRequest",
+    "completion_body",
+    "error_body",
+    "parse_completion",
+    "stream_chunk",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Default limit on request bodies (bytes).
+DEFAULT_MAX_BODY = 4 * 1024 * 1024
+
+Generate = Callable[[CompletionRequest, Emit], Awaitable[Usage]]
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_ids = itertools.count()
+_PREFIX = os.urandom(4).hex()
+
+
+def _new_id() -> str:
+    return f"{_PREFIX}{next(_ids):08x}"
+
+
+# ---- parsing ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    """A parsed completion request and the response options that are not part of it."""
+
+    request: CompletionRequest
+    include_usage: bool = False
+
+
+def _bad(message: str, param: str | None) -> BadRequestError:
+    err = BadRequestError(message)
+    err.param = param  # type: ignore[attr-defined]
+    return err
+
+
+def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or not lo <= value <= hi:
+        raise _bad(f"{key}: must be a number in [{lo:g}, {hi:g}], got {value!r}", key)
+    return float(value)
+
+
+def _content(value: Any, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        parts = []
+        for i, part in enumerate(value):
+            if not (isinstance(part, dict) and part.get("type") == "text"
+                    and isinstance(part.get("text"), str)):
+                raise _bad(f"{where}[{i}]: only text content parts "
+                           "({'type': 'text', 'text': ...}) are supported", where)
+            parts.append(part["text"])
+        return "".join(parts)
+    if value is None:
+        return ""
+    raise _bad(f"{where}: must be a string or a list of text parts", where)
+
+
+def parse_completion(raw: bytes, *, chat: bool, request_id: str | None = None,
+                     max_tokens_default: int = 256, timeout: float = 600.0,
+                     max_tokens_limit: int = 1 << 20) -> ParsedRequest:
+    """Parse the JSON body of ``/v1/chat/completions`` (``chat``) or ``/v1/completions``.
+
+    Unknown fields are ignored (clients send many); known fields are checked. ``timeout``
+    (seconds) may be overridden per request by the body's ``timeout`` field (a wwwserve
+    extension), bounded by the given value.
+    """
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _bad(f"request body is not valid JSON: {exc}", None) from None
+    if not isinstance(body, dict):
+        raise _bad("request body must be a JSON object", None)
+    model = body.get("model", "auto")
+    if not isinstance(model, str) or not model:
+        raise _bad("model: must be a non-empty string", "model")
+    n = body.get("n", 1)
+    if n != 1:
+        raise _bad(f"n: only n=1 is supported, got {n!r}", "n")
+    messages: tuple[ChatMessage, ...] = ()
+    prompt: str | None = None
+    if chat:
+        raw_messages = body.get("messages")
+        if not isinstance(raw_messages, list) or not raw_messages:
+            raise _bad("messages: must be a non-empty list of {role, content} objects",
+                       "messages")
+        out = []
+        for i, m in enumerate(raw_messages):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                raise _bad(f"messages[{i}]: must be an object with a string 'role'",
+                           "messages")
+            out.append(ChatMessage(m["role"], _content(m.get("content"),
+                                                       f"messages[{i}].content")))
+        messages = tuple(out)
+    else:
+        p = body.get("prompt")
+        if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str):
+            p = p[0]
+        if not isinstance(p, str):
+            raise _bad("prompt: must be a string (one prompt per request)", "prompt")
+        prompt = p
+    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None \
+        else "max_tokens"
+    mt = body.get(key)
+    if mt is None:
+        max_tokens = max_tokens_default
+    elif isinstance(mt, bool) or not isinstance(mt, int) or not 1 <= mt <= max_tokens_limit:
+        raise _bad(f"{key}: must be an integer in [1, {max_tokens_limit}], got {mt!r}", key)
+    else:
+        max_tokens = mt
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _bad(f"stream: must be true or false, got {stream!r}", "stream")
+    opts = body.get("stream_options") or {}
+    if not isinstance(opts, dict):
+        raise _bad("stream_options: must be an object", "stream_options")
+    ignore_eos = body.get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise _bad(f"ignore_eos: must be true or false, got {ignore_eos!r}", "ignore_eos")
+    request = CompletionRequest(
+        request_id=request_id or _new_id(), model=model, messages=messages, prompt=prompt,
+        max_tokens=max_tokens,
+        temperature=_number(body, "temperature", 0.0, 0.0, 2.0),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
+        stream=stream, ignore_eos=ignore_eos,
+        timeout=_number(body, "timeout", timeout, 0.001, timeout),
+    )
+    return ParsedRequest(request, include_usage=bool(opts.get("include_usage", False)))
+
+
+# ---- formatting -------------------------------------------------------------------------
+
+
+def _usage(usage: Usage) -> dict[str, int]:
+    return {"prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens}
+
+
+def completion_body(request: CompletionRequest, text: str, finish_reason: str | None,
+                    usage: Usage, created: int) -> dict[str, Any]:
+    """The JSON of a whole (non-streamed) chat or text completion."""
+    if request.is_chat:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason or "stop",
+                                  "message": {"role": "assistant", "content": text},
+                                  "logprobs": None}
+        obj, prefix = "chat.completion", "chatcmpl"
+    else:
+        choice = {"index": 0, "text": text, "finish_reason": finish_reason or "stop",
+                  "logprobs": None}
+        obj, prefix = "text_completion", "cmpl"
+    return {"id": f"{prefix}-{request.request_id}", "object": obj, "created": created,
+            "model": request.model, "choices": [choice], "usage": _usage(usage)}
+
+
+def stream_chunk(request: CompletionRequest, created: int, *, text: str | None = None,
+                 finish_reason: str | None = None, usage: Usage | None = None,
+                 first: bool = False) -> dict[str, Any]:
+    """One SSE event of a streamed completion (``usage`` alone: the final usage chunk)."""
+    choices: list[dict[str, Any]] = []
+    if request.is_chat:
+        obj, prefix = "chat.completion.chunk", "chatcmpl"
+        if usage is None or text is not None or finish_reason is not None:
+            delta: dict[str, Any] = {"role": "assistant"} if first else {}
+            if text:
+                delta["content"] = text
+            choices = [{"index": 0, "delta": delta, "finish_reason": finish_reason,
+                        "logprobs": None}]
+    else:
+        obj, prefix = "text_completion", "cmpl"
+        if usage is None or text is not None or finish_reason is not None:
+            choices = [{"index": 0, "text": text or "", "finish_reason": finish_reason,
+                        "logprobs": None}]
+    out: dict[str, Any] = {"id": f"{prefix}-{request.request_id}", "object": obj,
+                           "created": created, "model": request.model, "choices": choices}
+    if usage is not None:
+        out["usage"] = _usage(usage)
+    return out
+
+
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                404: "not_found_error", 405: "invalid_request_error",
+                413: "invalid_request_error", 503: "service_unavailable",
+                504: "timeout", 502: "upstream_error"}
+
+
+def error_body(status: int, message: str, param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error envelope."""
+    return {"error": {"message": message, "type": _ERROR_TYPES.get(status, "server_error"),
+                      "param": param, "code": code}}
+
+
+def _status_of(exc: BaseException) -> int:
+    return exc.status if isinstance(exc, RequestError) else 500
+
+
+# ---- the ASGI app -----------------------------------------------------------------------
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str, headers: Iterable[tuple[str, str]] = ()
+                 ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = list(headers)
+
+
+async def send_response(send: Send, status: int, body: bytes, content_type: str,
+                        headers: Iterable[tuple[str, str]] = ()) -> None:
+    """Send a whole HTTP response."""
+    hdrs = [(b"content-type", content_type.encode()),
+            (b"content-length", str(len(body)).encode())]
+    hdrs += [(k.encode(), v.encode()) for k, v in headers]
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(send: Send, status: int, obj: object,
+                    headers: Iterable[tuple[str, str]] = ()) -> None:
+    """Send a JSON response."""
+    await send_response(send, status, json.dumps(obj).encode(), "application/json", headers)
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """Read a request body, refusing (413) more than ``limit`` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        event = await receive()
+        if event["type"] == "http.disconnect":
+            raise _HTTPError(400, "client disconnected")
+        chunk = event.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _HTTPError(413, f"request body exceeds the limit of {limit} bytes")
+        parts.append(chunk)
+        if not event.get("more_body", False):
+            return b"".join(parts)
+
+
+class OpenAIApp:
+    """An ASGI app serving the OpenAI API over ``generate``; extra routes may be added.
+
+    ``models`` lists model ids for ``/v1/models``; ``api_key``, when set, is required as
+    ``Authorization: Bearer <key>`` on ``/v1/*``; ``max_body`` limits request bodies;
+    ``timeout`` is the default and maximum per-request budget in seconds;
+    ``on_done(request, outcome, latency, ttft)`` observes every completion.
+    """
+
+    def __init__(
+        self,
+        generate: Generate,
+        models: Callable[[], Iterable[str]],
+        *,
+        api_key: str | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
+        timeout: float = 600.0,
+        max_tokens_default: int = 256,
+        health: Callable[[], bool] = lambda: True,
+        on_done: Callable[[CompletionRequest, str, float, float | None], None] | None = None,
+    ) -> None:
+        self.generate = generate
+        self.models = models
+        self.api_key = api_key
+        self.max_body = max_body
+        self.timeout = timeout
+        self.max_tokens_default = max_tokens_default
+        self.health = health
+        self.on_done = on_done
+        self.routes: dict[tuple[str, str], Handler] = {
+            ("POST", "/v1/chat/completions"): self._chat,
+            ("POST", "/v1/completions"): self._text,
+            ("GET", "/v1/models"): self._models,
+            ("GET", "/health"): self._health,
+        }
+
+    def route(self, method: str, path: str, handler: Handler) -> None:
+        """Add or replace a route."""
+        self.routes[(method, path)] = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                event = await receive()
+                if event["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif event["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        handler = self.routes.get((method, path))
+        try:
+            if handler is None:
+                if any(p == path for _, p in self.routes):
+                    raise _HTTPError(405, f"method {method} not allowed on {path}")
+                raise _HTTPError(404, f"no route {path}")
+            if path.startswith("/v1/") and self.api_key is not None:
+                self._authorize(scope)
+            await handler(scope, receive, send)
+        except _HTTPError as exc:
+            await send_json(send, exc.status, error_body(exc.status, str(exc)), exc.headers)
+
+    def _authorize(self, scope: Scope) -> None:
+        assert self.api_key is not None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and hmac.compare_digest(
+                        token.strip().encode(), self.api_key.encode()):
+                    return
+        raise _HTTPError(401, "missing or wrong API key (Authorization: Bearer <key>)")
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        created = int(time.time())
+        data = [{"id": m, "object": "model", "created": created, "owned_by": "wwwserve"}
+                for m in sorted(set(self.models()))]
+        await send_json(send, 200, {"object": "list", "data": data})
+
+    async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ok = self.health()
+        await send_json(send, 200 if ok else 503, {"status": "ok" if ok else "unavailable"})
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._complete(receive, send, chat=True)
+
+    async def _text(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._complete(receive, send, chat=False)
+
+    async def _complete(self, receive: Receive, send: Send, *, chat: bool) -> None:
+        raw = await read_body(receive, self.max_body)
+        try:
+            parsed = parse_completion(raw, chat=chat, timeout=self.timeout,
+                                      max_tokens_default=self.max_tokens_default)
+        except BadRequestError as exc:
+            await send_json(send, 400, error_body(400, str(exc), getattr(exc, "param", None)))
+            return
+        request = parsed.request
+        if request.stream:
+            await self._stream(request, parsed.include_usage, send)
+        else:
+            await self._whole(request, send)
+
+    def _done(self, request: CompletionRequest, outcome: str, start: float,
+              first: float | None) -> None:
+        if self.on_done is not None:
+            now = trio.current_time()
+            self.on_done(request, outcome, now - start,
+                         None if first is None else first - start)
+
+    async def _whole(self, request: CompletionRequest, send: Send) -> None:
+        start = trio.current_time()
+        first: list[float] = []
+        parts: list[str] = []
+        finish: list[str | None] = [None]
+
+        async def collect(chunk: Chunk) -> None:
+            if not first:
+                first.append(trio.current_time())
+            parts.append(chunk.text)
+            if chunk.finish_reason is not None:
+                finish[0] = chunk.finish_reason
+
+        try:
+            with trio.fail_after(request.timeout + 1.0):
+                usage = await self.generate(request, collect)
+        except (WWWServeError, trio.TooSlowError) as exc:
+            status = 504 if isinstance(exc, trio.TooSlowError) else _status_of(exc)
+            self._done(request, _outcome(status), start, None)
+            headers = _retry_headers(exc)
+            await send_json(send, status, error_body(status, str(exc) or "deadline exceeded"),
+                            headers)
+            return
+        self._done(request, "ok", start, first[0] if first else None)
+        await send_json(send, 200, completion_body(request, "".join(parts), finish[0], usage,
+                                                   int(time.time())))
+
+    async def _stream(self, request: CompletionRequest, include_usage: bool,
+                      send: Send) -> None:
+        start = trio.current_time()
+        created = int(time.time())
+        started = False
+        first: float | None = None
+
+        async def begin() -> None:
+            nonlocal started
+            started = True
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+
+        async def event(obj: object) -> None:
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": b"data: " + json.dumps(obj).encode() + b"\n\n"})
+
+        async def forward(chunk: Chunk) -> None:
+            nonlocal first
+            if not started:
+                await begin()
+            is_first = first is None
+            if is_first:
+                first = trio.current_time()
+            await event(stream_chunk(request, created, text=chunk.text,
+                                     finish_reason=chunk.finish_reason, first=is_first))
+
+        try:
+            with trio.fail_after(request.timeout + 1.0):
+                usage = await self.generate(request, forward)
+        except (WWWServeError, trio.TooSlowError) as exc:
+            status = 504 if isinstance(exc, trio.TooSlowError) else _status_of(exc)
+            self._done(request, _outcome(status), start, first)
+            body = error_body(status, str(exc) or "deadline exceeded")
+            if not started:
+                await send_json(send, status, body, _retry_headers(exc))
+                return
+            await event(body)
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if not started:
+            await begin()
+        if include_usage:
+            await event(stream_chunk(request, created, usage=usage))
+        self._done(request, "ok", start, first)
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+def _outcome(status: int) -> str:
+    return {400: "bad_request", 404: "not_found", 502: "broken", 503: "no_capacity",
+            504: "deadline"}.get(status, "error")
+
+
+def _retry_headers(exc: BaseException) -> list[tuple[str, str]]:
+    if isinstance(exc, NoCapacityError):
+        return [("retry-after", str(max(1, math.ceil(exc.retry_after))))]
+    return []

@@ -1,0 +1,60 @@
+"""Serving an ASGI app on trio with hypercorn."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from .._compat import TaskStatus
+from ..errors import ListenError
+
+__all__ = ["serve_http"]
+
+logger = logging.getLogger(__name__)
+
+
+async def serve_http(app: Any, host: str, port: int, *, keep_alive: float = 75.0,
+                     on_url: Callable[[str], None] | None = None,
+                     task_status: TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve ``app`` on ``host:port`` until cancelled; ``started`` with its base URL.
+
+    ``port`` 0 picks a free port (the URL tells which; ``on_url`` is called with it too).
+    Hypercorn's logs go to the ``hypercorn.error`` logger; access logs are off. Raises
+    :class:`~wwwserve.errors.ListenError` if the address cannot be bound.
+    """
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.keep_alive_timeout = keep_alive
+    config.keep_alive_max_requests = 1_000_000
+    config.graceful_timeout = 1.0
+    config.backlog = 1024
+
+    url = ""
+
+    async def start(*, task_status: TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        await serve(app, config, mode="asgi", task_status=task_status)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            binds: list[str] = await nursery.start(start)
+            url = binds[0]
+            logger.info("HTTP on %s", url)
+            if on_url is not None:
+                on_url(url)
+            task_status.started(url)
+    except BaseExceptionGroup as group:
+        match, rest = group.split(OSError)
+        if match is not None and rest is None and not url:
+            first: BaseException = match
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise ListenError(f"cannot listen on {config.bind[0]}: "
+                              f"{getattr(first, 'strerror', None) or first}") from None
+        raise
