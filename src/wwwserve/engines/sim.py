@@ -11,6 +11,7 @@ queue. Output text is synthetic: one word per token, deterministic per seed and 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from dataclasses import dataclass, replace
@@ -215,8 +216,9 @@ class SimEngine:
             for r in decoding:
                 if not r.cancelled:
                     self._advance(r)
-            self._running = [r for r in self._running if r.generated < r.output
-                             and not r.cancelled]
+            # finished requests leave now; cancelled ones (and their KV reservation) at the
+            # top of the next iteration
+            self._running = [r for r in self._running if r.generated < r.output]
 
     # ---- internals --------------------------------------------------------------------------
     def _drop_cancelled(self) -> None:
@@ -251,7 +253,10 @@ class SimEngine:
                 chunk = replace(chunk, finish_reason=r.finish, usage=Usage(r.prompt, r.generated))
                 self._reserved -= r.need
                 self.completed += 1
-            r.send.send_nowait(chunk)
+            try:
+                r.send.send_nowait(chunk)
+            except trio.BrokenResourceError:
+                r.cancelled = True  # its requester left during this step
 
     # ---- fault injection --------------------------------------------------------------------
     def crash(self) -> None:
@@ -259,7 +264,8 @@ class SimEngine:
         self._healthy = False
         err = EngineUnavailableError(f"simulated engine {self.profile.name} crashed")
         for r in self._waiting + self._running:
-            r.send.send_nowait(err)
+            with contextlib.suppress(trio.BrokenResourceError):
+                r.send.send_nowait(err)
             r.cancelled = True
         self._wake.set()
 

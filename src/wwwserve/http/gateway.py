@@ -28,7 +28,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .._compat import TaskStatus
-from ..engines import CompletionRequest
 from .openai_api import OpenAIApp, Receive, Scope, Send, send_json, send_response
 from .server import serve_http
 
@@ -108,8 +107,7 @@ class Gateway:
         self.app.route("GET", "/metrics", self._metrics)
         self.app.route("GET", "/status", self._status)
 
-    def _observe(self, request: CompletionRequest, outcome: str, latency: float,
-                 ttft: float | None) -> None:
+    def _observe(self, outcome: str, latency: float, ttft: float | None) -> None:
         self._requests.labels(outcome).inc()
         if outcome == "ok":
             self._latency.observe(latency)

@@ -160,7 +160,8 @@ def parse_completion(raw: bytes, *, chat: bool, request_id: str | None = None,
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise _bad(f"stream: must be true or false, got {stream!r}", "stream")
-    opts = body.get("stream_options") or {}
+    opts = body.get("stream_options")
+    opts = {} if opts is None else opts
     if not isinstance(opts, dict):
         raise _bad("stream_options: must be an object", "stream_options")
     ignore_eos = body.get("ignore_eos", False)
@@ -294,7 +295,8 @@ class OpenAIApp:
     ``models`` lists model ids for ``/v1/models``; ``api_key``, when set, is required as
     ``Authorization: Bearer <key>`` on ``/v1/*``; ``max_body`` limits request bodies;
     ``timeout`` is the default and maximum per-request budget in seconds;
-    ``on_done(request, outcome, latency, ttft)`` observes every completion.
+    ``on_done(outcome, latency, ttft)`` observes every completion request, including the
+    refused ones (outcome ``bad_request``).
     """
 
     def __init__(
@@ -307,7 +309,7 @@ class OpenAIApp:
         timeout: float = 600.0,
         max_tokens_default: int = 256,
         health: Callable[[], bool] = lambda: True,
-        on_done: Callable[[CompletionRequest, str, float, float | None], None] | None = None,
+        on_done: Callable[[str, float, float | None], None] | None = None,
     ) -> None:
         self.generate = generate
         self.models = models
@@ -379,11 +381,18 @@ class OpenAIApp:
         await self._complete(receive, send, chat=False)
 
     async def _complete(self, receive: Receive, send: Send, *, chat: bool) -> None:
-        raw = await read_body(receive, self.max_body)
+        try:
+            raw = await read_body(receive, self.max_body)
+        except _HTTPError:
+            if self.on_done is not None:
+                self.on_done("bad_request", 0.0, None)
+            raise
         try:
             parsed = parse_completion(raw, chat=chat, timeout=self.timeout,
                                       max_tokens_default=self.max_tokens_default)
         except BadRequestError as exc:
+            if self.on_done is not None:
+                self.on_done("bad_request", 0.0, None)
             await send_json(send, 400, error_body(400, str(exc), getattr(exc, "param", None)))
             return
         request = parsed.request
@@ -396,8 +405,7 @@ class OpenAIApp:
               first: float | None) -> None:
         if self.on_done is not None:
             now = trio.current_time()
-            self.on_done(request, outcome, now - start,
-                         None if first is None else first - start)
+            self.on_done(outcome, now - start, None if first is None else first - start)
 
     async def _whole(self, request: CompletionRequest, send: Send) -> None:
         start = trio.current_time()

@@ -1,0 +1,113 @@
+"""Parsing OpenAI request bodies and building OpenAI response shapes (sans-IO)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wwwserve.engines import ChatMessage, Usage
+from wwwserve.errors import BadRequestError
+from wwwserve.http.openai_api import (
+    completion_body,
+    error_body,
+    parse_completion,
+    stream_chunk,
+)
+
+
+def body(**kw: object) -> bytes:
+    return json.dumps(kw).encode()
+
+
+def test_chat_request_is_normalised() -> None:
+    p = parse_completion(body(model="m", messages=[
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "hel"},
+                                     {"type": "text", "text": "lo"}]}],
+        max_tokens=7, temperature=0.5, stream=True, stream_options={"include_usage": True},
+        ignore_eos=True, logit_bias={}, user="x"), chat=True)
+    r = p.request
+    assert r.messages == (ChatMessage("system", "be brief"), ChatMessage("user", "hello"))
+    assert (r.model, r.max_tokens, r.temperature, r.stream, r.ignore_eos) == \
+        ("m", 7, 0.5, True, True)
+    assert p.include_usage and r.is_chat
+
+
+def test_text_request_and_defaults() -> None:
+    p = parse_completion(body(prompt=["once"]), chat=False, max_tokens_default=33,
+                         timeout=20.0)
+    r = p.request
+    assert (r.prompt, r.model, r.max_tokens, r.timeout, r.stream) == \
+        ("once", "auto", 33, 20.0, False)
+    assert parse_completion(body(prompt="x", max_completion_tokens=5), chat=False
+                            ).request.max_tokens == 5
+
+
+def test_timeout_extension_is_bounded_by_the_gateway() -> None:
+    assert parse_completion(body(prompt="x", timeout=2), chat=False,
+                            timeout=10).request.timeout == 2
+    with pytest.raises(BadRequestError, match=r"timeout: must be a number in \[0.001, 10\]"):
+        parse_completion(body(prompt="x", timeout=60), chat=False, timeout=10)
+
+
+@pytest.mark.parametrize(("raw", "chat", "match"), [
+    (b"{not json", True, "not valid JSON"),
+    (b"\xff\xfe", True, "not valid JSON"),
+    (b"[1, 2]", True, "must be a JSON object"),
+    (body(model=3, messages=[{"role": "user", "content": "x"}]), True, "model: must be"),
+    (body(model="m"), True, "messages: must be a non-empty list"),
+    (body(messages=[{"content": "x"}]), True, r"messages\[0\]: must be an object"),
+    (body(messages=[{"role": "user", "content": [{"type": "image_url"}]}]), True,
+     "only text content parts"),
+    (body(messages=[{"role": "user", "content": 5}]), True, "must be a string or a list"),
+    (body(prompt=["a", "b"]), False, "one prompt per request"),
+    (body(prompt="x", max_tokens=0), False, r"max_tokens: must be an integer in \[1,"),
+    (body(prompt="x", max_tokens=2.5), False, "max_tokens: must be an integer"),
+    (body(prompt="x", max_tokens=True), False, "max_tokens: must be an integer"),
+    (body(prompt="x", temperature=3), False, r"temperature: must be a number in \[0, 2\]"),
+    (body(prompt="x", top_p="high"), False, "top_p: must be a number"),
+    (body(prompt="x", stream="yes"), False, "stream: must be true or false"),
+    (body(prompt="x", n=2), False, "only n=1"),
+    (body(prompt="x", stream_options=[]), False, "stream_options: must be an object"),
+])
+def test_bad_bodies_name_the_field(raw: bytes, chat: bool, match: str) -> None:
+    with pytest.raises(BadRequestError, match=match):
+        parse_completion(raw, chat=chat)
+
+
+@given(st.binary(max_size=200), st.booleans())
+def test_any_bytes_give_a_request_or_bad_request(raw: bytes, chat: bool) -> None:
+    with contextlib.suppress(BadRequestError):
+        parse_completion(raw, chat=chat)
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=10),
+       st.booleans())
+def test_any_json_gives_a_request_or_bad_request(value: object, chat: bool) -> None:
+    raw = json.dumps({"messages": value, "prompt": value, "max_tokens": value,
+                      "temperature": value}).encode()
+    with contextlib.suppress(BadRequestError):
+        parse_completion(raw, chat=chat)
+
+
+def test_response_shapes() -> None:
+    chat = parse_completion(body(model="m", messages=[{"role": "user", "content": "x"}]),
+                            chat=True, request_id="r1").request
+    b = completion_body(chat, "hi", "length", Usage(3, 2), 100)
+    assert b["object"] == "chat.completion" and b["id"] == "chatcmpl-r1"
+    assert b["choices"][0]["message"] == {"role": "assistant", "content": "hi"}
+    assert b["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    first = stream_chunk(chat, 100, text="a", first=True)
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": "a"}
+    last = stream_chunk(chat, 100, usage=Usage(1, 1))
+    assert last["choices"] == [] and last["usage"]["total_tokens"] == 2
+    text = parse_completion(body(prompt="p"), chat=False, request_id="r2").request
+    assert stream_chunk(text, 1, text="b", finish_reason="stop")["choices"][0] == {
+        "index": 0, "text": "b", "finish_reason": "stop", "logprobs": None}
+    assert error_body(503, "busy")["error"]["type"] == "service_unavailable"
