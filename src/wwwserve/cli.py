@@ -26,7 +26,7 @@ __all__ = ["main"]
 logger = logging.getLogger(__name__)
 
 EPILOG = """examples:
-  wwwserve demo                                   # 4 nodes on loopback, live peer table
+  wwwserve demo                                   # 4 nodes, a burst offloaded, live view
   wwwserve node node_configs/node1.yaml           # run one node from its config
   wwwserve sim-engine --port 30000                # a simulated SGLang server (no GPU)
   wwwserve keygen keys/my-node.key                # create a key file (0600)
@@ -132,67 +132,82 @@ def cmd_sim_engine(args: argparse.Namespace) -> int:
 # ---- demo -------------------------------------------------------------------------------
 
 
-async def _demo(n_nodes: int, duration: float) -> None:
+async def _demo(n_nodes: int, duration: float, burst: int) -> None:
     from rich.console import Console
+    from rich.live import Live
     from rich.table import Table
 
-    from .config import GatewayParams, MembershipParams, NetworkParams
-    from .membership import MembershipEvent
+    from .config import (
+        DispatchParams,
+        GatewayParams,
+        MembershipParams,
+        ModelConfig,
+        NetworkParams,
+        ServerParams,
+    )
+    from .engines import CompletionRequest
     from .node import Node
     from .overlay import Libp2pOverlay
 
     console = Console()
     params = MembershipParams(heartbeat_interval=0.5, suspect_timeout=1.5, peer_timeout=3.0)
-    stops: list[trio.Event] = []
+    model = "Qwen/Qwen3-8B"
     nodes: list[Node] = []
     names: dict[str, str] = {}
+    outcome: dict[str, int] = {"ok": 0, "failed": 0}
+    all_done = trio.Event()
 
-    def show_table(observer: Node) -> None:
-        table = Table(title=f"peer table of {names[observer.peer_id]}", show_lines=False)
-        for col in ("peer", "peer id", "status", "address", "seen for"):
-            table.add_column(col)
-        now = trio.current_time()
-        for pid, info in sorted(observer.peers.items(), key=lambda kv: names[kv[0]]):
-            table.add_row(names[pid], pid[:14] + "…" + pid[-6:], info.status.value,
-                          info.addresses[0].split("/p2p/")[0] if info.addresses else "-",
-                          f"{now - info.first_seen:.1f} s")
-        console.print(table)
+    def profile_of(i: int) -> str:
+        # node0 is a small GPU that its users overload; its peers have H100s
+        return "rtx3090/qwen3-8b" if i == 0 else "h100/qwen3-8b"
+
+    def view() -> Table:
+        table = Table(title=f"{burst} requests from node0's users: {outcome['ok']} done, "
+                      f"{outcome['failed']} failed", caption="local: served by its own engine; "
+                      "out: offloaded to peers; in: accepted from peers")
+        for col in ("node", "gpu", "peers", "run", "queue", "kv", "local", "out", "in",
+                    "credit", "stake"):
+            table.add_column(col, justify="left" if col in ("node", "gpu") else "right")
+        for i, node in enumerate(nodes):
+            load = node.dispatcher.models[0].engine.load()
+            st = node.dispatcher.stats
+            table.add_row(names[node.peer_id], profile_of(i).split("/")[0],
+                          str(len(node.peers)), str(load.running), str(load.queued),
+                          f"{load.token_usage:.0%}", str(st["local"]), str(st["offloaded"]),
+                          str(st["accepted"]), f"{node.credit.balance():.0f}",
+                          f"{node.credit.stake():.0f}")
+        return table
 
     async def run_node(i: int, bootstrap: tuple[str, ...], started: trio.Event) -> None:
         ident = Identity.generate()
         names[ident.peer_id] = f"node{i}"
-        cfg = NodeConfig(node=NodeParams(name=f"node{i}"), membership=params,
-                         gateway=GatewayParams(enabled=False),
-                         network=NetworkParams(network_id="wwwserve-demo", bootstrap=bootstrap))
+        cfg = NodeConfig(
+            node=NodeParams(name=f"node{i}"), membership=params,
+            gateway=GatewayParams(enabled=False),
+            server_params=ServerParams(offload_frequency=0.9, queue_frequency=0.5,
+                                       accept_frequency=0.9),
+            models=(ModelConfig(model_path=model, engine="sim", sim_profile=profile_of(i),
+                                dispatch_params=DispatchParams(target_token_usage=0.3)),),
+            network=NetworkParams(network_id="wwwserve-demo", bootstrap=bootstrap))
         node = Node(cfg, identity=ident, overlay=Libp2pOverlay(ident))
-        stop = trio.Event()
-        stops.append(stop)
         async with node:
             nodes.append(node)
             started.set()
-            if i == 0:
-                await watch(node)
-            else:
-                # leave by exiting cleanly: a cancelled node cannot say goodbye (py-libp2p's
-                # sender tasks die with it) and is dropped by timeout instead
-                await stop.wait()
+            await trio.sleep_forever()
 
-    async def watch(observer: Node) -> None:
-        async with observer.membership.events() as events:
-            async for ev in events:
-                _report(ev)
-
-    def _report(ev: MembershipEvent) -> None:
-        name = names.get(ev.peer_id, "?")
-        style = {"joined": "green", "rejoined": "green", "left": "red",
-                 "suspected": "yellow"}.get(ev.kind.value)
-        if ev.kind.value == "updated":
-            return
-        console.print(f"[{style or 'white'}]{ev.kind.value:>9}[/] {name} {ev.peer_id}")
-        show_table(nodes[0])
+    async def user_request(i: int) -> None:
+        req = CompletionRequest(request_id=f"demo-{i}", model=model, prompt="tell me " * 400,
+                                max_tokens=120, ignore_eos=True, timeout=max(1.0, duration))
+        try:
+            await nodes[0].complete(req)
+            outcome["ok"] += 1
+        except WWWServeError:
+            outcome["failed"] += 1
+        if outcome["ok"] + outcome["failed"] == burst:
+            all_done.set()
 
     console.print(f"[bold]wwwserve demo[/]: {n_nodes} nodes on loopback (libp2p: TCP, Noise, "
-                  "Yamux, GossipSub), joining through node0's address")
+                  "Yamux, GossipSub) with simulated engines, joining through node0")
     with trio.move_on_after(duration):
         async with trio.open_nursery() as nursery:
             first = trio.Event()
@@ -204,21 +219,40 @@ async def _demo(n_nodes: int, duration: float) -> None:
                 ev = trio.Event()
                 nursery.start_soon(run_node, i, boot, ev)
                 await ev.wait()
-                await trio.sleep(0.5)
-            await trio.sleep(max(0.0, duration * 0.4))
-            if n_nodes > 2:
-                console.print(f"[bold]stopping {names[nodes[-1].peer_id]}[/] (clean leave)")
-                stops[-1].set()
-            await trio.sleep_forever()
+            with trio.move_on_after(min(5.0, duration / 3)):
+                while any(len(n.peers) < n_nodes - 1 for n in nodes):  # noqa: ASYNC110
+                    await trio.sleep(0.1)  # (a display loop: polling the tables is fine)
+            console.print(f"all {n_nodes} nodes see each other; node0's users send a burst "
+                          f"of {burst} requests")
+            with Live(view(), console=console, refresh_per_second=4) as live:
+                async with trio.open_nursery() as users:
+                    async def refresh() -> None:
+                        while True:
+                            live.update(view())
+                            await trio.sleep(0.25)
+
+                    users.start_soon(refresh)
+                    for i in range(burst):
+                        users.start_soon(user_request, i)
+                        await trio.sleep(0.02)
+                    if burst:
+                        await all_done.wait()
+                    live.update(view())
+                    users.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
     if nodes:
-        console.print("[bold]final[/]")
-        show_table(nodes[0])
+        st = nodes[0].dispatcher.stats
+        console.print(f"\n[bold]summary[/]: {outcome['ok']}/{burst} requests served "
+                      f"({st['local']} on node0, {st['offloaded']} offloaded to peers); "
+                      f"node0 paid {st['paid']} credits")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     if not 2 <= args.nodes <= 30:
         raise ConfigError(f"--nodes: must be between 2 and 30, got {args.nodes}")
-    trio.run(_demo, args.nodes, args.duration)
+    if args.burst < 0:
+        raise ConfigError(f"--burst: must be >= 0, got {args.burst}")
+    trio.run(_demo, args.nodes, args.duration, args.burst)
     return 0
 
 
@@ -269,10 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
                               epilog=f"example:\n  {example}",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    p = add("demo", "start N nodes on loopback and print the live peer table",
-            "wwwserve demo --nodes 4 --duration 12")
+    p = add("demo", "N nodes on loopback with simulated engines; a burst on node0 is offloaded",
+            "wwwserve demo --nodes 4 --burst 40")
     p.add_argument("--nodes", type=int, default=4, help="number of nodes (2-30, default 4)")
-    p.add_argument("--duration", type=float, default=12.0, help="seconds to run (default 12)")
+    p.add_argument("--duration", type=float, default=30.0,
+                   help="give up after this many seconds (default 30)")
+    p.add_argument("--burst", type=int, default=40,
+                   help="requests node0's users send at once (default 40)")
     p.set_defaults(func=cmd_demo)
 
     p = add("node", "run one node from a YAML config until Ctrl-C",

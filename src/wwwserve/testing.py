@@ -36,12 +36,12 @@ class ChildProcess:
         self._changed = trio.Event()
         self.proc: trio.Process | None = None
 
-    async def start(self, nursery: trio.Nursery, timeout: float = 30.0) -> dict[str, Any]:
+    async def start(self, nursery: trio.Nursery, within: float = 30.0) -> dict[str, Any]:
         """Start the process and return its ``started`` event."""
         self.proc = await nursery.start(functools.partial(
             trio.run_process, self.args, stdout=-1, check=False))
         nursery.start_soon(self._read)
-        with trio.fail_after(timeout):
+        with trio.fail_after(within):
             await self._started.wait()
         return self.started
 
@@ -65,9 +65,9 @@ class ChildProcess:
                 self._changed.set()
                 self._changed = trio.Event()
 
-    async def wait_for(self, predicate: Any, timeout: float) -> None:
+    async def wait_for(self, predicate: Any, within: float) -> None:
         """Wait until ``predicate(self)`` holds (re-checked on each event and every 50 ms)."""
-        with trio.fail_after(timeout):
+        with trio.fail_after(within):
             while not predicate(self):
                 with trio.move_on_after(0.05):
                     await self._changed.wait()
@@ -83,13 +83,13 @@ class ChildProcess:
             assert self.proc is not None
             self.proc.send_signal(signal.SIGKILL)
 
-    async def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, wait up to ``timeout`` s, then SIGKILL; returns the exit code."""
+    async def stop(self, grace: float = 10.0) -> int | None:
+        """SIGTERM, wait up to ``grace`` s, then SIGKILL; returns the exit code."""
         if self.proc is None:
             return None
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
-            with trio.move_on_after(timeout):
+            with trio.move_on_after(grace):
                 await self.proc.wait()
             if self.proc.returncode is None:
                 self.proc.send_signal(signal.SIGKILL)

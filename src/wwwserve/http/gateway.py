@@ -19,7 +19,7 @@ dispatcher counters) for ``wwwserve status`` and dashboards.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import trio
@@ -79,6 +79,14 @@ class _NodeCollector(Collector):
         yield from families.values()
 
 
+def _percentiles(values: Iterable[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    if not ordered:
+        return {}
+    return {f"p{q}": 1000 * ordered[min(len(ordered) - 1, len(ordered) * q // 100)]
+            for q in (50, 90, 99)}
+
+
 class Gateway:
     """The HTTP gateway of ``node``; ``await nursery.start(gateway.run)`` → base URL."""
 
@@ -133,6 +141,7 @@ class Gateway:
             "addresses": list(node.addresses), "credit": node.credit.balance(),
             "stake": node.credit.stake(), "models": models, "peers": peers,
             "dispatch": dict(node.dispatcher.stats),
+            "offload_dispatch_ms": _percentiles(node.dispatcher.offload_delays),
         })
 
     async def run(self, *, task_status: TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -120,6 +120,8 @@ class Dispatcher:
         self.probe_timeout = probe_timeout
         self.stall_timeout = stall_timeout
         self.stats: Counter[str] = Counter()
+        #: seconds from a request's arrival to its dispatch to a peer (the last 1024)
+        self.offload_delays: deque[float] = deque(maxlen=1024)
         self._waiting = 0
         self._changed = trio.Event()
 
@@ -157,7 +159,8 @@ class Dispatcher:
         """Serve ``request`` here or elsewhere; push its chunks to ``emit``."""
         if request.model != "auto" and request.model not in self.network_models():
             raise ModelNotFoundError(f"model {request.model!r} is not served in this network")
-        deadline = trio.current_time() + request.timeout
+        arrived = trio.current_time()
+        deadline = arrived + request.timeout
         sink = _Sink(emit, request.stream)
         self._waiting += 1
         waiting = True
@@ -175,7 +178,7 @@ class Dispatcher:
                         and self.credit.balance() >= self.reward:
                     self._waiting -= 1
                     waiting = False
-                    usage = await self._offload(request, sink, route, deadline)
+                    usage = await self._offload(request, sink, route, deadline, arrived)
                     if usage is not None:
                         return usage
                     self._waiting += 1
@@ -255,7 +258,8 @@ class Dispatcher:
         return winner[0] if winner else None
 
     async def _offload(self, request: CompletionRequest, sink: _Sink,
-                       route: tuple[str, ...], deadline: float) -> Usage | None:
+                       route: tuple[str, ...], deadline: float, arrived: float
+                       ) -> Usage | None:
         peers = self._candidates(request, route)
         if not peers:
             self.stats["no_candidates"] += 1
@@ -266,6 +270,7 @@ class Dispatcher:
             return None
         payload = encode(Offload(request=encode(request), route=(*route, self.peer_id),
                                  hops=len(route) + 1))
+        self.offload_delays.append(trio.current_time() - arrived)
         usage: Usage | None = None
         try:
             with trio.move_on_at(deadline):
