@@ -9,14 +9,16 @@ in the same run:
 - end-to-end latency and time to first token of streamed ~1 KB answers (256 tokens),
   directly from the engine and through ``req``'s gateway; the difference is what the
   gateway, the dispatcher and the libp2p offload add;
-- requests/s one gateway sustains for tiny requests (1 token), through ``exec``'s gateway
-  (run locally) and through ``req``'s (offloaded), with 32 concurrent clients;
+- requests/s one gateway sustains for tiny requests (1 token), with 32 concurrent clients:
+  through ``simnode``'s gateway (its engine simulated in-process: gateway + dispatcher
+  alone), through ``exec``'s (run locally on the HTTP engine) and through ``req``'s
+  (offloaded to ``exec``);
 - time from a request's arrival at ``req`` to its dispatch to a peer (from ``/status``).
 
 Targets (issue 3): <= 3 ms added p50 latency, <= 5 ms added TTFT, >= 300 req/s through one
 gateway, <= 10 ms p50 arrival-to-dispatch. Ends with one JSON line.
 
-    python bench/offload_overhead.py [--quick]
+    python bench/offload_overhead.py [--quick]     (about 4 min; --quick about 2)
 """
 
 from __future__ import annotations
@@ -148,7 +150,7 @@ async def throughput(url: str, seconds: float, concurrency: int = 32) -> float:
 
 
 async def main(quick: bool) -> dict[str, float]:
-    n = 20 if quick else 60
+    n = 10 if quick else 30
     secs = 3.0 if quick else 8.0
     procs: list[ChildProcess] = []
     results: dict[str, float] = {}
@@ -167,6 +169,14 @@ async def main(quick: bool) -> dict[str, float]:
                                    str(node_yaml(tmp, "exec", models, [], 1.0))])
                 procs.append(ex)
                 ex_info = await ex.start(nursery)
+                # a node with its engine simulated in-process: the gateway without the
+                # HTTP hop to an engine
+                sim_models = json.dumps([{"model_path": MODEL, "engine": "sim",
+                                          "sim_profile": "h100/qwen3-8b"}])
+                sn = ChildProcess(["node", "--json-events",
+                                   str(node_yaml(tmp, "simnode", sim_models, [], 0.0))])
+                procs.append(sn)
+                sn_info = await sn.start(nursery)
                 rq = ChildProcess(["node", "--json-events", str(node_yaml(
                     tmp, "req", "[]", [ex_info["addresses"][0]], 0.0))])
                 procs.append(rq)
@@ -179,6 +189,15 @@ async def main(quick: bool) -> dict[str, float]:
                 await latency(rq_info["gateway"], 3)
                 d_ttft, d_e2e = await latency(engine_url, n)
                 o_ttft, o_e2e = await latency(rq_info["gateway"], n)
+                # the same through exec's gateway (its HTTP engine, no offload) and through
+                # simnode's (in-process engine): where the added time goes
+                l_ttft, _ = await latency(ex_info["gateway"], n)
+                s_ttft, _ = await latency(sn_info["gateway"], n)
+                # arrival-to-dispatch of these sequential requests (no waiting for capacity)
+                status = await Client(rq_info["gateway"]).get_json("/status")
+                assert isinstance(status, dict)
+                results["arrival_to_dispatch_p50_ms"] = status["offload_dispatch_ms"]["p50"]
+                results["arrival_to_dispatch_p99_ms"] = status["offload_dispatch_ms"]["p99"]
                 results["direct_e2e_p50_ms"] = 1000 * statistics.median(d_e2e)
                 results["offload_e2e_p50_ms"] = 1000 * statistics.median(o_e2e)
                 results["added_e2e_p50_ms"] = results["offload_e2e_p50_ms"] \
@@ -187,15 +206,18 @@ async def main(quick: bool) -> dict[str, float]:
                 results["offload_ttft_p50_ms"] = 1000 * statistics.median(o_ttft)
                 results["added_ttft_p50_ms"] = results["offload_ttft_p50_ms"] \
                     - results["direct_ttft_p50_ms"]
+                results["local_http_engine_added_ttft_p50_ms"] = \
+                    1000 * (statistics.median(l_ttft) - statistics.median(d_ttft))
+                results["inprocess_engine_added_ttft_p50_ms"] = \
+                    1000 * (statistics.median(s_ttft) - statistics.median(d_ttft))
                 results["added_e2e_p90_ms"] = 1000 * (pct(o_e2e, 0.9) - pct(d_e2e, 0.9))
                 results["engine_direct_rps"] = await throughput(engine_url, secs)
-                results["gateway_local_rps"] = await throughput(ex_info["gateway"], secs)
+                results["gateway_inprocess_engine_rps"] = await throughput(sn_info["gateway"],
+                                                                           secs)
+                results["gateway_http_engine_rps"] = await throughput(ex_info["gateway"], secs)
                 results["gateway_offload_rps"] = await throughput(rq_info["gateway"], secs)
                 status = await Client(rq_info["gateway"]).get_json("/status")
                 assert isinstance(status, dict)
-                delays = status["offload_dispatch_ms"]
-                results["arrival_to_dispatch_p50_ms"] = delays["p50"]
-                results["arrival_to_dispatch_p99_ms"] = delays["p99"]
                 results["offloaded_requests"] = float(status["dispatch"].get("offloaded", 0))
             finally:
                 for p in reversed(procs):

@@ -45,6 +45,7 @@ __all__ = [
 
 T = TypeVar("T")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_POLICY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*(:[A-Za-z_][A-Za-z0-9_]*)?$")
 
 
 def _fmt(value: Any) -> str:
@@ -92,8 +93,9 @@ class ServerParams:
         _port(self, "port")
         for name in ("offload_frequency", "queue_frequency", "accept_frequency"):
             _probability(self, name)
-        if not _NAME_RE.match(self.policy):
-            raise ConfigError(f"policy: must be a policy name like 'default_sglang', "
+        if not _POLICY_RE.match(self.policy):
+            raise ConfigError(f"policy: must be a registered policy name like "
+                              f"'default_sglang' or a dotted path 'package.module:Class', "
                               f"got {_fmt(self.policy)}")
 
 

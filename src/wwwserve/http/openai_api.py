@@ -15,6 +15,7 @@ silent truncation.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import itertools
 import json
@@ -353,6 +354,11 @@ class OpenAIApp:
             await handler(scope, receive, send)
         except _HTTPError as exc:
             await send_json(send, exc.status, error_body(exc.status, str(exc)), exc.headers)
+        except Exception:
+            # a bug, not bad input: log it and answer 500 in the usual envelope if we still can
+            logger.exception("internal error serving %s %s", method, path)
+            with contextlib.suppress(Exception):
+                await send_json(send, 500, error_body(500, "internal error"))
 
     def _authorize(self, scope: Scope) -> None:
         assert self.api_key is not None

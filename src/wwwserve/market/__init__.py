@@ -2,7 +2,7 @@
 
 from .credit import CreditAccount, CreditBook
 from .dispatch import Dispatcher, LocalModel
-from .policy import DefaultPolicy, NodeView, Policy, get_policy, register_policy
+from .policy import DefaultPolicy, ModelView, NodeView, Policy, get_policy, register_policy
 from .pos import weighted_sample
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "DefaultPolicy",
     "Dispatcher",
     "LocalModel",
+    "ModelView",
     "NodeView",
     "Policy",
     "get_policy",
