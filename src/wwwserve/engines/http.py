@@ -212,7 +212,7 @@ class HTTPEngine:
         return usage
 
     def _mark_down(self, why: str) -> None:
-        if self._load.healthy:
+        if self._load.healthy or self.scrapes == 1:
             logger.warning("engine %s (%s) is unavailable: %s", self.base_url, self.model, why)
         self._load = EngineLoad(healthy=False)
         for scope in list(self._inflight):
