@@ -40,6 +40,17 @@ __all__ = ["Node"]
 logger = logging.getLogger(__name__)
 
 
+def _only(group: BaseExceptionGroup[BaseException], exc: BaseException) -> bool:
+    """True if ``group`` holds nothing but ``exc`` (and cancellations), however nested."""
+    for e in group.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            if not _only(e, exc):
+                return False
+        elif e is not exc and not isinstance(e, trio.Cancelled):
+            return False
+    return True
+
+
 class Node:
     """A wwwserve node. Use ``async with Node(config) as node:`` or ``nursery.start(node.run)``.
 
@@ -218,8 +229,13 @@ class Node:
         except BaseException as exc:
             if self._nursery is not None:
                 self._nursery.cancel_scope.cancel()
-            if await self._stack.__aexit__(type(exc), exc, exc.__traceback__):
-                raise  # pragma: no cover - the stack never swallows a start-up failure
+            try:
+                await self._stack.__aexit__(type(exc), exc, exc.__traceback__)
+            except BaseExceptionGroup as group:
+                # the nursery wrapped our start-up failure; raise the failure itself
+                if _only(group, exc):
+                    raise exc from None
+                raise
             raise
         logger.info("node %s up at %s", self.peer_id, ", ".join(overlay.addresses))
         return self

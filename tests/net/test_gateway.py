@@ -187,3 +187,20 @@ async def test_status_reports_peers_credit_and_load() -> None:
         assert [p["peer_id"] for p in status["peers"]] == [net.b.peer_id]
         assert status["models"][0]["model"] == A and status["models"][0]["healthy"]
         assert status["credit"] + status["stake"] == 110.0  # 100 liquid + 10 staked
+
+
+async def test_gateway_port_in_use_fails_the_node_start_cleanly() -> None:
+    from wwwserve.errors import ListenError
+
+    sock = trio.socket.socket()
+    await sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    port = sock.getsockname()[1]
+    async with MemoryNetwork(seed=1) as net:
+        ident = Identity.from_seed(b"\x07" * 32)
+        cfg = NodeConfig(gateway=GatewayParams(port=port), membership=PARAMS)
+        with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{port}"), \
+                trio.fail_after(10):
+            async with Node(cfg, identity=ident, overlay=net.node(ident)):
+                pass  # pragma: no cover
+    sock.close()

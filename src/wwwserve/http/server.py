@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -27,8 +28,20 @@ async def serve_http(app: Any, host: str, port: int, *, keep_alive: float = 75.0
     Hypercorn's logs go to the ``hypercorn.error`` logger; access logs are off. Raises
     :class:`~wwwserve.errors.ListenError` if the address cannot be bound.
     """
+    # bind here, so a failure is ours to report and the socket is never leaked; hypercorn
+    # takes the bound socket over by file descriptor
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     config = Config()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.bind = [f"fd://{sock.detach()}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.keep_alive_timeout = keep_alive
@@ -36,25 +49,13 @@ async def serve_http(app: Any, host: str, port: int, *, keep_alive: float = 75.0
     config.graceful_timeout = 1.0
     config.backlog = 1024
 
-    url = ""
-
     async def start(*, task_status: TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         await serve(app, config, mode="asgi", task_status=task_status)
 
-    try:
-        async with trio.open_nursery() as nursery:
-            binds: list[str] = await nursery.start(start)
-            url = binds[0]
-            logger.info("HTTP on %s", url)
-            if on_url is not None:
-                on_url(url)
-            task_status.started(url)
-    except BaseExceptionGroup as group:
-        match, rest = group.split(OSError)
-        if match is not None and rest is None and not url:
-            first: BaseException = match
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            raise ListenError(f"cannot listen on {config.bind[0]}: "
-                              f"{getattr(first, 'strerror', None) or first}") from None
-        raise
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(start)
+        url = binds[0]
+        logger.info("HTTP on %s", url)
+        if on_url is not None:
+            on_url(url)
+        task_status.started(url)
