@@ -29,6 +29,7 @@ EPILOG = """examples:
   wwwserve demo                                   # 4 nodes, a burst offloaded, live view
   wwwserve node node_configs/node1.yaml           # run one node from its config
   wwwserve sim-engine --port 30000                # a simulated SGLang server (no GPU)
+  wwwserve status node_configs/node1.yaml         # peers, load, credit of a running node
   wwwserve keygen keys/my-node.key                # create a key file (0600)
   wwwserve id node_configs/node1.yaml             # print a node's peer id
 """
@@ -256,6 +257,71 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- status -----------------------------------------------------------------------------
+
+
+def _gateway_url(target: str) -> str:
+    if target.startswith(("http://", "https://")):
+        return target.rstrip("/").removesuffix("/v1")
+    cfg = load_config(target)
+    host = cfg.gateway.host if cfg.gateway.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    if not cfg.gateway.enabled or cfg.gateway.port == 0:
+        raise ConfigError(f"{target}: gateway: this node has no fixed gateway port; pass the "
+                          "gateway URL instead")
+    return f"http://{host}:{cfg.gateway.port}"
+
+
+async def _fetch_status(url: str, api_key: str | None) -> dict[str, object]:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key=api_key or "none",
+                                max_retries=0, timeout=5.0)
+    try:
+        status = await client.get(url + "/status", cast_to=object)
+    except openai.APIConnectionError:
+        raise WWWServeError(f"no node answers at {url} (is it running?)") from None
+    except openai.APIStatusError as exc:
+        raise WWWServeError(f"{url}/status answered HTTP {exc.status_code}") from None
+    finally:
+        await client.close()
+    if not isinstance(status, dict):
+        raise WWWServeError(f"{url}/status did not answer a JSON object")
+    return status
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    url = _gateway_url(args.target)
+    status = trio.run(_fetch_status, url, args.api_key)
+    if args.json:
+        _print_json(status)
+        return 0
+    console = Console()
+    console.print(f"[bold]{status.get('name')}[/] {status.get('peer_id')}  credit "
+                  f"{status.get('credit', 0):.1f}  stake {status.get('stake', 0):.1f}")
+    models = Table(title="models")
+    for col in ("model", "healthy", "kv", "running", "queued"):
+        models.add_column(col)
+    for m in status.get("models", []):  # type: ignore[attr-defined]
+        models.add_row(m["model"], "yes" if m["healthy"] else "NO", f"{m['token_usage']:.0%}",
+                       str(m["running"]), str(m["queued"]))
+    console.print(models)
+    peers = Table(title="peers")
+    for col in ("peer id", "status", "stake", "credit", "models"):
+        peers.add_column(col)
+    for p in status.get("peers", []):  # type: ignore[attr-defined]
+        pid = str(p["peer_id"])
+        peers.add_row(f"{pid[:12]}…{pid[-6:]}", p["status"], f"{p['stake']:.1f}", f"{p['credit']:.1f}",
+                      ", ".join(p["models"]))
+    console.print(peers)
+    dispatch = status.get("dispatch", {})
+    console.print("dispatch: " + (", ".join(f"{k} {v}" for k, v in sorted(
+        dispatch.items())) if isinstance(dispatch, dict) and dispatch else "nothing yet"))
+    return 0
+
+
 # ---- keys -------------------------------------------------------------------------------
 
 
@@ -338,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the start event as JSON")
     p.add_argument("--list", action="store_true", help="list the profiles and exit")
     p.set_defaults(func=cmd_sim_engine)
+
+    p = add("status", "show a running node's peers, load, credit and stake (via its gateway)",
+            "wwwserve status node_configs/node1.yaml   # or: wwwserve status http://127.0.0.1:8001")
+    p.add_argument("target", help="the node's config file or its gateway URL")
+    p.add_argument("--api-key", default=None, help="the gateway's bearer key, if it has one")
+    p.add_argument("--json", action="store_true", help="print the raw JSON")
+    p.set_defaults(func=cmd_status)
 
     p = add("keygen", "create a new Ed25519 key file (mode 0600) and print its peer id",
             "wwwserve keygen keys/my-node.key")

@@ -204,3 +204,22 @@ async def test_gateway_port_in_use_fails_the_node_start_cleanly() -> None:
             async with Node(cfg, identity=ident, overlay=net.node(ident)):
                 pass  # pragma: no cover
     sock.close()
+
+
+async def test_status_command_reads_a_running_node(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from wwwserve.cli import main
+
+    async with gateway_net() as net:
+        url = net.a.gateway_url
+        assert url is not None
+        assert await trio.to_thread.run_sync(main, ["status", url, "--json"]) == 0
+        status = json.loads(capsys.readouterr().out)
+        assert status["peer_id"] == net.a.peer_id
+        assert await trio.to_thread.run_sync(main, ["status", url]) == 0
+        out = capsys.readouterr().out
+        assert net.b.peer_id[-6:] in out and "healthy" in out
+    # nobody there any more: a one-line error, exit code 1
+    assert await trio.to_thread.run_sync(main, ["status", url]) == 1
+    assert "no node answers at" in capsys.readouterr().err
