@@ -313,8 +313,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         peers.add_column(col)
     for p in status.get("peers", []):  # type: ignore[attr-defined]
         pid = str(p["peer_id"])
-        peers.add_row(f"{pid[:12]}…{pid[-6:]}", p["status"], f"{p['stake']:.1f}", f"{p['credit']:.1f}",
-                      ", ".join(p["models"]))
+        peers.add_row(f"{pid[:12]}…{pid[-6:]}", p["status"], f"{p['stake']:.1f}",
+                      f"{p['credit']:.1f}", ", ".join(p["models"]))
     console.print(peers)
     dispatch = status.get("dispatch", {})
     console.print("dispatch: " + (", ".join(f"{k} {v}" for k, v in sorted(
