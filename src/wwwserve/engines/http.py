@@ -117,7 +117,6 @@ class HTTPEngine:
         self._load = EngineLoad(healthy=False)
         self._has_metrics = True
         self._inflight: set[trio.CancelScope] = set()
-        self._ready = trio.Event()
         self._closed = False
         self.scrapes = 0
         self.scrape_failures = 0
@@ -248,7 +247,6 @@ class HTTPEngine:
             if not self._load.healthy:
                 logger.info("engine %s (%s) is available", self.base_url, self.model)
             self._load = load
-        self._ready.set()
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Scrape the engine's load every ``scrape_interval`` until cancelled."""

@@ -243,6 +243,8 @@ def error_body(status: int, message: str, param: str | None = None,
 
 
 def _status_of(exc: BaseException) -> int:
+    if isinstance(exc, trio.TooSlowError):
+        return 504  # the gateway's own backstop on the request's deadline
     return exc.status if isinstance(exc, RequestError) else 500
 
 
@@ -430,7 +432,7 @@ class OpenAIApp:
             with trio.fail_after(request.timeout + 1.0):
                 usage = await self.generate(request, collect)
         except (WWWServeError, trio.TooSlowError) as exc:
-            status = 504 if isinstance(exc, trio.TooSlowError) else _status_of(exc)
+            status = _status_of(exc)
             self._done(request, _outcome(status), start, None)
             headers = _retry_headers(exc)
             await send_json(send, status, error_body(status, str(exc) or "deadline exceeded"),
@@ -471,7 +473,7 @@ class OpenAIApp:
             with trio.fail_after(request.timeout + 1.0):
                 usage = await self.generate(request, forward)
         except (WWWServeError, trio.TooSlowError) as exc:
-            status = 504 if isinstance(exc, trio.TooSlowError) else _status_of(exc)
+            status = _status_of(exc)
             self._done(request, _outcome(status), start, first)
             body = error_body(status, str(exc) or "deadline exceeded")
             if not started:
