@@ -36,7 +36,7 @@ def request(i: int, out: int = 200, **kw) -> CompletionRequest:
 
 @asynccontextmanager
 async def network(accept: list[float], *, seed: int = 1, stake: list[float] | None = None,
-                  profile: str = "rtx4090/qwen3-8b"):
+                  profile: str = "rtx4090/qwen3-8b", credits: list[float] | None = None):
     """Nodes with one simulated engine each, a shared credit book, virtual time."""
     seed_trio_scheduler(seed)
     book = CreditBook(shared=True)
@@ -53,7 +53,7 @@ async def network(accept: list[float], *, seed: int = 1, stake: list[float] | No
                 network=NetworkParams(network_id="sim", bootstrap=boot),
                 membership=PARAMS, gateway=GatewayParams(enabled=False))
             engine = SimEngine(get_profile(profile), models=(MODEL,), seed=i, stream_interval=8)
-            credit = book.open(ident.peer_id, 100.0, 0.0)
+            credit = book.open(ident.peer_id, credits[i] if credits else 100.0, 0.0)
             node = Node(cfg, identity=ident, overlay=net.node(ident), engines={MODEL: engine},
                         credit=credit, wall_clock=trio_wall_clock(), rng=random.Random(seed + i))
             await nursery.start(node.run)
@@ -99,6 +99,19 @@ async def test_overloaded_node_offloads_and_credits_move_by_served_count(autojum
         assert len(book.settled) == offloaded
         assert book.total() == pytest.approx(total)
         assert sum(e.completed for e in engines) == 40
+
+
+async def test_a_node_without_credit_serves_its_users_itself(autojump_clock):
+    async with network([0.0, 1.0, 1.0, 1.0], credits=[0.0, 100.0, 100.0, 100.0]) as (
+            nodes, engines, book, _net):
+        broke = nodes[0]
+        texts = await burst(broke, 20)
+        assert len(texts) == 20
+        assert broke.dispatcher.stats["offloaded"] == 0
+        assert broke.dispatcher.stats["local"] == 20
+        assert broke.dispatcher.stats["queued"] > 0  # it was busy, and queued instead
+        assert broke.credit.balance() == 0.0 and not book.settled
+        assert engines[0].completed == 20
 
 
 async def test_zero_stake_and_zero_accept_peers_are_never_used(autojump_clock):
