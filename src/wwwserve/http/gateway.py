@@ -23,12 +23,12 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import trio
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .._compat import TaskStatus
-from .openai_api import OpenAIApp, Receive, Scope, Send, send_json, send_response
+from .openai_api import OpenAIApp, Receive, Scope, Send, metrics_handler, send_json
 from .server import serve_http
 
 if TYPE_CHECKING:
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Gateway"]
 
-_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 
 
@@ -112,7 +111,7 @@ class Gateway:
             health=lambda: any(m.engine.load().healthy for m in node.dispatcher.models)
             or bool(node.peers),
             on_done=self._observe)
-        self.app.route("GET", "/metrics", self._metrics)
+        self.app.route("GET", "/metrics", metrics_handler(self.registry))
         self.app.route("GET", "/status", self._status)
 
     def _observe(self, outcome: str, latency: float, ttft: float | None) -> None:
@@ -121,9 +120,6 @@ class Gateway:
             self._latency.observe(latency)
             if ttft is not None:
                 self._ttft.observe(ttft)
-
-    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send_response(send, 200, generate_latest(self.registry), _CONTENT_TYPE)
 
     async def _status(self, scope: Scope, receive: Receive, send: Send) -> None:
         node = self.node

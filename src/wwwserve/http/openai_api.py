@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from ..engines import ChatMessage, Chunk, CompletionRequest, Emit, Usage
 from ..errors import BadRequestError, NoCapacityError, RequestError, WWWServeError
@@ -273,6 +274,15 @@ async def send_json(send: Send, status: int, obj: object,
                     headers: Iterable[tuple[str, str]] = ()) -> None:
     """Send a JSON response."""
     await send_response(send, status, json.dumps(obj).encode(), "application/json", headers)
+
+
+def metrics_handler(registry: CollectorRegistry) -> Handler:
+    """A route serving ``registry`` in Prometheus text exposition."""
+
+    async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
+        await send_response(send, 200, generate_latest(registry), CONTENT_TYPE_LATEST)
+
+    return metrics
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:

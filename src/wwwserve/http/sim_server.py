@@ -12,19 +12,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import trio
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .._compat import TaskStatus
 from ..engines import SimEngine
-from .openai_api import OpenAIApp, Receive, Scope, Send, send_response
+from .openai_api import OpenAIApp, metrics_handler
 from .server import serve_http
 
 __all__ = ["SimEngineServer", "sim_engine_app"]
-
-_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
 
 class _SGLangCollector(Collector):
     def __init__(self, engine: SimEngine) -> None:
@@ -58,12 +55,9 @@ def sim_engine_app(engine: SimEngine, *, api_key: str | None = None) -> OpenAIAp
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SGLangCollector(engine))
 
-    async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
-        await send_response(send, 200, generate_latest(registry), _CONTENT_TYPE)
-
     app = OpenAIApp(engine.generate, lambda: engine.models, api_key=api_key,
                     health=lambda: engine.load().healthy)
-    app.route("GET", "/metrics", metrics)
+    app.route("GET", "/metrics", metrics_handler(registry))
     return app
 
 

@@ -168,7 +168,7 @@ class Dispatcher:
             while True:
                 changed = self._changed
                 view = self.view(request.model)
-                if not view.models and not self._has_peers_for(request, route):
+                if not view.models and not self._eligible(request, route):
                     self.stats["no_capacity"] += 1
                     raise NoCapacityError(
                         f"no available engine serves {request.model!r} here or on a live "
@@ -222,15 +222,15 @@ class Dispatcher:
         finally:
             self.notify()
 
-    def _has_peers_for(self, request: CompletionRequest, route: tuple[str, ...]) -> bool:
-        return any(p != self.peer_id and p not in route and info.status is PeerStatus.ALIVE
-                   and _serves(info, request.model) for p, info in self.peers().items())
+    def _eligible(self, request: CompletionRequest, route: tuple[str, ...]
+                  ) -> dict[str, float]:
+        """Live peers (not us, not on the route) serving the request's model, by stake."""
+        return {p: info.stake for p, info in self.peers().items()
+                if p != self.peer_id and p not in route and info.status is PeerStatus.ALIVE
+                and _serves(info, request.model)}
 
     def _candidates(self, request: CompletionRequest, route: tuple[str, ...]) -> list[str]:
-        weights = {p: info.stake for p, info in self.peers().items()
-                   if p != self.peer_id and p not in route and info.status is PeerStatus.ALIVE
-                   and _serves(info, request.model)}
-        return weighted_sample(weights, self.candidates, self.rng)
+        return weighted_sample(self._eligible(request, route), self.candidates, self.rng)
 
     async def _probe(self, peers: list[str], request: CompletionRequest,
                      route: tuple[str, ...]) -> str | None:
