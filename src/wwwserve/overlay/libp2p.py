@@ -15,6 +15,7 @@ times the round trip itself.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from typing import Any, Self
@@ -92,6 +93,36 @@ def _tame_libp2p_logging() -> None:
 
 
 _tame_libp2p_logging()
+
+
+def _track_dials(host: IHost) -> weakref.WeakSet[Any]:
+    """Remember every raw connection ``host`` dials, so none outlives the overlay.
+
+    Some of py-libp2p's paths (a connection given up on during shutdown or in a dial race)
+    drop a dialed TCP socket without closing it; it is then closed, with a
+    ``ResourceWarning``, only when garbage collected. The set lets the overlay close
+    whatever is left once the host has stopped.
+    """
+    dialed: weakref.WeakSet[Any] = weakref.WeakSet()
+    manager = getattr(host.get_network(), "transport_manager", None)
+    for transport in manager.get_transports() if manager is not None else ():
+        original = transport.dial
+
+        async def dial(maddr: Multiaddr, _original: Any = original) -> Any:
+            conn = await _original(maddr)
+            dialed.add(conn)
+            return conn
+
+        transport.dial = dial
+    return dialed
+
+
+def _close_leftovers(dialed: weakref.WeakSet[Any]) -> None:
+    for conn in list(dialed):
+        sock = getattr(getattr(getattr(conn, "stream", None), "stream", None), "socket", None)
+        if sock is not None and sock.fileno() != -1:
+            logger.debug("closing a connection py-libp2p left open: %s", sock)
+            sock.close()
 
 
 def _keypair(identity: Identity) -> KeyPair:
@@ -232,34 +263,38 @@ class Libp2pOverlay:
             listen = [Multiaddr(a) for a in self.listen]
         except Exception as exc:
             raise PeerUnavailableError(f"invalid listen address {self.listen}: {exc}") from None
-        async with host.run(listen):
-            self._host = host
-            async with background_trio_service(pubsub), background_trio_service(gossipsub):
-                with trio.fail_after(10):
-                    await pubsub.wait_until_ready()
-                host.get_network().register_notifee(_Notifee(self))
-                try:
-                    async with trio.open_nursery() as nursery:
-                        self._nursery = nursery
-                        self._open = True
-                        host.set_stream_handler(TProtocol(MUX_PROTOCOL), self._on_mux_stream)
-                        try:
-                            yield
-                        finally:
-                            self._open = False
-                            nursery.cancel_scope.cancel()
-                finally:
-                    self._open = False
-                    with trio.CancelScope(shield=True), trio.move_on_after(
-                        self.shutdown_timeout
-                    ):
-                        await self._close_host(host)
-                    for sinks in self._subs.values():
-                        for sink in sinks:
-                            sink.close()
-                    for ev_sink in self._event_sinks:
-                        ev_sink.close()
-            self._host = None
+        dialed = _track_dials(host)
+        try:
+            async with host.run(listen):
+                self._host = host
+                async with background_trio_service(pubsub), background_trio_service(gossipsub):
+                    with trio.fail_after(10):
+                        await pubsub.wait_until_ready()
+                    host.get_network().register_notifee(_Notifee(self))
+                    try:
+                        async with trio.open_nursery() as nursery:
+                            self._nursery = nursery
+                            self._open = True
+                            host.set_stream_handler(TProtocol(MUX_PROTOCOL), self._on_mux_stream)
+                            try:
+                                yield
+                            finally:
+                                self._open = False
+                                nursery.cancel_scope.cancel()
+                    finally:
+                        self._open = False
+                        with trio.CancelScope(shield=True), trio.move_on_after(
+                            self.shutdown_timeout
+                        ):
+                            await self._close_host(host)
+                        for sinks in self._subs.values():
+                            for sink in sinks:
+                                sink.close()
+                        for ev_sink in self._event_sinks:
+                            ev_sink.close()
+                self._host = None
+        finally:
+            _close_leftovers(dialed)
 
     async def _drain_gossip(self, limit: float = 0.5) -> None:
         """Let queued gossip (a goodbye, say) leave before connections close (bounded)."""
