@@ -177,6 +177,46 @@ async def test_streamed_chunks_arrive_in_order_from_a_peer(autojump_clock):
         assert all(c.finish_reason is None for c in chunks[:-1])
 
 
+async def _ttft(submit, req: CompletionRequest) -> float:
+    start = trio.current_time()
+    first: list[float] = []
+
+    async def emit(c: Chunk) -> None:
+        if not first:
+            first.append(trio.current_time())
+
+    await submit(req, emit)
+    return first[0] - start
+
+
+ONE_WAY = 0.002  # the network helper's link latency
+
+
+async def test_an_accepted_offer_starts_one_round_trip_sooner_than_a_probe(autojump_clock):
+    async with network([0.0, 1.0]) as (nodes, engines, _book, _net):
+        nodes[0].dispatcher.models[0].target_token_usage = -1.0  # never run locally
+        offloaded = await _ttft(nodes[0].submit, request(1, out=64, stream=True))
+        direct = await _ttft(engines[1].generate, request(2, out=64, stream=True))
+        assert nodes[1].dispatcher.stats["accepted"] == 1
+        # the request's way there and the first chunk's way back: one round trip, not two
+        assert offloaded - direct == pytest.approx(2 * ONE_WAY)
+
+
+async def test_a_refused_offer_falls_back_to_a_probed_peer(autojump_clock):
+    # node 1 stakes most, so it is offered nearly every request, but never accepts
+    async with network([0.0, 0.0, 1.0], stake=[0.0, 90.0, 1.0]) as (
+            nodes, engines, _book, _net):
+        nodes[0].dispatcher.models[0].target_token_usage = -1.0
+        ttfts = [await _ttft(nodes[0].submit, request(i, out=64, stream=True))
+                 for i in range(5)]
+        direct = await _ttft(engines[2].generate, request(9, out=64, stream=True))
+        assert nodes[1].dispatcher.stats["probe_refused"] >= 4
+        assert nodes[1].dispatcher.stats["accepted"] == 0
+        assert nodes[2].dispatcher.stats["accepted"] == 5
+        # refused offer and accepted probe in parallel, then the request: two round trips
+        assert max(t - direct for t in ttfts) < 5 * ONE_WAY
+
+
 def test_weighted_sample_is_proportional_and_skips_zero_weights():
     rng = random.Random(5)
     counts = {"a": 0, "b": 0, "z": 0}

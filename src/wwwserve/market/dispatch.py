@@ -84,6 +84,13 @@ class _Sink:
             raise StreamBrokenError(f"the answer broke off after it had started: {why}")
 
 
+class _Refused:
+    """The executor declined (or never answered): nothing of the answer reached the user."""
+
+
+_REFUSED = _Refused()
+
+
 def _serves(info: PeerInfo, model: str) -> bool:
     return any(model in ("auto", m.model) for m in info.models)
 
@@ -260,32 +267,92 @@ class Dispatcher:
     async def _offload(self, request: CompletionRequest, sink: _Sink,
                        route: tuple[str, ...], deadline: float, arrived: float
                        ) -> Usage | None:
+        """Offer the request to the first candidate while probing the others.
+
+        The first candidate (drawn by stake) gets the whole request as an *offer*: if it
+        accepts, its answer starts one round trip sooner than after a probe. Meanwhile the
+        other candidates are probed; if the offer is refused, the request goes to the
+        first of them that accepted.
+        """
         peers = self._candidates(request, route)
         if not peers:
             self.stats["no_candidates"] += 1
             return None
-        executor = await self._probe(peers, request, route)
-        if executor is None:
+        accepted: list[str] = []
+        probes_done = trio.Event()
+        probe_scope = trio.CancelScope()
+
+        async def probe_the_rest() -> None:
+            with probe_scope:
+                winner = await self._probe(peers[1:], request, route)
+                if winner is not None:
+                    accepted.append(winner)
+            probes_done.set()
+
+        async with trio.open_nursery() as nursery:
+            if len(peers) > 1:
+                nursery.start_soon(probe_the_rest)
+            else:
+                probes_done.set()
+            outcome = await self._attempt(peers[0], request, sink, route, deadline, arrived,
+                                          offer=True, on_accept=probe_scope.cancel)
+            if isinstance(outcome, _Refused):
+                with trio.move_on_at(deadline):
+                    await probes_done.wait()
+                if accepted:
+                    outcome = await self._attempt(accepted[0], request, sink, route, deadline,
+                                                  arrived, offer=False)
+            probe_scope.cancel()
+        if isinstance(outcome, _Refused):
             self.stats["probes_refused"] += 1
             return None
+        return outcome
+
+    async def _attempt(self, executor: str, request: CompletionRequest, sink: _Sink,
+                       route: tuple[str, ...], deadline: float, arrived: float, *,
+                       offer: bool, on_accept: Callable[[], object] = lambda: None
+                       ) -> Usage | _Refused | None:
+        """Send the request to ``executor`` and stream its answer into ``sink``.
+
+        Returns the usage, :data:`_REFUSED` if the executor declined (nothing reached the
+        user), or None if it failed after accepting.
+        """
         payload = encode(Offload(request=encode(request), route=(*route, self.peer_id),
-                                 hops=len(route) + 1))
-        self.offload_delays.append(trio.current_time() - arrived)
+                                 hops=len(route) + 1, offer=offer))
+        sent = trio.current_time()
         usage: Usage | None = None
+        started = False
         try:
             with trio.move_on_at(deadline):
                 idle = min(self.stall_timeout, max(0.001, deadline - trio.current_time()))
                 async with self.overlay.request(executor, OFFLOAD_PROTOCOL, payload,
                                                 idle_timeout=idle) as resp:
-                    async for data in resp:
+                    frames = resp.__aiter__()
+                    reply = None
+                    with trio.move_on_after(self.probe_timeout):
+                        reply = decode(await anext(frames), expect=ProbeReply)
+                    if reply is None or not reply.accept:
+                        return _REFUSED
+                    started = True
+                    on_accept()
+                    self.offload_delays.append(sent - arrived)
+                    async for data in frames:
                         chunk = decode(data, expect=Chunk)
                         await sink.send(chunk)
                         if chunk.finish_reason is not None:
                             usage = chunk.usage or Usage()
+        except StopAsyncIteration:
+            return _REFUSED  # the executor closed the stream without answering
         except (OverlayError, ProtocolError) as exc:
+            if not started:
+                logger.debug("%s to %s failed: %s", "offer" if offer else "offload",
+                             executor[-8:], exc)
+                return _REFUSED
             self.stats["offload_failed"] += 1
             sink.failed(f"executor {executor[-8:]}: {exc}")
             return None
+        if not started:
+            return _REFUSED  # the deadline passed before the executor answered
         if usage is None:
             self.stats["offload_failed"] += 1
             sink.failed(f"executor {executor[-8:]} ended without finishing")
@@ -319,10 +386,19 @@ class Dispatcher:
         request = decode(off.request, expect=CompletionRequest)
         if self.peer_id in off.route or off.hops > self.max_hops:
             raise WWWServeError("route loop or hop limit exceeded")
-        candidates = self.view(request.model).models
-        if not candidates:
-            raise WWWServeError(f"model {request.model!r} unavailable here")
-        name = min(candidates, key=lambda m: (m.load.queued, m.load.token_usage)).name
+        if off.offer:
+            accepted = self._accepts(request.model, off.route)
+            self.stats["probe_accepted" if accepted else "probe_refused"] += 1
+            if accepted is None:
+                await sender.send(encode(ProbeReply(accept=False, reason="busy")))
+                return
+            name = accepted
+        else:
+            candidates = self.view(request.model).models
+            if not candidates:
+                raise WWWServeError(f"model {request.model!r} unavailable here")
+            name = min(candidates, key=lambda m: (m.load.queued, m.load.token_usage)).name
+        await sender.send(encode(ProbeReply(accept=True, model=name)))
 
         async def forward(chunk: Chunk) -> None:
             await sender.send(encode(chunk))

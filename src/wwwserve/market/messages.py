@@ -37,8 +37,15 @@ class ProbeReply(Message):
 @message("offload", 1)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Offload(Message):
-    """Run this request (an encoded CompletionRequest); ``route`` lists the nodes it passed."""
+    """Run this request (an encoded CompletionRequest); ``route`` lists the nodes it passed.
+
+    The executor answers with a :class:`ProbeReply` first, then the answer's chunks. With
+    ``offer`` the request was not probed first: the executor applies its accept policy and
+    may refuse (``ProbeReply(accept=False)``, nothing more), which saves the requester the
+    probe's round trip whenever the peer accepts.
+    """
 
     request: bytes
     route: tuple[str, ...] = ()
     hops: int = 1
+    offer: bool = False
