@@ -17,6 +17,10 @@ __all__ = [
     "EngineError",
     "EngineUnavailableError",
     "IdentityError",
+    "InvalidBlockError",
+    "InvalidTransactionError",
+    "LedgerCorruptError",
+    "LedgerError",
     "ListenError",
     "ModelNotFoundError",
     "NoCapacityError",
@@ -91,6 +95,31 @@ class EngineError(WWWServeError):
 
 class EngineUnavailableError(EngineError):
     """The engine is down or unhealthy; its models are unavailable until it recovers."""
+
+
+class LedgerError(WWWServeError):
+    """Base class for failures of the credit ledger."""
+
+
+class InvalidTransactionError(LedgerError):
+    """A transaction is rejected: bad signature, overspend, replay, wrong nonce, ...
+
+    The message says which rule it broke. Invalid transactions from the network are dropped
+    (and counted); they never change any state.
+    """
+
+
+class InvalidBlockError(LedgerError):
+    """A block is rejected: bad signature, wrong parent, ineligible proposer, bad state root,
+    an invalid transaction inside, ..."""
+
+
+class LedgerCorruptError(LedgerError):
+    """The node's block file is damaged somewhere other than a torn last record.
+
+    wwwserve never skips a damaged record silently: the message names the file and byte
+    offset, so the operator can restore the file or resync the chain from peers.
+    """
 
 
 class RequestError(WWWServeError):

@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wwwserve import membership  # noqa: F401  (registers its messages)
+from wwwserve import ledger, membership  # noqa: F401  (registers their messages)
 from wwwserve.errors import ProtocolError
 from wwwserve.identity import Identity
+from wwwserve.market import messages  # noqa: F401
 from wwwserve.wire import (
     FrameDecoder,
     Message,

@@ -1,0 +1,59 @@
+"""The credit ledger: signed transactions in stake-elected, hash-chained blocks.
+
+- :mod:`.tx`: transactions (payment, stake, unstake, join grant, duel settlement), signed by
+  the account they debit; amounts in integer micro-credits.
+- :mod:`.state`: balances, stakes, unbonding and nonces, the rules, apply and revert.
+- :mod:`.block`: blocks, the genesis, and the stake-weighted proposer lottery.
+- :mod:`.chain`: fork choice, finality, reorganisation and the pending pool (sans-IO).
+- :mod:`.store`: the append-only block file.
+"""
+
+from .block import Allocation, Block, Genesis, block_id, leader, make_block
+from .chain import AddResult, Chain
+from .state import LedgerState, Rules, Undo
+from .store import BlockStore
+from .tx import (
+    UNIT,
+    DuelSettlement,
+    JoinGrant,
+    Payment,
+    SignedTx,
+    Stake,
+    Transaction,
+    Unstake,
+    credits,
+    decode_tx,
+    micro,
+    sign_tx,
+    signer_of,
+    tx_id,
+)
+
+__all__ = [
+    "UNIT",
+    "AddResult",
+    "Allocation",
+    "Block",
+    "BlockStore",
+    "Chain",
+    "DuelSettlement",
+    "Genesis",
+    "JoinGrant",
+    "LedgerState",
+    "Payment",
+    "Rules",
+    "SignedTx",
+    "Stake",
+    "Transaction",
+    "Undo",
+    "Unstake",
+    "block_id",
+    "credits",
+    "decode_tx",
+    "leader",
+    "make_block",
+    "micro",
+    "sign_tx",
+    "signer_of",
+    "tx_id",
+]

@@ -1,0 +1,451 @@
+"""The chain: a tree of blocks, fork choice, finality, reorganisation and the pending pool.
+
+:class:`Chain` is sans-IO: blocks and transactions go in (:meth:`Chain.add_block`,
+:meth:`Chain.add_tx`), a block comes out when this node may propose (:meth:`Chain.propose`);
+gossip, sync and the clock live elsewhere.
+
+**Fork choice**: the longest chain (greatest height) wins; between two of the same height
+the tip with the smaller block id, so every node picks the same one. A block is validated in
+full (proposer lottery, transactions, state root) when it becomes part of the best chain; a
+reorganisation that meets an invalid block is undone and the block (and its descendants)
+rejected.
+
+**Finality**: a block is final once at least ``finality_depth`` blocks sit on top of it and
+those blocks were proposed by distinct accounts holding more than two thirds of all stake.
+The chain never reorganises below its last final block. Why two thirds and not a fixed
+depth alone: a partition holding less than two thirds of the stake never finalizes, so
+after the heal it can still reorganise onto the other side's longer chain, and two
+conflicting chains cannot both finalize unless proposers sign on both sides, which is
+recorded as equivocation evidence (:attr:`Chain.equivocations`).
+
+**Pool**: pending transactions, at most ``pool_per_account`` per account and
+``pool_size`` in all, each expiring ``pool_expiry`` seconds after it arrived. Transactions
+of blocks undone by a reorganisation go back to the pool, so each is applied exactly once:
+nonces make a second application invalid.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import InvalidBlockError, InvalidTransactionError
+from ..identity import Identity
+from .block import Block, Genesis, block_id, block_signature_ok, leader, make_block
+from .state import LedgerState, Undo
+from .tx import SignedTx, decode_tx
+
+__all__ = ["AddResult", "Chain"]
+
+logger = logging.getLogger(__name__)
+
+
+class AddResult(enum.Enum):
+    """What :meth:`Chain.add_block` did with a block."""
+
+    EXTENDED = "extended"  #: it became the new tip
+    REORGANIZED = "reorganized"  #: the chain switched to its branch
+    SIDE = "side"  #: kept on a side branch
+    DUPLICATE = "duplicate"  #: already known
+    ORPHAN = "orphan"  #: its parent is unknown (kept, bounded, until the parent comes)
+
+
+@dataclass(slots=True)
+class _Entry:
+    block: Block | None  # None for the genesis
+    id: bytes
+    parent: bytes
+    height: int
+    slot: int
+    txs: tuple[SignedTx, ...]
+
+
+class Chain:
+    """One node's replica of the ledger (see the module docs)."""
+
+    def __init__(self, genesis: Genesis, *, max_block_txs: int = 1000,
+                 pool_size: int = 20_000, pool_per_account: int = 64,
+                 pool_expiry: float = 600.0, max_side_blocks: int = 1024,
+                 max_orphans: int = 256,
+                 on_block: Callable[[Block], None] | None = None) -> None:
+        self.genesis = genesis
+        self.network = genesis.network
+        self.state: LedgerState = genesis.state()
+        self.max_block_txs = max_block_txs
+        self.pool_size = pool_size
+        self.pool_per_account = pool_per_account
+        self.pool_expiry = pool_expiry
+        self.max_side_blocks = max_side_blocks
+        self.max_orphans = max_orphans
+        self.on_block = on_block
+        root = _Entry(None, genesis.id, b"", 0, -1, ())
+        self._entries: dict[bytes, _Entry] = {genesis.id: root}
+        self._canonical: list[bytes] = [genesis.id]
+        self._undos: list[Undo] = [Undo()]
+        self._by_slot: dict[tuple[str, int], bytes] = {}
+        self._orphans: OrderedDict[bytes, Block] = OrderedDict()
+        self._invalid: OrderedDict[bytes, None] = OrderedDict()
+        self.finalized_height = 0
+        #: pending transactions: id -> (transaction, expiry time)
+        self.pool: dict[bytes, tuple[SignedTx, float]] = {}
+        #: pairs of blocks one proposer signed for the same slot
+        self.equivocations: list[tuple[Block, Block]] = []
+        self.stats: dict[str, int] = {}
+        self._now = 0.0
+
+    # ---- reading ------------------------------------------------------------------------
+    @property
+    def height(self) -> int:
+        """Height of the tip."""
+        return len(self._canonical) - 1
+
+    @property
+    def tip(self) -> bytes:
+        """Id of the tip block."""
+        return self._canonical[-1]
+
+    @property
+    def tip_slot(self) -> int:
+        """Slot of the tip block (-1 at genesis)."""
+        return self._entries[self.tip].slot
+
+    @property
+    def finalized(self) -> bytes:
+        """Id of the last final block."""
+        return self._canonical[self.finalized_height]
+
+    def canonical_id(self, height: int) -> bytes | None:
+        """Id of the best chain's block at ``height``."""
+        return self._canonical[height] if 0 <= height <= self.height else None
+
+    def block(self, bid: bytes) -> Block | None:
+        """A known block by id (None for unknown ids and the genesis)."""
+        entry = self._entries.get(bid)
+        return entry.block if entry else None
+
+    def canonical_blocks(self, start: int, limit: int) -> list[Block]:
+        """Up to ``limit`` blocks of the best chain from height ``start`` (>= 1)."""
+        out = []
+        for bid in self._canonical[max(1, start):max(1, start) + max(0, limit)]:
+            block = self._entries[bid].block
+            assert block is not None
+            out.append(block)
+        return out
+
+    def knows(self, bid: bytes) -> bool:
+        """True if the block is in the tree (canonical or side)."""
+        return bid in self._entries
+
+    def _count(self, key: str) -> None:
+        self.stats[key] = self.stats.get(key, 0) + 1
+
+    # ---- transactions -------------------------------------------------------------------
+    def add_tx(self, envelope: bytes | SignedTx, now: float) -> SignedTx:
+        """Verify a transaction and put it in the pool; raises if it cannot be included."""
+        self._now = max(self._now, now)
+        stx = envelope if isinstance(envelope, SignedTx) else decode_tx(envelope)
+        if stx.id in self.pool:
+            return stx
+        tx, signer = stx.tx, stx.signer
+        if tx.network != self.network:
+            raise InvalidTransactionError(f"transaction for network {tx.network!r}")
+        next_nonce = self.state.nonce(signer)
+        if tx.nonce < next_nonce:
+            raise InvalidTransactionError(f"nonce {tx.nonce} is already used")
+        if tx.nonce >= next_nonce + self.pool_per_account:
+            raise InvalidTransactionError(
+                f"nonce {tx.nonce} is too far ahead (next {next_nonce})")
+        # nonces are distinct and inside the window: at most pool_per_account per account
+        if any(s.signer == signer and s.tx.nonce == tx.nonce for s, _ in self.pool.values()):
+            raise InvalidTransactionError(f"nonce {tx.nonce} is already pending")
+        if len(self.pool) >= self.pool_size:
+            self.expire(now)
+            if len(self.pool) >= self.pool_size:
+                raise InvalidTransactionError("the pending pool is full")
+        self.pool[stx.id] = (stx, now + self.pool_expiry)
+        return stx
+
+    def expire(self, now: float) -> int:
+        """Drop pending transactions past their expiry; returns how many."""
+        self._now = max(self._now, now)
+        old = [tid for tid, (_, exp) in self.pool.items() if exp <= now]
+        for tid in old:
+            del self.pool[tid]
+        return len(old)
+
+    def _prune_pool(self) -> None:
+        for tid, (stx, _) in list(self.pool.items()):
+            if stx.tx.nonce < self.state.nonce(stx.signer):
+                del self.pool[tid]
+
+    def _select(self, height: int) -> list[SignedTx]:
+        """Pending transactions that apply on the tip, in nonce order per account."""
+        by_signer: dict[str, list[SignedTx]] = {}
+        for stx, _ in self.pool.values():
+            by_signer.setdefault(stx.signer, []).append(stx)
+        chosen: list[SignedTx] = []
+        undo = self.state.begin_block(height)
+        try:
+            for signer in sorted(by_signer):
+                for stx in sorted(by_signer[signer], key=lambda s: s.tx.nonce):
+                    if len(chosen) >= self.max_block_txs:
+                        break
+                    try:
+                        undo.extend(self.state.apply(stx, height))
+                    except InvalidTransactionError:
+                        break  # later nonces of this signer cannot apply either
+                    chosen.append(stx)
+        finally:
+            self.state.revert(undo)
+        return chosen
+
+    # ---- proposing ----------------------------------------------------------------------
+    def leader_of(self, slot: int) -> str | None:
+        """Who may propose ``slot`` on top of the tip."""
+        return leader(self.tip, slot, self.state.stakes)
+
+    def propose(self, identity: Identity, slot: int) -> Block | None:
+        """The block ``identity`` proposes for ``slot``, if it is that slot's proposer.
+
+        The block is added to this chain before it is returned (for gossip).
+        """
+        if slot <= self.tip_slot or self.leader_of(slot) != identity.peer_id \
+                or (identity.peer_id, slot) in self._by_slot:
+            return None  # not ours, or we already signed a block for this slot elsewhere
+        height = self.height + 1
+        txs = self._select(height)
+        undo = self.state.apply_all(txs, height)
+        root = self.state.root()
+        self.state.revert(undo)
+        block = make_block(identity, network=self.network, height=height, parent=self.tip,
+                           slot=slot, txs=txs, state_root=root)
+        self.add_block(block)
+        return block
+
+    # ---- blocks -------------------------------------------------------------------------
+    def add_block(self, block: Block, *, current_slot: int | None = None) -> AddResult:
+        """Take a block from the network or the disk (see the module docs).
+
+        Raises :class:`InvalidBlockError` for a block that breaks a rule; with
+        ``current_slot``, blocks from future slots are rejected too.
+        """
+        bid = block_id(block)
+        if bid in self._entries or bid in self._orphans:
+            return AddResult.DUPLICATE
+        if bid in self._invalid:
+            raise InvalidBlockError("a block already rejected")
+        txs = self._check_alone(block, current_slot)
+        parent = self._entries.get(block.parent)
+        if parent is None:
+            self._orphans[bid] = block
+            while len(self._orphans) > self.max_orphans:
+                self._orphans.popitem(last=False)
+            self._count("orphans")
+            return AddResult.ORPHAN
+        result = self._attach(block, bid, parent, txs)
+        self._adopt_orphans(bid)
+        return result
+
+    def orphan_parents(self) -> list[bytes]:
+        """Parent ids the orphans wait for (for a sync to fetch)."""
+        return [b.parent for b in self._orphans.values() if b.parent not in self._orphans]
+
+    def _check_alone(self, block: Block, current_slot: int | None) -> tuple[SignedTx, ...]:
+        """The checks that need no state: network, signature, sizes, transactions."""
+        if block.network != self.network:
+            raise InvalidBlockError(f"block of network {block.network!r}")
+        if block.height < 1 or block.slot < 0:
+            raise InvalidBlockError("height and slot must be positive")
+        if current_slot is not None and block.slot > current_slot + 1:
+            raise InvalidBlockError(f"block for slot {block.slot}, now is {current_slot}")
+        if len(block.txs) > self.max_block_txs:
+            raise InvalidBlockError(f"{len(block.txs)} transactions; at most "
+                                    f"{self.max_block_txs}")
+        if not block_signature_ok(block):
+            raise InvalidBlockError(f"bad signature by proposer {block.proposer[-8:]}")
+        try:
+            return tuple(decode_tx(t) for t in block.txs)
+        except InvalidTransactionError as exc:
+            raise InvalidBlockError(f"bad transaction: {exc}") from None
+
+    def _attach(self, block: Block, bid: bytes, parent: _Entry,
+                txs: tuple[SignedTx, ...]) -> AddResult:
+        if block.height != parent.height + 1:
+            raise InvalidBlockError(f"height {block.height} on a parent at {parent.height}")
+        if block.slot <= parent.slot:
+            raise InvalidBlockError(f"slot {block.slot} not after the parent's {parent.slot}")
+        fork = self._fork_height(parent)
+        if fork < self.finalized_height:
+            raise InvalidBlockError(
+                f"forks at height {fork}, below the final height {self.finalized_height}")
+        other = self._by_slot.get((block.proposer, block.slot))
+        if other is not None and other != bid:
+            first = self._entries[other].block if other in self._entries else None
+            if first is not None:
+                self.equivocations.append((first, block))
+            raise InvalidBlockError(
+                f"proposer {block.proposer[-8:]} signed two blocks for slot {block.slot}")
+        entry = _Entry(block, bid, block.parent, block.height, block.slot, txs)
+        self._entries[bid] = entry
+        if self._better(entry):
+            if parent.id == self.tip:
+                try:
+                    self._apply(entry)
+                except InvalidBlockError:
+                    self._reject(bid)
+                    raise
+                self._by_slot[(block.proposer, block.slot)] = bid
+                self._after_change()
+                self._stored(block)
+                return AddResult.EXTENDED
+            self._reorganize(entry)
+            self._stored(block)
+            return AddResult.REORGANIZED
+        self._by_slot[(block.proposer, block.slot)] = bid
+        self._stored(block)
+        self._trim_side_blocks()
+        return AddResult.SIDE
+
+    def _stored(self, block: Block) -> None:
+        if self.on_block is not None:
+            self.on_block(block)
+
+    def _better(self, entry: _Entry) -> bool:
+        if entry.height != self.height:
+            return entry.height > self.height
+        return entry.id < self.tip
+
+    def _fork_height(self, entry: _Entry) -> int:
+        """Height of the last block ``entry``'s branch shares with the best chain."""
+        while not (entry.height <= self.height and self._canonical[entry.height] == entry.id):
+            entry = self._entries[entry.parent]
+        return entry.height
+
+    def _apply(self, entry: _Entry) -> None:
+        """Validate ``entry`` against the tip's state and make it the tip."""
+        block = entry.block
+        assert block is not None
+        expected = leader(entry.parent, block.slot, self.state.stakes)
+        if expected != block.proposer:
+            raise InvalidBlockError(f"{block.proposer[-8:]} is not slot {block.slot}'s proposer")
+        try:
+            undo = self.state.apply_all(entry.txs, entry.height)
+        except InvalidTransactionError as exc:
+            raise InvalidBlockError(f"block {entry.height}: {exc}") from None
+        if self.state.root() != block.state_root:
+            self.state.revert(undo)
+            raise InvalidBlockError(f"block {entry.height}: state root mismatch")
+        self._canonical.append(entry.id)
+        self._undos.append(undo)
+
+    def _unapply(self) -> _Entry:
+        bid = self._canonical.pop()
+        self.state.revert(self._undos.pop())
+        return self._entries[bid]
+
+    def _reorganize(self, entry: _Entry) -> None:
+        branch = [entry]
+        while (p := self._entries[branch[-1].parent]).height > 0 and \
+                not (p.height <= self.height and self._canonical[p.height] == p.id):
+            branch.append(p)
+        branch.reverse()
+        fork = branch[0].height - 1
+        undone = [self._unapply() for _ in range(self.height - fork)]
+        undone.reverse()
+        applied: list[_Entry] = []
+        try:
+            for e in branch:
+                self._apply(e)
+                applied.append(e)
+        except InvalidBlockError:
+            bad = branch[len(applied)]
+            for _ in applied:
+                self._unapply()
+            for e in undone:
+                self._apply(e)  # the old branch was valid and still is
+            self._reject(bad.id)
+            raise
+        # transactions of the old branch go back to the pool; those in the new one leave it
+        for e in undone:
+            for stx in e.txs:
+                self.pool.setdefault(stx.id, (stx, self._now + self.pool_expiry))
+        for e in branch:
+            assert e.block is not None
+            self._by_slot[(e.block.proposer, e.block.slot)] = e.id
+        self._count("reorganizations")
+        logger.info("reorganized: %d block(s) undone, %d applied, tip %d", len(undone),
+                    len(branch), self.height)
+        self._after_change()
+
+    def _reject(self, bid: bytes) -> None:
+        """Forget a block found invalid, and its descendants."""
+        doomed = {bid}
+        changed = True
+        while changed:
+            changed = False
+            for e in list(self._entries.values()):
+                if e.parent in doomed and e.id not in doomed:
+                    doomed.add(e.id)
+                    changed = True
+        for d in doomed:
+            self._entries.pop(d, None)
+            self._invalid[d] = None
+        while len(self._invalid) > 4096:
+            self._invalid.popitem(last=False)
+        self._count("invalid_blocks")
+
+    def _after_change(self) -> None:
+        self._prune_pool()
+        self._update_finality()
+
+    def _update_finality(self) -> None:
+        total = self.state.total_stake()
+        seen: set[str] = set()
+        weight = 0
+        for h in range(self.height, self.finalized_height, -1):
+            block = self._entries[self._canonical[h]].block
+            assert block is not None
+            # blocks strictly above height h - 1 are [h, tip]: they can finalize h - 1
+            if block.proposer not in seen:
+                seen.add(block.proposer)
+                weight += self.state.stake(block.proposer)
+            depth = self.height - (h - 1)
+            if 3 * weight > 2 * total and depth >= self.genesis.finality_depth:
+                if h - 1 > self.finalized_height:
+                    self.finalized_height = h - 1
+                    self._prune_below_final()
+                return
+
+    def _prune_below_final(self) -> None:
+        """Side blocks that fork below the final height can never win: drop them."""
+        final = self.finalized_height
+        canonical = set(self._canonical[:final + 1])
+        for e in list(self._entries.values()):
+            if e.height <= final and e.id not in canonical:
+                del self._entries[e.id]
+        for key, bid in list(self._by_slot.items()):
+            if bid not in self._entries:
+                del self._by_slot[key]
+
+    def _trim_side_blocks(self) -> None:
+        side = len(self._entries) - len(self._canonical)
+        if side <= self.max_side_blocks:
+            return
+        canonical = set(self._canonical)
+        # drop the lowest side blocks first: the least likely to win
+        for e in sorted((e for e in self._entries.values() if e.id not in canonical),
+                        key=lambda e: e.height)[:side - self.max_side_blocks]:
+            self._entries.pop(e.id, None)
+        self._count("side_blocks_dropped")
+
+    def _adopt_orphans(self, parent: bytes) -> None:
+        waiting = [bid for bid, b in self._orphans.items() if b.parent == parent]
+        for bid in waiting:
+            block = self._orphans.pop(bid)
+            try:
+                self.add_block(block)
+            except InvalidBlockError as exc:
+                logger.debug("orphan block rejected: %s", exc)

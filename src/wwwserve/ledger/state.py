@@ -1,0 +1,292 @@
+"""The ledger's state (balances, stakes, unbonding, nonces) and its transition rules.
+
+:class:`LedgerState` is sans-IO and deterministic: every node applying the same blocks gets
+the same state and the same :meth:`~LedgerState.root`. Every change is recorded in an
+:class:`Undo` log, so a block can be reverted exactly when the chain reorganises.
+
+Rules (each violation raises :class:`InvalidTransactionError` and changes nothing):
+
+- the transaction's ``network`` is this ledger's; its ``nonce`` is the signer's next one;
+- amounts are positive; nobody spends more than its balance (stake: than its stake);
+- a payment's payee is a valid peer id other than the payer; a payer pays for a given
+  ``request_id`` at most once;
+- a join grant needs the network's ``join_grant`` > 0, nonce 0, and is granted once;
+- a duel settlement is settled once per (requester, ``duel_id``), with distinct parties,
+  fractions in [0, 1e6] ppm; penalties are taken from stake first, then from unbonding
+  credit (so unstaking cannot dodge them), and go to the winner and the majority judges.
+
+Total credit (balances + stakes + unbonding) only changes by join grants, which
+:attr:`LedgerState.issued` counts: ``total() == genesis supply + issued`` always.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import IdentityError, InvalidTransactionError
+from ..identity import canonical_bytes, public_key_from_peer_id
+from .tx import DuelSettlement, JoinGrant, Payment, SignedTx, Stake, Unstake, signer_of
+
+__all__ = ["LedgerState", "Rules", "Undo"]
+
+PPM = 1_000_000
+_MISSING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """A network's ledger rules (fixed by its genesis)."""
+
+    network: str
+    unbonding_blocks: int = 30
+    join_grant: int = 0
+
+
+@dataclass(slots=True)
+class Undo:
+    """What one block (or transaction) changed, to put it back (most recent last)."""
+
+    entries: list[tuple[dict[Any, Any], Any, Any]] = field(default_factory=list)
+
+    def extend(self, other: Undo) -> None:
+        """Append another log's entries (applied after this one's)."""
+        self.entries.extend(other.entries)
+
+
+class LedgerState:
+    """Balances, stakes, unbonding credit, nonces and settled ids (see the module docs)."""
+
+    def __init__(self, rules: Rules, balances: Mapping[str, int] | None = None,
+                 stakes: Mapping[str, int] | None = None) -> None:
+        self.rules = rules
+        self.balances: dict[str, int] = {k: v for k, v in (balances or {}).items() if v}
+        self.stakes: dict[str, int] = {k: v for k, v in (stakes or {}).items() if v}
+        #: account -> ((release height, amount), ...)
+        self.unbonding: dict[str, tuple[tuple[int, int], ...]] = {}
+        self.nonces: dict[str, int] = {}
+        self.paid: dict[tuple[str, str], bool] = {}
+        self.settled: dict[tuple[str, str], bool] = {}
+        self.granted: dict[str, bool] = {}
+        self.meta: dict[str, int] = {"issued": 0}
+        self.genesis_supply = self.total()
+
+    # ---- reading ------------------------------------------------------------------------
+    @property
+    def issued(self) -> int:
+        """Credit created by join grants since genesis."""
+        return self.meta["issued"]
+
+    def balance(self, account: str) -> int:
+        """Spendable micro-credits of ``account``."""
+        return self.balances.get(account, 0)
+
+    def stake(self, account: str) -> int:
+        """Staked micro-credits of ``account``."""
+        return self.stakes.get(account, 0)
+
+    def unbonding_total(self, account: str) -> int:
+        """Micro-credits of ``account`` waiting to be released from its stake."""
+        return sum(a for _, a in self.unbonding.get(account, ()))
+
+    def nonce(self, account: str) -> int:
+        """The nonce ``account``'s next transaction must carry."""
+        return self.nonces.get(account, 0)
+
+    def total(self) -> int:
+        """All credit: balances, stakes and unbonding."""
+        return (sum(self.balances.values()) + sum(self.stakes.values())
+                + sum(a for entries in self.unbonding.values() for _, a in entries))
+
+    def total_stake(self) -> int:
+        """The sum of all stakes (the weight of the proposer and executor lotteries)."""
+        return sum(self.stakes.values())
+
+    def accounts(self) -> list[str]:
+        """Every account the state knows, sorted."""
+        return sorted({*self.balances, *self.stakes, *self.unbonding, *self.nonces})
+
+    def root(self) -> bytes:
+        """The SHA-256 of the canonical encoding of every account's state."""
+        rows = [[a, self.balance(a), self.stake(a),
+                 [list(e) for e in self.unbonding.get(a, ())], self.nonce(a)]
+                for a in self.accounts()]
+        return hashlib.sha256(canonical_bytes([self.rules.network, self.meta["issued"], rows])
+                              ).digest()
+
+    # ---- changing -----------------------------------------------------------------------
+    def _set(self, undo: Undo, table: dict[Any, Any], key: Any, value: Any) -> None:
+        undo.entries.append((table, key, table.get(key, _MISSING)))
+        if (value == 0 and table is not self.meta) or value is _MISSING:
+            table.pop(key, None)
+        else:
+            table[key] = value
+
+    def revert(self, undo: Undo) -> None:
+        """Put back everything ``undo`` recorded (in reverse order)."""
+        for table, key, old in reversed(undo.entries):
+            if old is _MISSING:
+                table.pop(key, None)
+            else:
+                table[key] = old
+        undo.entries.clear()
+
+    def begin_block(self, height: int) -> Undo:
+        """Release unbonding credit that matures at ``height``."""
+        undo = Undo()
+        for account in sorted(self.unbonding):
+            entries = self.unbonding[account]
+            due = sum(a for h, a in entries if h <= height)
+            if due:
+                rest = tuple(e for e in entries if e[0] > height)
+                self._set(undo, self.unbonding, account, rest or _MISSING)
+                self._set(undo, self.balances, account, self.balance(account) + due)
+        return undo
+
+    def apply(self, stx: SignedTx, height: int) -> Undo:
+        """Apply one verified transaction at ``height``; raises if a rule forbids it."""
+        tx = stx.tx
+        signer = signer_of(tx)
+        self._check_common(tx.network, signer, tx.nonce)
+        undo = Undo()
+        try:
+            if isinstance(tx, Payment):
+                self._payment(tx, undo)
+            elif isinstance(tx, Stake):
+                self._positive(tx.amount)
+                if self.balance(signer) < tx.amount:
+                    raise InvalidTransactionError(
+                        f"stake of {tx.amount} exceeds the balance {self.balance(signer)}")
+                self._set(undo, self.balances, signer, self.balance(signer) - tx.amount)
+                self._set(undo, self.stakes, signer, self.stake(signer) + tx.amount)
+            elif isinstance(tx, Unstake):
+                self._positive(tx.amount)
+                if self.stake(signer) < tx.amount:
+                    raise InvalidTransactionError(
+                        f"unstake of {tx.amount} exceeds the stake {self.stake(signer)}")
+                self._set(undo, self.stakes, signer, self.stake(signer) - tx.amount)
+                release = height + self.rules.unbonding_blocks
+                self._set(undo, self.unbonding, signer,
+                          (*self.unbonding.get(signer, ()), (release, tx.amount)))
+            elif isinstance(tx, JoinGrant):
+                if self.rules.join_grant <= 0:
+                    raise InvalidTransactionError("this network has no join grant")
+                if tx.nonce != 0 or signer in self.granted:
+                    raise InvalidTransactionError("the join grant is claimed once, first thing")
+                self._set(undo, self.granted, signer, True)
+                self._set(undo, self.balances, signer, self.balance(signer) + self.rules.join_grant)
+                self._set(undo, self.meta, "issued", self.meta["issued"] + self.rules.join_grant)
+            elif isinstance(tx, DuelSettlement):
+                self._duel(tx, undo)
+            else:  # pragma: no cover - decode_tx admits only the types above
+                raise InvalidTransactionError(f"unknown transaction {type(tx).__name__}")
+        except InvalidTransactionError:
+            self.revert(undo)
+            raise
+        self._set(undo, self.nonces, signer, tx.nonce + 1)
+        return undo
+
+    def apply_all(self, txs: Iterable[SignedTx], height: int) -> Undo:
+        """Begin block ``height`` and apply ``txs`` in order, all or nothing."""
+        undo = self.begin_block(height)
+        try:
+            for stx in txs:
+                undo.extend(self.apply(stx, height))
+        except BaseException:
+            self.revert(undo)
+            raise
+        return undo
+
+    # ---- rules --------------------------------------------------------------------------
+    def _check_common(self, network: str, signer: str, nonce: int) -> None:
+        if network != self.rules.network:
+            raise InvalidTransactionError(
+                f"transaction for network {network!r}, this is {self.rules.network!r}")
+        expected = self.nonce(signer)
+        if nonce != expected:
+            raise InvalidTransactionError(
+                f"nonce {nonce} of {signer[-8:]} is {'used' if nonce < expected else 'early'}"
+                f"; the next is {expected}")
+
+    @staticmethod
+    def _positive(amount: int) -> None:
+        if amount <= 0:
+            raise InvalidTransactionError(f"amount must be positive, got {amount}")
+
+    @staticmethod
+    def _valid_account(account: str, what: str) -> None:
+        try:
+            public_key_from_peer_id(account)
+        except IdentityError:
+            raise InvalidTransactionError(f"{what} is not a valid peer id: {account!r}") from None
+
+    def _payment(self, tx: Payment, undo: Undo) -> None:
+        self._positive(tx.amount)
+        self._valid_account(tx.payee, "payee")
+        if tx.payee == tx.payer:
+            raise InvalidTransactionError("a payment to oneself")
+        if (tx.payer, tx.request_id) in self.paid:
+            raise InvalidTransactionError(f"request {tx.request_id!r} is already paid for")
+        if self.balance(tx.payer) < tx.amount:
+            raise InvalidTransactionError(
+                f"payment of {tx.amount} exceeds the balance {self.balance(tx.payer)}")
+        self._set(undo, self.paid, (tx.payer, tx.request_id), True)
+        self._set(undo, self.balances, tx.payer, self.balance(tx.payer) - tx.amount)
+        self._set(undo, self.balances, tx.payee, self.balance(tx.payee) + tx.amount)
+
+    def _slash(self, undo: Undo, account: str, ppm: int) -> int:
+        """Take ``ppm`` of the account's stake plus unbonding credit; return the amount."""
+        exposed = self.stake(account) + self.unbonding_total(account)
+        amount = exposed * ppm // PPM
+        from_stake = min(amount, self.stake(account))
+        self._set(undo, self.stakes, account, self.stake(account) - from_stake)
+        rest = amount - from_stake
+        if rest:
+            entries = []
+            for release, a in self.unbonding.get(account, ()):
+                take = min(a, rest)
+                rest -= take
+                if a - take:
+                    entries.append((release, a - take))
+            self._set(undo, self.unbonding, account, tuple(entries) or _MISSING)
+        return amount
+
+    def _duel(self, tx: DuelSettlement, undo: Undo) -> None:
+        if (tx.requester, tx.duel_id) in self.settled:
+            raise InvalidTransactionError(f"duel {tx.duel_id!r} is already settled")
+        for name, ppm in (("loser_penalty_ppm", tx.loser_penalty_ppm),
+                          ("minority_penalty_ppm", tx.minority_penalty_ppm),
+                          ("silent_penalty_ppm", tx.silent_penalty_ppm)):
+            if not 0 <= ppm <= PPM:
+                raise InvalidTransactionError(f"{name} must be in [0, {PPM}], got {ppm}")
+        if tx.reward < 0:
+            raise InvalidTransactionError(f"reward must not be negative, got {tx.reward}")
+        tie = not tx.winner and not tx.loser
+        executors = () if tie else (tx.winner, tx.loser)
+        parties = [*executors, *tx.majority, *tx.minority, *tx.silent, tx.requester]
+        if len(set(parties)) != len(parties):
+            raise InvalidTransactionError("a duel's executors, judges and requester must differ")
+        if not tie and (not tx.winner or not tx.loser):
+            raise InvalidTransactionError("a duel has both a winner and a loser, or neither")
+        for account in parties:
+            self._valid_account(account, "duel party")
+        self._set(undo, self.settled, (tx.requester, tx.duel_id), True)
+        if not tie:
+            if tx.reward:
+                if self.balance(tx.requester) < tx.reward:
+                    raise InvalidTransactionError("the requester cannot pay the duel's reward")
+                self._set(undo, self.balances, tx.requester,
+                          self.balance(tx.requester) - tx.reward)
+            won = tx.reward + self._slash(undo, tx.loser, tx.loser_penalty_ppm)
+            self._set(undo, self.balances, tx.winner, self.balance(tx.winner) + won)
+        pot = sum(self._slash(undo, j, tx.minority_penalty_ppm) for j in tx.minority)
+        pot += sum(self._slash(undo, j, tx.silent_penalty_ppm) for j in tx.silent)
+        if pot:
+            if not tx.majority:
+                raise InvalidTransactionError("judges are penalised only in favour of a majority")
+            share, extra = divmod(pot, len(tx.majority))
+            for i, judge in enumerate(sorted(tx.majority)):
+                self._set(undo, self.balances, judge,
+                          self.balance(judge) + share + (1 if i < extra else 0))

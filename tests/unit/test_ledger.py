@@ -1,0 +1,431 @@
+"""The ledger's sans-IO core: transactions, state rules, blocks, fork choice, finality, file."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wwwserve.errors import (
+    ConfigError,
+    InvalidBlockError,
+    InvalidTransactionError,
+    LedgerCorruptError,
+)
+from wwwserve.identity import Identity
+from wwwserve.ledger import (
+    UNIT,
+    AddResult,
+    Allocation,
+    Block,
+    BlockStore,
+    Chain,
+    DuelSettlement,
+    Genesis,
+    JoinGrant,
+    Payment,
+    Stake,
+    Unstake,
+    block_id,
+    decode_tx,
+    make_block,
+    sign_tx,
+)
+from wwwserve.wire import encode
+
+NET = "test"
+IDS = [Identity.from_seed(bytes([i]) * 32) for i in range(6)]
+PEERS = [i.peer_id for i in IDS]
+
+
+def genesis(n: int = 4, *, balance: int = 100 * UNIT, stake: int = 10 * UNIT,
+            **kw: object) -> Genesis:
+    allocs = tuple(Allocation(p, balance, stake) for p in PEERS[:n])
+    return Genesis(network=NET, time=0.0, allocations=allocs, **kw)  # type: ignore[arg-type]
+
+
+class Nonces:
+    """The next nonce per signer, for building valid sequences."""
+
+    def __init__(self) -> None:
+        self.next: dict[str, int] = {}
+
+    def __call__(self, who: str) -> int:
+        n = self.next.get(who, 0)
+        self.next[who] = n + 1
+        return n
+
+
+def pay(i: int, j: int, amount: int, nonce: int, rid: str = "") -> object:
+    return sign_tx(Payment(network=NET, payer=PEERS[i], payee=PEERS[j], amount=amount,
+                           request_id=rid or f"r{i}-{nonce}", nonce=nonce), IDS[i])
+
+
+# ---- transactions and state rules -------------------------------------------------------
+def test_a_valid_payment_moves_exactly_its_amount():
+    state = genesis().state()
+    state.apply(pay(0, 1, 3 * UNIT, 0), height=1)
+    assert state.balance(PEERS[0]) == 97 * UNIT
+    assert state.balance(PEERS[1]) == 103 * UNIT
+    assert state.nonce(PEERS[0]) == 1
+    assert state.total() == state.genesis_supply
+
+
+@pytest.mark.parametrize("case", ["bad signature", "overspend", "replay", "wrong nonce",
+                                  "unknown account", "other network", "wrong signer",
+                                  "paid twice", "to oneself", "invalid payee", "zero amount"])
+def test_every_invalid_transaction_is_rejected_and_changes_nothing(case):
+    state = genesis(2).state()
+    state.apply(pay(0, 1, UNIT, 0, rid="first"), height=1)
+    before = state.root()
+    with pytest.raises(InvalidTransactionError):
+        if case == "bad signature":
+            env = bytearray(pay(0, 1, UNIT, 1).envelope)
+            env[-5] ^= 1
+            state.apply(decode_tx(bytes(env)), 1)
+        elif case == "overspend":
+            state.apply(pay(0, 1, 1000 * UNIT, 1), 1)
+        elif case == "replay":
+            state.apply(pay(0, 1, UNIT, 0, rid="first"), 1)
+        elif case == "wrong nonce":
+            state.apply(pay(0, 1, UNIT, 5), 1)
+        elif case == "unknown account":  # an account with nothing cannot pay
+            state.apply(pay(4, 1, UNIT, 0), 1)
+        elif case == "other network":
+            state.apply(sign_tx(Payment(network="other", payer=PEERS[0], payee=PEERS[1],
+                                        amount=1, request_id="x", nonce=1), IDS[0]), 1)
+        elif case == "wrong signer":
+            tx = Payment(network=NET, payer=PEERS[0], payee=PEERS[1], amount=1,
+                         request_id="x", nonce=1)
+            from wwwserve.wire import seal
+            decode_tx(encode(seal(tx, IDS[1])))
+        elif case == "paid twice":
+            state.apply(pay(0, 1, UNIT, 1, rid="first"), 1)
+        elif case == "to oneself":
+            state.apply(pay(0, 0, UNIT, 1), 1)
+        elif case == "invalid payee":
+            state.apply(sign_tx(Payment(network=NET, payer=PEERS[0], payee="nobody",
+                                        amount=1, request_id="x", nonce=1), IDS[0]), 1)
+        elif case == "zero amount":
+            state.apply(pay(0, 1, 0, 1), 1)
+    assert state.root() == before
+
+
+def test_malformed_envelopes_are_invalid_transactions_not_crashes():
+    for junk in (b"", b"\x00", b"\x81\xa1t\xa1x", encode(Stake(network=NET, account=PEERS[0],
+                                                                amount=1, nonce=0))):
+        with pytest.raises(InvalidTransactionError):
+            decode_tx(junk)
+
+
+def test_unstaked_credit_is_released_after_the_unbonding_delay_and_can_be_slashed():
+    g = genesis(5, unbonding_blocks=3)
+    state = g.state()
+    state.apply(sign_tx(Unstake(network=NET, account=PEERS[1], amount=4 * UNIT, nonce=0),
+                        IDS[1]), height=1)
+    assert state.stake(PEERS[1]) == 6 * UNIT and state.unbonding_total(PEERS[1]) == 4 * UNIT
+    # a duel lost while unbonding: the penalty reaches the unbonding credit too
+    duel = DuelSettlement(network=NET, requester=PEERS[0], duel_id="d1", winner=PEERS[2],
+                          loser=PEERS[1], reward=0, loser_penalty_ppm=1_000_000,
+                          majority=(PEERS[3],), minority=(PEERS[4],), silent=(),
+                          minority_penalty_ppm=200_000, silent_penalty_ppm=50_000,
+                          evidence=b"", nonce=0)
+    state.apply(sign_tx(duel, IDS[0]), height=2)
+    assert state.stake(PEERS[1]) == 0 and state.unbonding_total(PEERS[1]) == 0
+    assert state.balance(PEERS[2]) == 110 * UNIT
+    assert state.stake(PEERS[4]) == 8 * UNIT  # 20% of 10 staked
+    assert state.balance(PEERS[3]) == 102 * UNIT
+    assert state.total() == state.genesis_supply
+    with pytest.raises(InvalidTransactionError, match="already settled"):
+        state.apply(sign_tx(dataclasses.replace(duel, nonce=1), IDS[0]), height=2)
+
+
+def test_duel_parties_must_differ():
+    state = genesis(4).state()
+    duel = DuelSettlement(network=NET, requester=PEERS[0], duel_id="d", winner=PEERS[1],
+                          loser=PEERS[2], reward=0, loser_penalty_ppm=0,
+                          majority=(PEERS[1],), minority=(), silent=(),
+                          minority_penalty_ppm=0, silent_penalty_ppm=0, evidence=b"", nonce=0)
+    with pytest.raises(InvalidTransactionError, match="differ"):
+        state.apply(sign_tx(duel, IDS[0]), 1)
+
+
+def test_join_grant_is_issued_once_and_counted():
+    state = genesis(2, join_grant=5 * UNIT).state()
+    state.apply(sign_tx(JoinGrant(network=NET, account=PEERS[5], nonce=0), IDS[5]), 1)
+    assert state.balance(PEERS[5]) == 5 * UNIT
+    assert state.total() == state.genesis_supply + state.issued
+    with pytest.raises(InvalidTransactionError):
+        state.apply(sign_tx(JoinGrant(network=NET, account=PEERS[5], nonce=1), IDS[5]), 1)
+    no_grant = genesis(2).state()
+    with pytest.raises(InvalidTransactionError, match="no join grant"):
+        no_grant.apply(sign_tx(JoinGrant(network=NET, account=PEERS[5], nonce=0), IDS[5]), 1)
+
+
+ops = st.lists(st.tuples(st.sampled_from(["pay", "stake", "unstake"]),
+                         st.integers(0, 4), st.integers(0, 4),
+                         st.integers(-5 * UNIT, 150 * UNIT), st.booleans()),
+               max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops)
+def test_supply_is_conserved_and_rejections_change_nothing(seq):
+    state = genesis(4, unbonding_blocks=2).state()
+    nonces: dict[str, int] = {}
+    for height, (kind, i, j, amount, bad_nonce) in enumerate(seq, start=1):
+        who = PEERS[i]
+        nonce = nonces.get(who, 0) + (7 if bad_nonce and height % 3 == 0 else 0)
+        if kind == "pay":
+            tx: object = Payment(network=NET, payer=who, payee=PEERS[j], amount=amount,
+                                 request_id=f"r{height}", nonce=nonce)
+        elif kind == "stake":
+            tx = Stake(network=NET, account=who, amount=amount, nonce=nonce)
+        else:
+            tx = Unstake(network=NET, account=who, amount=amount, nonce=nonce)
+        before = state.root()
+        undo = state.begin_block(height)  # may release unbonding credit
+        started = state.root()
+        try:
+            undo.extend(state.apply(sign_tx(tx, IDS[i]), height))  # type: ignore[arg-type]
+            nonces[who] = nonces.get(who, 0) + 1
+        except InvalidTransactionError:
+            assert state.root() == started  # a rejected transaction changes nothing
+        assert state.total() == state.genesis_supply + state.issued
+        assert all(v >= 0 for v in (*state.balances.values(), *state.stakes.values()))
+        if height % 5 == 0:  # apply then revert is the identity
+            state.revert(undo)
+            assert state.root() == before
+            nonces = dict(state.nonces)
+
+
+# ---- blocks and the chain ---------------------------------------------------------------
+def run_slots(chain: Chain, slots: range, ids: list[Identity] = IDS) -> list[Block]:
+    """Let whoever is each slot's proposer propose."""
+    made = []
+    for slot in slots:
+        for ident in ids:
+            block = chain.propose(ident, slot)
+            if block is not None:
+                made.append(block)
+    return made
+
+
+def test_proposer_lottery_follows_stake():
+    g = Genesis(network=NET, time=0.0, allocations=(
+        Allocation(PEERS[0], 0, 30 * UNIT), Allocation(PEERS[1], 0, 10 * UNIT),
+        Allocation(PEERS[2], 0, 0)))
+    chain = Chain(g)
+    counts = {p: 0 for p in PEERS[:3]}
+    for slot in range(4000):
+        who = chain.leader_of(slot)
+        assert who is not None
+        counts[who] += 1
+    assert counts[PEERS[2]] == 0
+    assert counts[PEERS[0]] / 4000 == pytest.approx(0.75, abs=0.03)
+
+
+def test_blocks_carry_payments_and_every_replica_agrees():
+    g = genesis()
+    a, b = Chain(g), Chain(g)
+    for k in range(5):
+        a.add_tx(pay(k % 4, (k + 1) % 4, UNIT, k // 4), now=0.0)
+    blocks = run_slots(a, range(1, 6))
+    assert blocks and not a.pool
+    for block in blocks:
+        assert b.add_block(block) is AddResult.EXTENDED
+    assert b.tip == a.tip and b.state.root() == a.state.root()
+    assert a.state.total() == a.state.genesis_supply
+
+
+def _next_block(chain: Chain, slot: int = 1) -> tuple[Block, Identity]:
+    """The block the proposer of ``slot`` would make, not yet added."""
+    who = chain.leader_of(slot)
+    ident = next(i for i in IDS if i.peer_id == who)
+    return _unsent(chain, ident, slot), ident
+
+
+def _unsent(chain: Chain, ident: Identity, slot: int) -> Block:
+    """The block ``ident`` would propose for ``slot``, without adding it."""
+    txs = chain._select(chain.height + 1)
+    undo = chain.state.apply_all(txs, chain.height + 1)
+    root = chain.state.root()
+    chain.state.revert(undo)
+    return make_block(ident, network=NET, height=chain.height + 1, parent=chain.tip,
+                      slot=slot, txs=txs, state_root=root)
+
+
+@pytest.mark.parametrize("tamper", ["changed tx", "reordered txs", "wrong proposer",
+                                    "bad state root", "bad signature", "wrong parent",
+                                    "wrong height", "other network"])
+def test_every_tampered_block_is_rejected(tamper):
+    chain = Chain(genesis())
+    chain.add_tx(pay(0, 1, UNIT, 0), 0.0)
+    chain.add_tx(pay(1, 2, UNIT, 0), 0.0)
+    block, ident = _next_block(chain)
+    assert len(block.txs) == 2
+    other = next(i for i in IDS[:4] if i.peer_id != ident.peer_id)
+
+    def resign(b: Block, who: Identity = ident) -> Block:
+        txs = [decode_tx(t) for t in b.txs]
+        return make_block(who, network=b.network, height=b.height, parent=b.parent,
+                          slot=b.slot, txs=txs, state_root=b.state_root)
+
+    if tamper == "changed tx":
+        bad = resign(dataclasses.replace(block, txs=(block.txs[0],
+                                                     pay(1, 3, UNIT, 0).envelope)))
+    elif tamper == "reordered txs":
+        bad = dataclasses.replace(block, txs=block.txs[::-1])  # signature no longer fits
+    elif tamper == "wrong proposer":
+        bad = resign(block, other)
+    elif tamper == "bad state root":
+        bad = resign(dataclasses.replace(block, state_root=b"\x00" * 32))
+    elif tamper == "bad signature":
+        bad = dataclasses.replace(block, signature=b"\x00" * 64)
+    elif tamper == "wrong parent":
+        bad = resign(dataclasses.replace(block, parent=b"\x01" * 32))
+    elif tamper == "wrong height":
+        bad = resign(dataclasses.replace(block, height=5))
+    else:
+        bad = resign(dataclasses.replace(block, network="other"))
+    if tamper == "wrong parent":
+        assert chain.add_block(bad) is AddResult.ORPHAN  # never applied
+    else:
+        with pytest.raises(InvalidBlockError):
+            chain.add_block(bad)
+    assert chain.height == 0 and chain.state.root() == genesis().state().root()
+    assert chain.add_block(block) is AddResult.EXTENDED  # the honest block still goes in
+
+
+def test_a_longer_branch_wins_and_the_losing_branch_transactions_are_kept_once():
+    g = genesis()
+    a, b = Chain(g), Chain(g)
+    # a partition: a and b each grow their own branch; only a has the payment
+    a.add_tx(pay(0, 1, 2 * UNIT, 0), 0.0)
+    a_blocks = run_slots(a, range(1, 4))
+    b_blocks = run_slots(b, range(4, 20))
+    assert len(b_blocks) > len(a_blocks) and a.state.nonce(PEERS[0]) == 1
+    for block in b_blocks:
+        a.add_block(block)
+    assert a.tip == b.tip and a.stats["reorganizations"] == 1
+    assert a.state.nonce(PEERS[0]) == 0  # undone with its branch ...
+    assert len(a.pool) == 1  # ... and back in the pool
+    more = run_slots(a, range(20, 30))
+    for block in more:
+        b.add_block(block)
+    assert a.state.nonce(PEERS[0]) == b.state.nonce(PEERS[0]) == 1  # applied once
+    assert b.state.balance(PEERS[1]) == 102 * UNIT
+    assert a.state.root() == b.state.root()
+
+
+def test_a_proposer_signing_two_blocks_for_one_slot_is_recorded():
+    chain = Chain(genesis())
+    block, ident = _next_block(chain)
+    chain.add_block(block)
+    twin = make_block(ident, network=NET, height=1, parent=g_id(chain), slot=block.slot,
+                      txs=[], state_root=b"\x02" * 32)
+    with pytest.raises(InvalidBlockError, match="two blocks"):
+        chain.add_block(twin)
+    assert chain.equivocations == [(block, twin)]
+
+
+def g_id(chain: Chain) -> bytes:
+    return chain.genesis.id
+
+
+def test_finality_needs_two_thirds_of_stake_and_forbids_deeper_forks():
+    chain = Chain(genesis(3, finality_depth=2))
+    run_slots(chain, range(1, 60))
+    assert chain.height > 10 and chain.finalized_height >= chain.height - 10
+    assert chain.finalized_height <= chain.height - 2
+    # a fork from below the final height is refused
+    g = genesis(3, finality_depth=2)
+    fork = Chain(g)
+    fork_blocks = run_slots(fork, range(1000, 1100))
+    with pytest.raises(InvalidBlockError, match="below the final height"):
+        chain.add_block(fork_blocks[0])
+
+
+def test_a_minority_never_finalizes():
+    # PEERS[0] holds 1/4 of the stake: alone, it grows a chain that never becomes final
+    chain = Chain(genesis(4))
+    run_slots(chain, range(1, 400), ids=[IDS[0]])
+    assert chain.height > 50 and chain.finalized_height == 0
+
+
+def test_orphans_wait_for_their_parent():
+    g = genesis()
+    a, b = Chain(g), Chain(g)
+    blocks = run_slots(a, range(1, 10))
+    assert len(blocks) >= 3
+    for block in reversed(blocks):
+        b.add_block(block)
+    assert b.tip == a.tip
+
+
+def test_pool_limits_and_expiry():
+    chain = Chain(genesis(), pool_per_account=3, pool_expiry=10.0)
+    for n in range(3):
+        chain.add_tx(pay(0, 1, 1, n), now=0.0)
+    with pytest.raises(InvalidTransactionError, match="too far ahead"):
+        chain.add_tx(pay(0, 1, 1, 3), now=0.0)
+    with pytest.raises(InvalidTransactionError, match="already pending"):
+        chain.add_tx(pay(0, 1, 2, 0), now=0.0)
+    with pytest.raises(InvalidTransactionError, match="already used"):
+        chain.state.apply(pay(0, 1, 1, 0), 1)
+        chain.add_tx(pay(0, 1, 3, 0), now=0.0)
+    assert chain.expire(now=11.0) == 3 and not chain.pool
+
+
+# ---- the block file -----------------------------------------------------------------------
+def test_store_resumes_and_drops_a_torn_tail(tmp_path):
+    g = genesis()
+    store = BlockStore(tmp_path / "blocks")
+    chain = Chain(g, on_block=lambda b: store.append(encode(b)))
+    chain.add_tx(pay(0, 1, UNIT, 0), 0.0)
+    run_slots(chain, range(1, 8))
+    with open(store.path, "ab") as f:
+        f.write(b"\x00\x00\x01\x00\xde\xad")  # a crash in the middle of an append
+    again = Chain(g)
+    from wwwserve.wire import decode
+    for payload in BlockStore(store.path).load():
+        again.add_block(decode(payload, expect=Block))
+    assert again.tip == chain.tip and again.state.root() == chain.state.root()
+    assert BlockStore(store.path).load()  # the tail was truncated: loads cleanly now
+
+
+def test_store_corruption_in_the_middle_is_an_error(tmp_path):
+    store = BlockStore(tmp_path / "blocks")
+    for k in range(3):
+        store.append(b"block %d" % k)
+    data = bytearray(store.path.read_bytes())
+    data[10] ^= 0xFF  # inside the first record's payload
+    store.path.write_bytes(bytes(data))
+    with pytest.raises(LedgerCorruptError, match="offset 0"):
+        store.load()
+
+
+def test_genesis_yaml_round_trip_and_clear_errors(tmp_path):
+    g = genesis(3, join_grant=2 * UNIT)
+    path = tmp_path / "genesis.yaml"
+    path.write_text(g.to_yaml())
+    assert Genesis.load(path).id == g.id
+    path.write_text("network: x\nallocations: [{account: nobody, credit: 1, staked: 1}]\n")
+    with pytest.raises(ConfigError, match="not a valid peer id"):
+        Genesis.load(path)
+    path.write_text(f"network: x\nallocations: [{{account: {PEERS[0]}, credit: 1, "
+                    "staked: 2}]\n")
+    with pytest.raises(ConfigError, match=r"allocations\[0\]"):
+        Genesis.load(path)
+    path.write_text("network: x\nbogus: 1\n")
+    with pytest.raises(ConfigError, match="bogus"):
+        Genesis.load(path)
+
+
+def test_block_ids_ignore_the_signature_only():
+    chain = Chain(genesis())
+    block, _ = _next_block(chain)
+    assert block_id(block) == block_id(dataclasses.replace(block, signature=b"x" * 64))
+    assert block_id(block) != block_id(dataclasses.replace(block, slot=block.slot + 1))
