@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -20,6 +21,9 @@ from . import __version__
 from .config import NodeConfig, NodeParams, load_config
 from .errors import ConfigError, IdentityError, WWWServeError
 from .identity import Identity, load_or_create_identity
+
+if TYPE_CHECKING:
+    from .ledger import Chain
 
 __all__ = ["main"]
 
@@ -30,6 +34,8 @@ EPILOG = """examples:
   wwwserve node node_configs/node1.yaml           # run one node from its config
   wwwserve sim-engine --port 30000                # a simulated SGLang server (no GPU)
   wwwserve status node_configs/node1.yaml         # peers, load, credit of a running node
+  wwwserve genesis node_configs/*.yaml -o genesis.yaml   # a private network's genesis
+  wwwserve ledger show node_configs/node1.yaml    # a node's chain on disk
   wwwserve keygen keys/my-node.key                # create a key file (0600)
   wwwserve id node_configs/node1.yaml             # print a node's peer id
 """
@@ -351,6 +357,110 @@ def cmd_id(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- ledger -----------------------------------------------------------------------------
+
+
+def cmd_genesis(args: argparse.Namespace) -> int:
+    import time
+
+    from .ledger import Allocation, Genesis, micro
+
+    configs = [load_config(c) for c in args.configs]
+    networks = {c.network.network_id for c in configs}
+    network = args.network or (networks.pop() if len(networks) == 1 else None)
+    if network is None:
+        raise ConfigError(f"the configs name different networks {sorted(networks)}; "
+                          "pick one with --network")
+    allocations = []
+    for path, cfg in zip(args.configs, configs, strict=True):
+        key = cfg.node.identity_path
+        created = not key.exists()
+        ident = load_or_create_identity(key)
+        lp = cfg.ledger_params
+        allocations.append(Allocation(ident.peer_id, micro(lp.initial_credit)
+                                      - micro(lp.initial_staked), micro(lp.initial_staked)))
+        note = " (new key)" if created else ""
+        print(f"{path}: {ident.peer_id}{note} credit {lp.initial_credit:g} "
+              f"staked {lp.initial_staked:g}", file=sys.stderr)
+    try:
+        genesis = Genesis(network=network, time=args.time if args.time is not None
+                          else float(int(time.time())), allocations=tuple(allocations),
+                          slot_length=args.slot_length, join_grant=micro(args.join_grant),
+                          unbonding_blocks=args.unbonding_blocks)
+    except ValueError as exc:
+        raise ConfigError(f"genesis: {exc}") from None
+    text = genesis.to_yaml()
+    if args.output == "-":
+        print(text, end="")
+    else:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output} (network {network}, {len(allocations)} members, "
+              f"id {genesis.id.hex()[:16]})", file=sys.stderr)
+    return 0
+
+
+def _open_chain(args: argparse.Namespace) -> tuple[Chain, Path]:
+    """The chain replayed from a node's block file (config, or --data-dir + --genesis)."""
+    from .ledger import BlockStore, Chain, Genesis
+    from .ledger.service import replay
+
+    if args.config is not None:
+        cfg = load_config(args.config)
+        if cfg.network.genesis is None:
+            raise ConfigError(f"{args.config}: network.genesis is not set (no ledger)")
+        genesis_path, data_dir = cfg.network.genesis, cfg.node.data_dir
+    else:
+        if args.genesis is None or args.data_dir is None:
+            raise ConfigError("give a node config, or both --data-dir and --genesis")
+        genesis_path, data_dir = Path(args.genesis), Path(args.data_dir)
+    chain = Chain(Genesis.load(genesis_path))
+    store = BlockStore(data_dir / "blocks")
+    replay(chain, store)
+    return chain, store.path
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    from .ledger import credits
+
+    chain, path = _open_chain(args)
+    state = chain.state
+    if args.action == "verify":
+        expected = state.genesis_supply + state.issued
+        if state.total() != expected:
+            raise WWWServeError(f"{path}: total credit {state.total()} != {expected}")
+        print(f"{path}: OK: {chain.height} block(s) verified (signatures, proposers, "
+              f"transactions, state roots); total credit {credits(state.total()):g}")
+        return 0
+    if args.action == "balance":
+        accounts = [args.account] if args.account else state.accounts()
+        rows = [{"account": a, "balance": credits(state.balance(a)),
+                 "stake": credits(state.stake(a)),
+                 "unbonding": credits(state.unbonding_total(a)), "nonce": state.nonce(a)}
+                for a in accounts]
+        if args.json:
+            _print_json(rows)
+        else:
+            for r in rows:
+                print(f"{r['account']}  balance {r['balance']:>12.6f}  stake "
+                      f"{r['stake']:>10.6f}  unbonding {r['unbonding']:>10.6f}  "
+                      f"nonce {r['nonce']}")
+        return 0
+    blocks = chain.canonical_blocks(max(1, chain.height - args.last + 1), args.last)
+    info = {"network": chain.network, "height": chain.height, "tip": chain.tip.hex(),
+            "finalized_height": chain.finalized_height, "file": str(path),
+            "total_credit": credits(state.total()),
+            "blocks": [{"height": b.height, "slot": b.slot, "proposer": b.proposer,
+                        "txs": len(b.txs)} for b in blocks]}
+    if args.json:
+        _print_json(info)
+        return 0
+    print(f"network {info['network']}  height {chain.height}  final {chain.finalized_height}"
+          f"  tip {chain.tip.hex()[:16]}  total credit {info['total_credit']:g}")
+    for b in blocks:
+        print(f"  #{b.height:<6} slot {b.slot:<8} by {b.proposer}  {len(b.txs)} tx")
+    return 0
+
+
 # ---- entry point ------------------------------------------------------------------------
 
 
@@ -411,6 +521,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help="the gateway's bearer key, if it has one")
     p.add_argument("--json", action="store_true", help="print the raw JSON")
     p.set_defaults(func=cmd_status)
+
+    p = add("genesis", "build a private network's genesis from its members' node configs",
+            "wwwserve genesis node_configs/*.yaml -o genesis.yaml")
+    p.add_argument("configs", nargs="+", help="the members' node YAML files")
+    p.add_argument("-o", "--output", default="genesis.yaml",
+                   help="where to write it (- for stdout; default genesis.yaml)")
+    p.add_argument("--network", default=None, help="network id (default: the configs')")
+    p.add_argument("--time", type=float, default=None,
+                   help="Unix time of slot 0 (default: now)")
+    p.add_argument("--slot-length", type=float, default=2.0, help="seconds per slot")
+    p.add_argument("--join-grant", type=float, default=0.0,
+                   help="credit a new account may claim once (default 0: none)")
+    p.add_argument("--unbonding-blocks", type=int, default=30,
+                   help="blocks before unstaked credit is spendable (default 30)")
+    p.set_defaults(func=cmd_genesis)
+
+    p = add("ledger", "inspect a node's chain on disk: show, verify, balance",
+            "wwwserve ledger verify node_configs/node1.yaml")
+    p.add_argument("action", choices=["show", "verify", "balance"])
+    p.add_argument("config", nargs="?", default=None,
+                   help="the node's YAML config (or use --data-dir and --genesis)")
+    p.add_argument("--data-dir", default=None, help="the node's data directory")
+    p.add_argument("--genesis", default=None, help="the network's genesis file")
+    p.add_argument("--account", default=None, help="balance: only this account")
+    p.add_argument("--last", type=int, default=10, help="show: how many blocks (default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_ledger)
 
     p = add("keygen", "create a new Ed25519 key file (mode 0600) and print its peer id",
             "wwwserve keygen keys/my-node.key")

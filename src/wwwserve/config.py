@@ -215,6 +215,9 @@ class NetworkParams:
     listen: tuple[str, ...] = ()
     bootstrap: tuple[str, ...] = ()
     target_degree: int = 8
+    #: the network's genesis file (``wwwserve genesis``); without one, credit is kept in
+    #: memory by each node for itself (no ledger)
+    genesis: Path | None = None
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.network_id):

@@ -31,6 +31,8 @@ from .engines.http import HTTPEngine
 from .errors import ConfigError
 from .http.gateway import Gateway
 from .identity import Identity, load_or_create_identity
+from .ledger import BlockStore, Chain, Genesis, credits
+from .ledger.service import LedgerAccount, LedgerService
 from .market import CreditAccount, CreditBook, Dispatcher, LocalModel, get_policy
 from .membership import LocalState, Membership, ModelLoad, PeerInfo
 from .overlay import Overlay
@@ -70,6 +72,7 @@ class Node:
         local_state: Callable[[], LocalState] | None = None,
         engines: Mapping[str, Engine] | None = None,
         credit: CreditAccount | None = None,
+        genesis: Genesis | None = None,
     ) -> None:
         self.config = config
         self._identity = identity
@@ -82,6 +85,8 @@ class Node:
         self._credit = credit
         self._dispatcher: Dispatcher | None = None
         self._gateway: Gateway | None = None
+        self._genesis = genesis
+        self._ledger: LedgerService | None = None
 
     @property
     def identity(self) -> Identity:
@@ -132,6 +137,25 @@ class Node:
     def gateway_url(self) -> str | None:
         """Base URL of the OpenAI-compatible gateway, once started (None if disabled)."""
         return self._gateway.url if self._gateway is not None else None
+
+    @property
+    def ledger(self) -> LedgerService | None:
+        """The ledger replica (None on a node without a genesis), once started."""
+        return self._ledger
+
+    def _load_genesis(self) -> Genesis | None:
+        if self._genesis is None and self.config.network.genesis is not None:
+            self._genesis = Genesis.load(self.config.network.genesis)
+        g = self._genesis
+        if g is not None and g.network != self.config.network.network_id:
+            raise ConfigError(
+                f"network.network_id is {self.config.network.network_id!r} but the genesis "
+                f"is for network {g.network!r}")
+        return g
+
+    def _ledger_stakes(self) -> Mapping[str, float]:
+        assert self._ledger is not None
+        return {a: credits(v) for a, v in self._ledger.chain.state.stakes.items()}
 
     @property
     def credit(self) -> CreditAccount:
@@ -213,13 +237,25 @@ class Node:
                 target_degree=net.target_degree, wall_clock=self.wall_clock, rng=self.rng,
                 local_state=self.local_state,
             )
+            genesis = self._load_genesis()
+            if genesis is not None:
+                chain = Chain(genesis)
+                store = BlockStore(self.config.node.data_dir / "blocks")
+                self._ledger = LedgerService(
+                    overlay, self.identity, chain, store=store, wall_clock=self.wall_clock,
+                    peers=lambda: self.membership.peers, rng=self.rng)
+                self._ledger.load()
+                if self._credit is None:
+                    self._credit = LedgerAccount(self._ledger)
+                await nursery.start(self._ledger.run)
             models = self._local_models()
             for engine in {id(e): e for e in self._engines.values()}.values():
                 await nursery.start(engine.run)
             self._dispatcher = Dispatcher(
                 overlay=overlay, peer_id=self.peer_id, peers=lambda: self.membership.peers,
                 models=models, policy=get_policy(self.config.server_params),
-                credit=self.credit, rng=self.rng)
+                credit=self.credit, rng=self.rng,
+                stakes=self._ledger_stakes if self._ledger is not None else None)
             await nursery.start(self._dispatcher.run)
             await nursery.start(self._membership.run)
             nursery.start_soon(self._notify_on_membership)

@@ -12,7 +12,7 @@ from wwwserve.cli import build_parser, main
 def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert {"demo", "node", "sim-engine", "keygen", "id"} <= set(commands)
+    assert {"demo", "node", "sim-engine", "keygen", "id", "genesis", "ledger"} <= set(commands)
     for name, sub in commands.items():
         assert "example:" in (sub.epilog or ""), name
 
@@ -44,3 +44,71 @@ def test_node_with_a_bad_config_exits_2(tmp_path: Path,
     assert main(["node", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "models[0].engine: must be one of sglang, vllm, sim" in err
+
+
+def _copy_configs(tmp_path: Path, n: int = 3) -> list[str]:
+    root = Path(__file__).resolve().parents[2] / "node_configs"
+    out = []
+    for k in range(1, n + 1):
+        text = (root / f"node{k}.yaml").read_text()
+        path = tmp_path / f"node{k}.yaml"
+        path.write_text(text)
+        out.append(str(path))
+    return out
+
+
+def test_genesis_from_node_configs_then_ledger_tools(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from wwwserve.identity import load_or_create_identity
+    from wwwserve.ledger import BlockStore, Chain, Genesis, Payment, micro, sign_tx
+    from wwwserve.wire import encode
+
+    configs = _copy_configs(tmp_path)
+    out = tmp_path / "genesis.yaml"
+    assert main(["genesis", *configs, "-o", str(out), "--time", "0"]) == 0
+    genesis = Genesis.load(out)
+    assert genesis.network == "wwwserve-local" and len(genesis.allocations) == 3
+    assert all(a.stake == micro(100) and a.balance == micro(900)
+               for a in genesis.allocations)
+    # the members' keys were created where their configs say, and are the accounts
+    keys = [load_or_create_identity(tmp_path / "keys" / f"node{k}.key") for k in (1, 2, 3)]
+    assert [a.account for a in genesis.allocations] == [k.peer_id for k in keys]
+
+    # a chain on disk for node 1, then the three ledger tools
+    data = tmp_path / "data"
+    store = BlockStore(data / "blocks")
+    chain = Chain(genesis, on_block=lambda b: store.append(encode(b)))
+    chain.add_tx(sign_tx(Payment(network=genesis.network, payer=keys[0].peer_id,
+                                 payee=keys[1].peer_id, amount=micro(2), request_id="r1",
+                                 nonce=0), keys[0]), now=0.0)
+    for slot in range(1, 30):
+        for k in keys:
+            chain.propose(k, slot)
+    assert chain.height > 5
+    capsys.readouterr()
+    common = ["--data-dir", str(data), "--genesis", str(out)]
+    assert main(["ledger", "verify", *common]) == 0
+    assert f"{chain.height} block(s) verified" in capsys.readouterr().out
+    assert main(["ledger", "balance", *common, "--account", keys[1].peer_id]) == 0
+    assert "balance   902.000000" in capsys.readouterr().out
+    assert main(["ledger", "show", *common, "--json", "--last", "3"]) == 0
+    import json
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["height"] == chain.height and len(shown["blocks"]) == 3
+
+    # damage in the middle of the file: a one-line error, exit 1
+    raw = bytearray(store.path.read_bytes())
+    raw[20] ^= 0xFF
+    store.path.write_bytes(bytes(raw))
+    assert main(["ledger", "verify", *common]) == 1
+    err = capsys.readouterr().err
+    assert "damaged record at byte offset 0" in err and err.count("\n") == 1
+
+
+def test_genesis_needs_some_stake(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    configs = _copy_configs(tmp_path, 2)
+    for c in configs:
+        p = Path(c)
+        p.write_text(p.read_text().replace("initial_staked: 100.0", "initial_staked: 0.0"))
+    assert main(["genesis", *configs, "-o", str(tmp_path / "g.yaml")]) == 2
+    assert "somebody must stake at genesis" in capsys.readouterr().err

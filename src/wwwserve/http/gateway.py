@@ -32,6 +32,7 @@ from .openai_api import OpenAIApp, Receive, Scope, Send, metrics_handler, send_j
 from .server import serve_http
 
 if TYPE_CHECKING:
+    from ..ledger.service import LedgerService
     from ..node import Node
 
 __all__ = ["Gateway"]
@@ -86,6 +87,16 @@ def _percentiles(values: Iterable[float]) -> dict[str, float]:
             for q in (50, 90, 99)}
 
 
+def _ledger_status(ledger: LedgerService | None) -> dict[str, object] | None:
+    if ledger is None:
+        return None
+    chain = ledger.chain
+    return {"network": chain.network, "height": chain.height, "tip": chain.tip.hex(),
+            "finalized_height": chain.finalized_height, "finalized": chain.finalized.hex(),
+            "state_root": chain.state.root().hex(), "pending": len(chain.pool),
+            "stats": {**chain.stats, **ledger.stats}}
+
+
 class Gateway:
     """The HTTP gateway of ``node``; ``await nursery.start(gateway.run)`` → base URL."""
 
@@ -138,6 +149,7 @@ class Gateway:
             "stake": node.credit.stake(), "models": models, "peers": peers,
             "dispatch": dict(node.dispatcher.stats),
             "offload_dispatch_ms": _percentiles(node.dispatcher.offload_delays),
+            "ledger": _ledger_status(node.ledger),
         })
 
     async def run(self, *, task_status: TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:

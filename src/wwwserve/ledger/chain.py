@@ -67,7 +67,7 @@ class Chain:
     """One node's replica of the ledger (see the module docs)."""
 
     def __init__(self, genesis: Genesis, *, max_block_txs: int = 1000,
-                 pool_size: int = 20_000, pool_per_account: int = 64,
+                 pool_size: int = 50_000, pool_per_account: int = 1024,
                  pool_expiry: float = 600.0, max_side_blocks: int = 1024,
                  max_orphans: int = 256,
                  on_block: Callable[[Block], None] | None = None) -> None:

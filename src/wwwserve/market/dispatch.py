@@ -113,6 +113,7 @@ class Dispatcher:
         max_hops: int = 2,
         probe_timeout: float = 2.0,
         stall_timeout: float = 30.0,
+        stakes: Callable[[], Mapping[str, float]] | None = None,
     ) -> None:
         self.overlay = overlay
         self.peer_id = peer_id
@@ -126,6 +127,8 @@ class Dispatcher:
         self.max_hops = max_hops
         self.probe_timeout = probe_timeout
         self.stall_timeout = stall_timeout
+        #: where peers' stakes come from: the ledger if given, else their heartbeats
+        self.stakes = stakes
         self.stats: Counter[str] = Counter()
         #: seconds from a request's arrival to its dispatch to a peer (the last 1024)
         self.offload_delays: deque[float] = deque(maxlen=1024)
@@ -232,7 +235,9 @@ class Dispatcher:
     def _eligible(self, request: CompletionRequest, route: tuple[str, ...]
                   ) -> dict[str, float]:
         """Live peers (not us, not on the route) serving the request's model, by stake."""
-        return {p: info.stake for p, info in self.peers().items()
+        ledger = self.stakes() if self.stakes is not None else None
+        return {p: (ledger.get(p, 0.0) if ledger is not None else info.stake)
+                for p, info in self.peers().items()
                 if p != self.peer_id and p not in route and info.status is PeerStatus.ALIVE
                 and _serves(info, request.model)}
 

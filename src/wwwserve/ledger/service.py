@@ -1,0 +1,376 @@
+"""The ledger on the network: gossip of transactions and blocks, slots, sync, the block file.
+
+:class:`LedgerService` drives one node's :class:`~.chain.Chain` over any
+:class:`~wwwserve.overlay.Overlay` (libp2p or memory):
+
+- transactions and blocks travel on two GossipSub topics per network
+  (:func:`tx_topic`, :func:`block_topic`); whatever does not decode or validate is
+  dropped and counted, never raised;
+- every slot (the genesis' ``slot_length``, on the injected wall clock) the node proposes
+  a block if the lottery picked it;
+- a node that misses blocks (a joiner, a restart, a healed partition, an orphan) catches up
+  over the request/response protocol :data:`SYNC_PROTOCOL`: it sends a *locator* (ids of
+  its best chain at exponentially spaced heights) and gets back the peer's blocks after
+  the last id they share, at most :data:`SYNC_BATCH` per request;
+- accepted blocks are appended to the block file and replayed from it on start.
+
+:class:`LedgerAccount` is the node's :class:`~wwwserve.market.CreditAccount` backed by the
+chain: payments and stake changes become signed transactions.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import trio
+
+from .._compat import TaskStatus
+from ..clock import WallClock, system_wall_clock
+from ..errors import (
+    InvalidBlockError,
+    InvalidTransactionError,
+    OverlayError,
+    ProtocolError,
+)
+from ..identity import Identity
+from ..overlay import GossipMessage, Overlay, ResponseSender
+from ..wire import Message, decode, encode, message
+from .block import Block
+from .chain import AddResult, Chain
+from .store import BlockStore
+from .tx import Payment, SignedTx, Stake, Unstake, credits, micro, sign_tx
+
+__all__ = ["SYNC_BATCH", "SYNC_PROTOCOL", "LedgerAccount", "LedgerService", "block_topic",
+           "replay", "tx_topic"]
+
+logger = logging.getLogger(__name__)
+
+SYNC_PROTOCOL = "/wwwserve/ledger-sync/1.0.0"
+#: Most blocks one sync request returns.
+SYNC_BATCH = 64
+
+
+def tx_topic(network: str) -> str:
+    """Gossip topic of a network's transactions."""
+    return f"wwwserve/{network}/ledger/tx/1"
+
+
+def block_topic(network: str) -> str:
+    """Gossip topic of a network's blocks."""
+    return f"wwwserve/{network}/ledger/block/1"
+
+
+@message("ledger-sync", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncRequest(Message):
+    """Blocks after the last of ``locator`` (best-chain ids, newest first) you share."""
+
+    locator: tuple[bytes, ...]
+    limit: int = SYNC_BATCH
+
+
+def replay(chain: Chain, store: BlockStore) -> int:
+    """Add every block of ``store`` to ``chain``; returns how many were read.
+
+    Raises :class:`LedgerCorruptError` for a damaged file and :class:`InvalidBlockError`
+    for a block that does not fit the chain (a file of another network, say).
+    """
+    n = 0
+    for payload in store.load():
+        try:
+            chain.add_block(decode(payload, expect=Block))
+        except (ProtocolError, InvalidBlockError) as exc:
+            raise InvalidBlockError(
+                f"{store.path}: block {n} does not fit this network's chain: {exc}") from None
+        n += 1
+    logger.info("ledger: %d block(s) loaded from %s, height %d", n, store.path, chain.height)
+    return n
+
+
+class LedgerService:
+    """One node's ledger replica on the network (see the module docs)."""
+
+    def __init__(self, overlay: Overlay, identity: Identity, chain: Chain, *,
+                 peers: Callable[[], Iterable[str]], store: BlockStore | None = None,
+                 wall_clock: WallClock = system_wall_clock, sync_interval: float = 10.0,
+                 rng: random.Random | None = None) -> None:
+        self.overlay = overlay
+        self.identity = identity
+        self.chain = chain
+        self.peers = peers
+        self.store = store
+        self.wall_clock = wall_clock
+        self.sync_interval = sync_interval
+        self.rng = rng or random.Random()
+        self.stats: dict[str, int] = {}
+        self._changed = trio.Event()
+        self._sync_wanted = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._sync_lock = trio.Lock()
+        self._sync_from: str | None = None
+
+    @property
+    def network(self) -> str:
+        """The network id (the genesis')."""
+        return self.chain.network
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.stats[key] = self.stats.get(key, 0) + n
+
+    def current_slot(self) -> int:
+        """The slot running now by the wall clock."""
+        return self.chain.genesis.slot_at(self.wall_clock())
+
+    async def wait_changed(self) -> None:
+        """Wait until the best chain changes."""
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # ---- start --------------------------------------------------------------------------
+    def load(self) -> int:
+        """Replay the block file into the chain (before :meth:`run`); returns blocks read."""
+        n = 0 if self.store is None else replay(self.chain, self.store)
+        self.stats["blocks_loaded"] = n
+        return n
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Gossip, propose, sync and persist until cancelled."""
+        if self.store is not None:
+            store = self.store
+            previous = self.chain.on_block
+
+            def persist(block: Block) -> None:
+                store.append(encode(block))
+                if previous is not None:
+                    previous(block)
+
+            self.chain.on_block = persist
+        self.overlay.serve(SYNC_PROTOCOL, self._on_sync)
+        async with self.overlay.subscribe(tx_topic(self.network)) as txs, \
+                self.overlay.subscribe(block_topic(self.network)) as blocks, \
+                trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._receive_txs, txs)
+            nursery.start_soon(self._receive_blocks, blocks)
+            nursery.start_soon(self._slots)
+            nursery.start_soon(self._sync_loop)
+            task_status.started()
+
+    # ---- transactions -------------------------------------------------------------------
+    def submit(self, stx: SignedTx) -> None:
+        """Put our own transaction in the pool and gossip it (raises if it is invalid)."""
+        self.chain.add_tx(stx, self.wall_clock())
+        if self._nursery is not None:
+            self._nursery.start_soon(self._publish, tx_topic(self.network), stx.envelope)
+
+    async def _publish(self, topic: str, data: bytes) -> None:
+        try:
+            await self.overlay.publish(topic, data)
+        except OverlayError as exc:
+            logger.debug("ledger publish failed: %s", exc)
+
+    async def _receive_txs(self, channel: trio.MemoryReceiveChannel[GossipMessage]) -> None:
+        async for msg in channel:
+            try:
+                self.chain.add_tx(msg.data, self.wall_clock())
+                self._count("txs_received")
+            except InvalidTransactionError as exc:
+                self._count("txs_rejected")
+                logger.debug("transaction from %s rejected: %s", msg.source[-8:], exc)
+
+    # ---- blocks -------------------------------------------------------------------------
+    async def _receive_blocks(self, channel: trio.MemoryReceiveChannel[GossipMessage]) -> None:
+        async for msg in channel:
+            try:
+                block = decode(msg.data, expect=Block)
+            except ProtocolError as exc:
+                self._count("blocks_rejected")
+                logger.debug("undecodable block from %s: %s", msg.source[-8:], exc)
+                continue
+            self._take(block, msg.source)
+
+    def _take(self, block: Block, source: str) -> AddResult | None:
+        try:
+            result = self.chain.add_block(block, current_slot=self.current_slot())
+        except InvalidBlockError as exc:
+            self._count("blocks_rejected")
+            logger.debug("block %d from %s rejected: %s", block.height, source[-8:], exc)
+            return None
+        self._count(f"blocks_{result.value}")
+        if result is AddResult.ORPHAN:
+            self._want_sync(source)
+        elif result in (AddResult.EXTENDED, AddResult.REORGANIZED):
+            self._notify()
+        return result
+
+    async def _slots(self) -> None:
+        slot_length = self.chain.genesis.slot_length
+        while True:
+            now = self.wall_clock()
+            slot = self.chain.genesis.slot_at(now)
+            self.chain.expire(now)
+            block = self.chain.propose(self.identity, slot)
+            if block is not None:
+                self._count("blocks_proposed")
+                self._notify()
+                await self._publish(block_topic(self.network), encode(block))
+            next_start = self.chain.genesis.time + (slot + 1) * slot_length
+            await trio.sleep(max(0.0, next_start - self.wall_clock()) + 1e-6)
+
+    # ---- sync ---------------------------------------------------------------------------
+    def _want_sync(self, peer: str | None = None) -> None:
+        self._sync_from = peer
+        self._sync_wanted.set()
+
+    def locator(self) -> tuple[bytes, ...]:
+        """Best-chain ids at heights tip, tip-1, tip-2, tip-4, ... and the final block."""
+        out = []
+        step, h = 1, self.chain.height
+        while h > self.chain.finalized_height:
+            bid = self.chain.canonical_id(h)
+            assert bid is not None
+            out.append(bid)
+            if len(out) >= 10:
+                step *= 2
+            h -= step
+        out.append(self.chain.finalized)
+        return tuple(out)
+
+    async def _sync_loop(self) -> None:
+        while True:
+            with trio.move_on_after(self.sync_interval):
+                await self._sync_wanted.wait()
+            self._sync_wanted = trio.Event()
+            peer = self._sync_from
+            self._sync_from = None
+            candidates = [p for p in self.peers() if p != self.overlay.peer_id]
+            if peer is None and candidates:
+                peer = self.rng.choice(sorted(candidates))
+            if peer is not None:
+                await self.sync_from(peer)
+
+    async def sync_from(self, peer: str, *, max_rounds: int = 1000) -> int:
+        """Fetch the blocks ``peer`` has beyond ours; returns how many were new."""
+        new = 0
+        async with self._sync_lock:
+            for _ in range(max_rounds):
+                got = 0
+                request = encode(SyncRequest(locator=self.locator(), limit=SYNC_BATCH))
+                try:
+                    async with self.overlay.request(peer, SYNC_PROTOCOL, request,
+                                                    idle_timeout=10.0) as resp:
+                        async for data in resp:
+                            got += 1
+                            block = decode(data, expect=Block)
+                            if self._take(block, peer) in (AddResult.EXTENDED,
+                                                           AddResult.REORGANIZED,
+                                                           AddResult.SIDE):
+                                new += 1
+                except (OverlayError, ProtocolError) as exc:
+                    logger.debug("ledger sync from %s failed: %s", peer[-8:], exc)
+                    break
+                if got < SYNC_BATCH:
+                    break
+        if new:
+            self._count("blocks_synced", new)
+        return new
+
+    async def _on_sync(self, peer: str, payload: bytes, sender: ResponseSender) -> None:
+        req = decode(payload, expect=SyncRequest)
+        if len(req.locator) > 64:
+            raise ProtocolError("locator too long")
+        start = 1
+        for bid in req.locator:
+            block = self.chain.block(bid)
+            height = 0 if bid == self.chain.genesis.id else (
+                block.height if block is not None else -1)
+            if height >= 0 and self.chain.canonical_id(height) == bid:
+                start = height + 1
+                break
+        for block in self.chain.canonical_blocks(start, max(0, min(req.limit, SYNC_BATCH))):
+            await sender.send(encode(block))
+
+
+class LedgerAccount:
+    """A node's :class:`~wwwserve.market.CreditAccount` on the ledger.
+
+    Amounts are in credits (floats) at this interface, micro-credits on the chain. Balance
+    and stake are read from the best chain's tip, less this node's pending payments.
+    A stake change is one transaction at a time (the next waits until it is included), and
+    only when it moves the stake by ``min_stake_step`` credits or 5%, whichever is more.
+
+    The stake never goes below ``min_stake`` (while the account holds that much): stake is
+    also the weight of the block-proposer lottery, and a network whose nodes are all busy
+    (so their policies want no stake) must keep producing blocks.
+    """
+
+    def __init__(self, service: LedgerService, *, min_stake: float = 1.0,
+                 min_stake_step: float = 1.0) -> None:
+        self.service = service
+        self.min_stake = min_stake
+        self.min_stake_step = min_stake_step
+
+    @property
+    def owner(self) -> str:
+        """The account's peer id."""
+        return self.service.identity.peer_id
+
+    def _pending(self) -> list[SignedTx]:
+        return [s for s, _ in self.service.chain.pool.values() if s.signer == self.owner]
+
+    def _next_nonce(self) -> int:
+        pending = [s.tx.nonce for s in self._pending()]
+        return max([self.service.chain.state.nonce(self.owner) - 1, *pending]) + 1
+
+    def balance(self) -> float:
+        """Spendable credit: the tip's balance less pending outgoing payments and stakes."""
+        state = self.service.chain.state
+        out = sum(s.tx.amount for s in self._pending() if isinstance(s.tx, Payment | Stake))
+        return credits(state.balance(self.owner) - out)
+
+    def stake(self) -> float:
+        """Staked credit at the tip."""
+        return credits(self.service.chain.state.stake(self.owner))
+
+    def set_stake(self, amount: float) -> float:
+        """Ask for a stake of ``amount`` (one stake transaction in flight at a time)."""
+        current = self.stake()
+        available = current + max(0.0, self.balance())
+        target = min(max(amount, self.min_stake), available)
+        step = max(self.min_stake_step, 0.05 * current)
+        if abs(target - current) < step or any(
+                isinstance(s.tx, Stake | Unstake) for s in self._pending()):
+            return current
+        cls = Stake if target > current else Unstake
+        tx = cls(network=self.service.network, account=self.owner,
+                 amount=micro(abs(target - current)), nonce=self._next_nonce())
+        try:
+            self.service.submit(sign_tx(tx, self.service.identity))
+        except InvalidTransactionError as exc:
+            logger.debug("stake change not submitted: %s", exc)
+            return current
+        return target
+
+    def pay(self, payee: str, amount: float, request_id: str) -> bool:
+        """Sign and gossip a payment; False if the balance is short or it cannot go out."""
+        value = micro(amount)
+        if value <= 0 or micro(self.balance()) < value:
+            return False
+        tx = Payment(network=self.service.network, payer=self.owner, payee=payee,
+                     amount=value, request_id=request_id, nonce=self._next_nonce())
+        try:
+            self.service.submit(sign_tx(tx, self.service.identity))
+        except InvalidTransactionError as exc:
+            logger.warning("payment for %s not submitted: %s", request_id, exc)
+            return False
+        return True
+
+    def earn(self, payer: str, amount: float, request_id: str) -> bool:
+        """Nothing to do: the payer's signed payment is the record."""
+        return False
