@@ -218,6 +218,28 @@ async def test_gossip_is_relayed_over_multiple_hops(overlays, clock):
                 pytest.fail(f"publisher received its own message {msg}")
 
 
+async def test_a_validator_drops_what_it_rejects_and_a_raising_one_rejects(overlays, clock):
+    def only_good(data: bytes) -> bool:
+        if data == b"boom":
+            raise ValueError("a buggy validator")
+        return data.startswith(b"good")
+
+    async with overlays.make(3) as (a, b, c):
+        await a.connect(b.addresses[0])
+        await b.connect(c.addresses[0])
+        async with a.subscribe("v", validate=only_good) as sa, \
+                b.subscribe("v", validate=only_good), c.subscribe("v"):
+            await gossip_until_received(c, sa, "v", b"good-0", source=c.peer_id)
+            for data in (b"bad", b"boom", b"good-1"):
+                await c.publish("v", data)
+            with trio.fail_after(10):
+                while (msg := await sa.receive()).data != b"good-1":
+                    assert msg.data.startswith(b"good"), msg.data
+            with trio.move_on_after(0.5):
+                msg = await sa.receive()
+                assert msg.data.startswith(b"good"), msg.data
+
+
 async def test_gossip_burst_of_300_all_arrive(overlays, clock):
     async with overlays.make(2) as (a, b):
         await a.connect(b.addresses[0])

@@ -237,7 +237,7 @@ class Chain:
             return AddResult.DUPLICATE
         if bid in self._invalid:
             raise InvalidBlockError("a block already rejected")
-        txs = self._check_alone(block, current_slot)
+        txs = self.check_alone(block, current_slot)
         parent = self._entries.get(block.parent)
         if parent is None:
             self._orphans[bid] = block
@@ -253,8 +253,10 @@ class Chain:
         """Parent ids the orphans wait for (for a sync to fetch)."""
         return [b.parent for b in self._orphans.values() if b.parent not in self._orphans]
 
-    def _check_alone(self, block: Block, current_slot: int | None) -> tuple[SignedTx, ...]:
-        """The checks that need no state: network, signature, sizes, transactions."""
+    def check_alone(self, block: Block, current_slot: int | None = None
+                    ) -> tuple[SignedTx, ...]:
+        """The checks that need no state (network, signature, sizes, transactions); returns
+        the verified transactions or raises :class:`InvalidBlockError`."""
         if block.network != self.network:
             raise InvalidBlockError(f"block of network {block.network!r}")
         if block.height < 1 or block.slot < 0:

@@ -41,7 +41,7 @@ from ..wire import Message, decode, encode, message
 from .block import Block
 from .chain import AddResult, Chain
 from .store import BlockStore
-from .tx import Payment, SignedTx, Stake, Unstake, credits, micro, sign_tx
+from .tx import Payment, SignedTx, Stake, Unstake, credits, decode_tx, micro, sign_tx
 
 __all__ = ["SYNC_BATCH", "SYNC_PROTOCOL", "LedgerAccount", "LedgerService", "block_topic",
            "replay", "tx_topic"]
@@ -152,8 +152,9 @@ class LedgerService:
 
             self.chain.on_block = persist
         self.overlay.serve(SYNC_PROTOCOL, self._on_sync)
-        async with self.overlay.subscribe(tx_topic(self.network)) as txs, \
-                self.overlay.subscribe(block_topic(self.network)) as blocks, \
+        async with self.overlay.subscribe(tx_topic(self.network), validate=self._valid_tx) \
+                as txs, self.overlay.subscribe(block_topic(self.network),
+                                               validate=self._valid_block) as blocks, \
                 trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._receive_txs, txs)
@@ -161,6 +162,22 @@ class LedgerService:
             nursery.start_soon(self._slots)
             nursery.start_soon(self._sync_loop)
             task_status.started()
+
+    # ---- gossip validators (stateless: what may be relayed) ------------------------------
+    def _valid_tx(self, data: bytes) -> bool:
+        try:
+            return decode_tx(data).tx.network == self.network
+        except InvalidTransactionError:
+            self._count("txs_rejected")
+            return False
+
+    def _valid_block(self, data: bytes) -> bool:
+        try:
+            self.chain.check_alone(decode(data, expect=Block), self.current_slot())
+        except (ProtocolError, InvalidBlockError):
+            self._count("blocks_rejected")
+            return False
+        return True
 
     # ---- transactions -------------------------------------------------------------------
     def submit(self, stx: SignedTx) -> None:

@@ -18,6 +18,7 @@ from ._base import (
     PeerEventKind,
     ResponseSender,
     ResponseStream,
+    Validator,
     peer_id_of,
 )
 from .memory import MAX_GOSSIP_SIZE, MemoryNetwork, MemoryOverlay, NetworkStats
@@ -39,6 +40,7 @@ __all__ = [
     "PeerEventKind",
     "ResponseSender",
     "ResponseStream",
+    "Validator",
     "peer_id_of",
 ]
 

@@ -30,7 +30,9 @@ __all__ = [
     "ResponseSender",
     "ResponseStream",
     "StreamCode",
+    "Validator",
     "peer_id_of",
+    "run_validator",
 ]
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,19 @@ class ResponseSender(Protocol):
     async def send(self, chunk: bytes) -> None:
         """Send one response chunk; raises :class:`PeerUnavailableError` if the requester left."""
         ...
+
+
+Validator = Callable[[bytes], bool]
+"""A gossip validator: cheap, stateless checks of a message's bytes (decoding, signatures)."""
+
+
+def run_validator(validate: Validator, data: bytes) -> bool:
+    """``validate(data)``, with anything it raises counted as a rejection."""
+    try:
+        return bool(validate(data))
+    except Exception as exc:
+        logger.debug("gossip validator raised %r; message rejected", exc)
+        return False
 
 
 Handler = Callable[[str, bytes, ResponseSender], Awaitable[None]]
@@ -133,9 +148,14 @@ class Overlay(Protocol):
         ...
 
     def subscribe(
-        self, topic: str
+        self, topic: str, *, validate: Validator | None = None
     ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[GossipMessage]]:
-        """Receive messages published on ``topic`` by others while the context is open."""
+        """Receive messages published on ``topic`` by others while the context is open.
+
+        With ``validate``, a message it rejects (returns False or raises) is not delivered
+        here, and on libp2p this node does not relay it either. A topic has one validator
+        per node: the last one given.
+        """
         ...
 
     def serve(self, protocol: str, handler: Handler) -> None:

@@ -51,8 +51,10 @@ from ._base import (
     PeerEvent,
     PeerEventKind,
     ResponseStream,
+    Validator,
     fan_out,
     peer_id_of,
+    run_validator,
 )
 from ._mux import MUX_PROTOCOL, MuxClient, serve_mux_stream
 from .memory import EVENT_BUFFER, MAX_GOSSIP_SIZE, SUBSCRIPTION_BUFFER, _sink_context
@@ -193,6 +195,9 @@ class Libp2pOverlay:
         self._pubsub_topics: set[str] = set()
         self._event_sinks: list[trio.MemorySendChannel[PeerEvent]] = []
         self._handlers: dict[str, Handler] = {}
+        self._validators: dict[str, Validator] = {}
+        #: gossip messages a topic validator rejected (not delivered, not relayed)
+        self.gossip_rejected = 0
         self._clients: dict[str, MuxClient] = {}
         self._client_locks: dict[str, trio.Lock] = {}
         self._open = False
@@ -409,17 +414,34 @@ class Libp2pOverlay:
 
     @asynccontextmanager
     async def subscribe(
-        self, topic: str
+        self, topic: str, *, validate: Validator | None = None
     ) -> AsyncIterator[trio.MemoryReceiveChannel[GossipMessage]]:
         """Messages on ``topic`` from other nodes while the context is open."""
         self._check_open()
+        if validate is not None:
+            self._validators[topic] = validate
         if topic not in self._pubsub_topics:
             self._pubsub_topics.add(topic)
-            self._pubsub.set_topic_validator(topic, _accept_any, False)
+            self._pubsub.set_topic_validator(topic, self._topic_validator(topic), False)
             sub = await self._pubsub.subscribe(topic)
             self._nursery.start_soon(self._read_topic, topic, sub)
         async with _sink_context(self._subs.setdefault(topic, []), SUBSCRIPTION_BUFFER) as ch:
             yield ch
+
+    def _topic_validator(self, topic: str) -> Any:
+        """GossipSub's validator for ``topic``: the application's, made unable to raise
+        (a raising validator would crash Pubsub, trap 4); no validator accepts all."""
+
+        def check(peer_id: ID, msg: Any) -> bool:
+            validate = self._validators.get(topic)
+            if validate is None:
+                return True
+            ok = run_validator(validate, bytes(getattr(msg, "data", b"")))
+            if not ok:
+                self.gossip_rejected += 1
+            return ok
+
+        return check
 
     async def _read_topic(self, topic: str, sub: Any) -> None:
         while True:
@@ -510,7 +532,4 @@ class Libp2pOverlay:
             yield response
 
 
-def _accept_any(peer_id: ID, msg: Any) -> bool:
-    # Validation is the application's job (message contents are checked by each protocol);
-    # this validator exists so a raising default can never crash Pubsub (trap 4).
-    return True
+

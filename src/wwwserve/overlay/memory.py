@@ -39,10 +39,12 @@ from ._base import (
     PeerEventKind,
     ResponseStream,
     StreamCode,
+    Validator,
     fan_out,
     peer_id_of,
     raise_for_frame,
     receive_with_idle_timeout,
+    run_validator,
 )
 
 __all__ = ["MAX_GOSSIP_SIZE", "MemoryNetwork", "MemoryOverlay", "NetworkStats"]
@@ -66,6 +68,7 @@ class NetworkStats:
     gossip_lost: int = 0
     gossip_duplicated: int = 0
     gossip_dropped_full: int = 0
+    gossip_rejected: int = 0
     streams_opened: int = 0
     streams_reset: int = 0
     dials_failed: int = 0
@@ -400,6 +403,7 @@ class MemoryOverlay:
         self._index = next(network._index)
         self._handlers: dict[str, Handler] = {}
         self._subs: dict[str, list[trio.MemorySendChannel[GossipMessage]]] = {}
+        self._validators: dict[str, Validator] = {}
         self._event_sinks: list[trio.MemorySendChannel[PeerEvent]] = []
         self._known: set[str] = set()
         self._scope = trio.CancelScope()
@@ -511,10 +515,12 @@ class MemoryOverlay:
         self.network._publish(self, topic, bytes(data))
 
     def subscribe(
-        self, topic: str
+        self, topic: str, *, validate: Validator | None = None
     ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[GossipMessage]]:
         """Messages on ``topic`` from other nodes while the context is open."""
         self._check_open()
+        if validate is not None:
+            self._validators[topic] = validate
         return _sink_context(self._subs.setdefault(topic, []), SUBSCRIPTION_BUFFER)
 
     def _deliver_gossip(self, msg: GossipMessage) -> None:
@@ -522,6 +528,10 @@ class MemoryOverlay:
             return
         sinks = self._subs.get(msg.topic)
         if not sinks:
+            return
+        validate = self._validators.get(msg.topic)
+        if validate is not None and not run_validator(validate, msg.data):
+            self.network.stats.gossip_rejected += 1
             return
         full = fan_out(sinks, msg)
         self.network.stats.gossip_delivered += len(sinks) - full
