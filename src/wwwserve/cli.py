@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -411,53 +411,80 @@ def _open_chain(args: argparse.Namespace) -> tuple[Chain, Path]:
         genesis_path, data_dir = cfg.network.genesis, cfg.node.data_dir
     else:
         if args.genesis is None or args.data_dir is None:
-            raise ConfigError("give a node config, or both --data-dir and --genesis")
+            raise ConfigError("give a node config or gateway URL, or both --data-dir and "
+                              "--genesis")
         genesis_path, data_dir = Path(args.genesis), Path(args.data_dir)
     chain = Chain(Genesis.load(genesis_path))
     store = BlockStore(data_dir / "blocks")
-    replay(chain, store)
+    replay(chain, store, repair=False)  # the node may be running and appending
     return chain, store.path
+
+
+async def _fetch_ledger(url: str, api_key: str | None) -> dict[str, Any]:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key=api_key or "none",
+                                max_retries=0, timeout=10.0)
+    try:
+        view = await client.get(url + "/ledger", cast_to=object)
+    except openai.APIConnectionError:
+        raise WWWServeError(f"no node answers at {url} (is it running?)") from None
+    except openai.APIStatusError as exc:
+        raise WWWServeError(f"{url}/ledger answered HTTP {exc.status_code}: "
+                            f"{exc.message}") from None
+    finally:
+        await client.close()
+    if not isinstance(view, dict):
+        raise WWWServeError(f"{url}/ledger did not answer a JSON object")
+    return view
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
     from .ledger import credits
+    from .ledger.service import ledger_view
 
-    chain, path = _open_chain(args)
-    state = chain.state
-    if args.action == "verify":
-        expected = state.genesis_supply + state.issued
-        if state.total() != expected:
-            raise WWWServeError(f"{path}: total credit {state.total()} != {expected}")
-        print(f"{path}: OK: {chain.height} block(s) verified (signatures, proposers, "
-              f"transactions, state roots); total credit {credits(state.total()):g}")
-        return 0
+    running = args.config is not None and args.config.startswith(("http://", "https://"))
+    if running:
+        if args.action == "verify":
+            raise ConfigError("verify replays a block file: give the node's config or "
+                              "--data-dir and --genesis, not a URL")
+        view = trio.run(_fetch_ledger, _gateway_url(args.config), args.api_key)
+        source = args.config
+    else:
+        chain, path = _open_chain(args)
+        source = str(path)
+        if args.action == "verify":
+            state = chain.state
+            expected = state.genesis_supply + state.issued
+            if state.total() != expected:
+                raise WWWServeError(f"{path}: total credit {state.total()} != {expected}")
+            print(f"{path}: OK: {chain.height} block(s) verified (signatures, proposers, "
+                  f"transactions, state roots); total credit {credits(state.total()):g}")
+            return 0
+        view = ledger_view(chain, last=args.last)
     if args.action == "balance":
-        accounts = [args.account] if args.account else state.accounts()
-        rows = [{"account": a, "balance": credits(state.balance(a)),
-                 "stake": credits(state.stake(a)),
-                 "unbonding": credits(state.unbonding_total(a)), "nonce": state.nonce(a)}
-                for a in accounts]
+        rows = [r for r in view.get("accounts", [])
+                if args.account is None or r["account"] == args.account]
+        if args.account is not None and not rows:
+            raise WWWServeError(f"{source}: no account {args.account}")
         if args.json:
             _print_json(rows)
-        else:
-            for r in rows:
-                print(f"{r['account']}  balance {r['balance']:>12.6f}  stake "
-                      f"{r['stake']:>10.6f}  unbonding {r['unbonding']:>10.6f}  "
-                      f"nonce {r['nonce']}")
+            return 0
+        for r in rows:
+            print(f"{r['account']}  balance {r['balance']:>12.6f}  stake "
+                  f"{r['stake']:>10.6f}  unbonding {r['unbonding']:>10.6f}  "
+                  f"nonce {r['nonce']}")
         return 0
-    blocks = chain.canonical_blocks(max(1, chain.height - args.last + 1), args.last)
-    info = {"network": chain.network, "height": chain.height, "tip": chain.tip.hex(),
-            "finalized_height": chain.finalized_height, "file": str(path),
-            "total_credit": credits(state.total()),
-            "blocks": [{"height": b.height, "slot": b.slot, "proposer": b.proposer,
-                        "txs": len(b.txs)} for b in blocks]}
+    view.pop("accounts", None)
+    view["blocks"] = view.get("blocks", [])[-args.last:] if args.last > 0 else []
     if args.json:
-        _print_json(info)
+        _print_json(view)
         return 0
-    print(f"network {info['network']}  height {chain.height}  final {chain.finalized_height}"
-          f"  tip {chain.tip.hex()[:16]}  total credit {info['total_credit']:g}")
-    for b in blocks:
-        print(f"  #{b.height:<6} slot {b.slot:<8} by {b.proposer}  {len(b.txs)} tx")
+    print(f"network {view['network']}  height {view['height']}  final "
+          f"{view['finalized_height']}  tip {str(view['tip'])[:16]}  total credit "
+          f"{view['total_credit']:g}  pending {view['pending']}")
+    for b in view["blocks"]:
+        print(f"  #{b['height']:<6} slot {b['slot']:<8} by {b['proposer']}  {b['txs']} tx")
     return 0
 
 
@@ -541,7 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
             "wwwserve ledger verify node_configs/node1.yaml")
     p.add_argument("action", choices=["show", "verify", "balance"])
     p.add_argument("config", nargs="?", default=None,
-                   help="the node's YAML config (or use --data-dir and --genesis)")
+                   help="the node's YAML config or gateway URL (or use --data-dir and "
+                        "--genesis)")
+    p.add_argument("--api-key", default=None, help="the gateway's bearer key, if it has one")
     p.add_argument("--data-dir", default=None, help="the node's data directory")
     p.add_argument("--genesis", default=None, help="the network's genesis file")
     p.add_argument("--account", default=None, help="balance: only this account")

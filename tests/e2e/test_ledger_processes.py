@@ -9,12 +9,14 @@ key and data directory: it reloads its chain from disk and catches up with the o
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import openai
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from wwwserve.identity import load_or_create_identity
 from wwwserve.ledger import UNIT, Allocation, Genesis
@@ -118,6 +120,18 @@ async def test_five_processes_agree_and_a_killed_node_resumes_from_disk(tmp_path
             assert before["dispatch"].get("paid", 0) > 0
             ledgers = await agree(client, nodes, 40)
             assert ledgers[0]["height"] > 3
+            metrics = await client.get(nodes[1]["gateway"] + "/metrics", cast_to=str)
+            values = {s.name: s.value for f in text_string_to_metric_families(metrics)
+                      for s in f.samples}
+            assert values["wwwserve_ledger_height"] >= ledgers[0]["height"]
+            # the ledger tools read a running node through its gateway
+            done = await trio.run_process(
+                [sys.executable, "-m", "wwwserve", "ledger", "balance", nodes[2]["gateway"],
+                 "--json"], capture_stdout=True)
+            rows = json.loads(done.stdout)
+            assert len(rows) == N
+            total = sum(r["balance"] + r["stake"] + r["unbonding"] for r in rows)
+            assert abs(total - N * 1000) < 1e-6
 
             # SIGKILL n4; more paid work while it is away; restart it from its disk
             procs[4].kill()

@@ -388,6 +388,9 @@ def test_store_resumes_and_drops_a_torn_tail(tmp_path):
     run_slots(chain, range(1, 8))
     with open(store.path, "ab") as f:
         f.write(b"\x00\x00\x01\x00\xde\xad")  # a crash in the middle of an append
+    size = store.path.stat().st_size
+    assert len(BlockStore(store.path).load(repair=False)) == chain.height
+    assert store.path.stat().st_size == size  # a reader never truncates
     again = Chain(g)
     from wwwserve.wire import decode
     for payload in BlockStore(store.path).load():

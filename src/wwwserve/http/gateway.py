@@ -28,7 +28,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .._compat import TaskStatus
-from .openai_api import OpenAIApp, Receive, Scope, Send, metrics_handler, send_json
+from .openai_api import (
+    OpenAIApp,
+    Receive,
+    Scope,
+    Send,
+    error_body,
+    metrics_handler,
+    send_json,
+)
 from .server import serve_http
 
 if TYPE_CHECKING:
@@ -77,6 +85,23 @@ class _NodeCollector(Collector):
             for key, fam in families.items():
                 fam.add_metric([m.name], float(getattr(load, key)))
         yield from families.values()
+        ledger = node.ledger
+        if ledger is not None:
+            chain = ledger.chain
+            yield GaugeMetricFamily("wwwserve_ledger_height", "Height of the best chain.",
+                                    value=chain.height)
+            yield GaugeMetricFamily("wwwserve_ledger_finalized_height",
+                                    "Height of the last final block.",
+                                    value=chain.finalized_height)
+            yield GaugeMetricFamily("wwwserve_ledger_pending_transactions",
+                                    "Transactions waiting for a block.", value=len(chain.pool))
+            events = CounterMetricFamily("wwwserve_ledger_events",
+                                         "Ledger events (blocks and transactions received, "
+                                         "rejected, proposed, synced; reorganizations).",
+                                         labels=["event"])
+            for key, value in sorted({**chain.stats, **ledger.stats}.items()):
+                events.add_metric([key], float(value))
+            yield events
 
 
 def _percentiles(values: Iterable[float]) -> dict[str, float]:
@@ -90,11 +115,9 @@ def _percentiles(values: Iterable[float]) -> dict[str, float]:
 def _ledger_status(ledger: LedgerService | None) -> dict[str, object] | None:
     if ledger is None:
         return None
-    chain = ledger.chain
-    return {"network": chain.network, "height": chain.height, "tip": chain.tip.hex(),
-            "finalized_height": chain.finalized_height, "finalized": chain.finalized.hex(),
-            "state_root": chain.state.root().hex(), "pending": len(chain.pool),
-            "stats": {**chain.stats, **ledger.stats}}
+    from ..ledger.service import ledger_view
+
+    return ledger_view(ledger.chain, last=0, accounts=False, stats=ledger.stats)
 
 
 class Gateway:
@@ -124,6 +147,7 @@ class Gateway:
             on_done=self._observe)
         self.app.route("GET", "/metrics", metrics_handler(self.registry))
         self.app.route("GET", "/status", self._status)
+        self.app.route("GET", "/ledger", self._ledger)
 
     def _observe(self, outcome: str, latency: float, ttft: float | None) -> None:
         self._requests.labels(outcome).inc()
@@ -151,6 +175,16 @@ class Gateway:
             "offload_dispatch_ms": _percentiles(node.dispatcher.offload_delays),
             "ledger": _ledger_status(node.ledger),
         })
+
+    async def _ledger(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ledger = self.node.ledger
+        if ledger is None:
+            await send_json(send, 404, error_body(
+                404, "this node has no ledger (its config sets no network.genesis)"))
+            return
+        from ..ledger.service import ledger_view
+
+        await send_json(send, 200, ledger_view(ledger.chain, last=20, stats=ledger.stats))
 
     async def run(self, *, task_status: TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; ``started`` with the base URL."""

@@ -44,7 +44,7 @@ from .store import BlockStore
 from .tx import Payment, SignedTx, Stake, Unstake, credits, decode_tx, micro, sign_tx
 
 __all__ = ["SYNC_BATCH", "SYNC_PROTOCOL", "LedgerAccount", "LedgerService", "block_topic",
-           "replay", "tx_topic"]
+           "ledger_view", "replay", "tx_topic"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +72,40 @@ class SyncRequest(Message):
     limit: int = SYNC_BATCH
 
 
-def replay(chain: Chain, store: BlockStore) -> int:
+def ledger_view(chain: Chain, *, last: int = 10, accounts: bool = True,
+                stats: dict[str, int] | None = None) -> dict[str, object]:
+    """A JSON-able summary of a chain: tip, final block, state root, the ``last`` blocks
+    and (with ``accounts``) every account's balance, stake, unbonding credit and nonce."""
+    state = chain.state
+    view: dict[str, object] = {
+        "network": chain.network, "height": chain.height, "tip": chain.tip.hex(),
+        "finalized_height": chain.finalized_height, "finalized": chain.finalized.hex(),
+        "state_root": state.root().hex(), "pending": len(chain.pool),
+        "total_credit": credits(state.total()),
+        "stats": {**chain.stats, **(stats or {})},
+        "blocks": [{"height": b.height, "slot": b.slot, "proposer": b.proposer,
+                    "txs": len(b.txs)}
+                   for b in chain.canonical_blocks(max(1, chain.height - last + 1), last)],
+    }
+    if accounts:
+        view["accounts"] = [
+            {"account": a, "balance": credits(state.balance(a)),
+             "stake": credits(state.stake(a)),
+             "unbonding": credits(state.unbonding_total(a)), "nonce": state.nonce(a)}
+            for a in state.accounts()]
+    return view
+
+
+def replay(chain: Chain, store: BlockStore, *, repair: bool = True) -> int:
     """Add every block of ``store`` to ``chain``; returns how many were read.
+
+    ``repair=False`` leaves a torn tail in the file (see :meth:`BlockStore.load`).
 
     Raises :class:`LedgerCorruptError` for a damaged file and :class:`InvalidBlockError`
     for a block that does not fit the chain (a file of another network, say).
     """
     n = 0
-    for payload in store.load():
+    for payload in store.load(repair=repair):
         try:
             chain.add_block(decode(payload, expect=Block))
         except (ProtocolError, InvalidBlockError) as exc:

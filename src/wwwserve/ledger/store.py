@@ -36,8 +36,12 @@ class BlockStore:
         self.path = Path(path)
         self.dropped_torn_bytes = 0
 
-    def load(self) -> list[bytes]:
-        """Every record's payload, in order; repairs a torn tail (see the module docs)."""
+    def load(self, *, repair: bool = True) -> list[bytes]:
+        """Every record's payload, in order; repairs a torn tail (see the module docs).
+
+        With ``repair=False`` a torn tail is only skipped, never truncated: for readers of a
+        file a running node may be appending to (``wwwserve ledger``).
+        """
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
@@ -55,6 +59,8 @@ class BlockStore:
                 continue
             if self._nothing_valid_after(data, offset):
                 self.dropped_torn_bytes = len(data) - offset
+                if not repair:
+                    break
                 logger.warning("%s: dropping a torn last record (%d bytes at offset %d: %s)",
                                self.path, len(data) - offset, offset, bad)
                 with open(self.path, "r+b") as f:
