@@ -34,6 +34,7 @@ EPILOG = """examples:
   wwwserve node node_configs/node1.yaml           # run one node from its config
   wwwserve sim-engine --port 30000                # a simulated SGLang server (no GPU)
   wwwserve status node_configs/node1.yaml         # peers, load, credit of a running node
+  wwwserve simulate fluctuating                   # the paper's experiment, virtual time
   wwwserve genesis node_configs/*.yaml -o genesis.yaml   # a private network's genesis
   wwwserve ledger show node_configs/node1.yaml    # a node's chain on disk
   wwwserve keygen keys/my-node.key                # create a key file (0600)
@@ -488,6 +489,64 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- experiments ------------------------------------------------------------------------
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import time
+
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+    from .sim.experiment import (
+        STRATEGIES,
+        list_scenarios,
+        load_scenario,
+        make_workload,
+        results_json,
+        run_strategy,
+        summary_markdown,
+    )
+
+    if args.list or args.scenario is None:
+        for name, description in list_scenarios().items():
+            print(f"{name:<16} {description}")
+        return 0
+    scenario = load_scenario(args.scenario)
+    strategies = [x.strip() for x in args.strategies.split(",") if x.strip()]
+    for st in strategies:
+        if st not in STRATEGIES:
+            raise ConfigError(f"--strategies: unknown strategy {st!r}; one of "
+                              f"{', '.join(STRATEGIES)}")
+    n = len(make_workload(scenario, args.seed))
+    runs = {}
+    wall = 0.0
+    with Progress(TextColumn("{task.description:<14}"), BarColumn(),
+                  TextColumn("{task.completed:.0f}/{task.total:.0f} s simulated"),
+                  TimeElapsedColumn(), transient=not sys.stderr.isatty(),
+                  disable=args.quiet) as progress:
+        for st in strategies:
+            task = progress.add_task(st, total=scenario.duration)
+
+            def advance(now: float, task: TaskID = task) -> None:
+                progress.update(task, completed=now)
+
+            t = time.perf_counter()
+            runs[st] = run_strategy(scenario, st, args.seed, progress=advance)
+            wall += time.perf_counter() - t
+            progress.update(task, completed=scenario.duration)
+    out = Path(args.out or f"results/{scenario.name}-seed{args.seed}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(results_json(scenario, args.seed, runs))
+    summary = summary_markdown(scenario, runs)
+    speed = (f"\n{n} requests x {len(strategies)} strategies simulated in {wall:.1f} s of wall "
+             f"time: {n * len(strategies) / max(wall, 1e-9):.0f} requests per wall second, "
+             f"virtual/wall time {scenario.duration * len(strategies) / max(wall, 1e-9):.0f}x\n")
+    (out / "summary.md").write_text(summary + speed)
+    print(summary + speed)
+    print(f"wrote {out}/results.json and {out}/summary.md")
+    return 0
+
+
 # ---- entry point ------------------------------------------------------------------------
 
 
@@ -548,6 +607,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help="the gateway's bearer key, if it has one")
     p.add_argument("--json", action="store_true", help="print the raw JSON")
     p.set_defaults(func=cmd_status)
+
+    p = add("simulate", "serve a scenario's workload single / centralized / decentralized, "
+            "in virtual time", "wwwserve simulate fluctuating --seed 1 --out results/fl")
+    p.add_argument("scenario", nargs="?", default=None,
+                   help="a shipped scenario name (see --list) or a scenario YAML file")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default results/<scenario>-seed<N>)")
+    p.add_argument("--strategies", default="single,centralized,decentralized",
+                   help="comma-separated subset of single,centralized,decentralized")
+    p.add_argument("--list", action="store_true", help="list the shipped scenarios")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_simulate)
 
     p = add("genesis", "build a private network's genesis from its members' node configs",
             "wwwserve genesis node_configs/*.yaml -o genesis.yaml")

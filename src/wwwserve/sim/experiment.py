@@ -1,0 +1,416 @@
+"""Experiments: one workload served three ways, in trio's virtual time.
+
+A :class:`Scenario` (a YAML file: nodes with GPU profiles and policies, a workload, SLO
+thresholds) is turned into a deterministic list of requests (:func:`make_workload`), then
+served, on identical copies of the simulated engines, by
+
+- ``single``: every node serves only its own users;
+- ``centralized``: one global scheduler with fresh, instant metrics, using the WWW.Serve
+  authors' rule (keep a request on its own node if that node's ``token_usage`` < 0.6, else
+  send it to the node with the lowest ``token_usage``, ties by running + queued);
+- ``decentralized``: the real :class:`~wwwserve.node.Node` code (membership gossip, PoS
+  offloading, policies, credits) over :class:`~wwwserve.overlay.MemoryNetwork`.
+
+Each run yields one :class:`Record` per request; :func:`summarize` computes SLO attainment
+(the share of *all* requests finished within each threshold; a failed request never meets
+an SLO), latency percentiles and time to first token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import trio
+from trio.testing import MockClock
+
+from ..clock import trio_wall_clock
+from ..config import (
+    GatewayParams,
+    MembershipParams,
+    ModelConfig,
+    NetworkParams,
+    NodeConfig,
+    ServerParams,
+    _build,
+    _Invalid,
+)
+from ..engines import Chunk, CompletionRequest, EngineLoad, SimEngine, Usage, get_profile
+from ..engines.base import Emit
+from ..errors import ConfigError, WWWServeError
+from ._determinism import seed_trio_scheduler
+
+__all__ = ["STRATEGIES", "NodeSpec", "Record", "Scenario", "list_scenarios", "load_scenario",
+           "make_workload", "run_strategy", "summarize"]
+
+STRATEGIES = ("single", "centralized", "decentralized")
+#: The authors' centralized rule keeps a request local below this token usage.
+CENTRAL_THRESHOLD = 0.6
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSpec:
+    """One provider in a scenario: its GPU profile, its users' arrival rates, its policy."""
+
+    name: str
+    profile: str = "a100-80g/qwen3-8b"
+    backend: str = "flashinfer"
+    rate: float = 0.05
+    rate_after_switch: float | None = None
+    offload_frequency: float = 0.8
+    queue_frequency: float = 0.2
+    accept_frequency: float = 0.8
+    target_token_usage: float = 0.6
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scenario:
+    """An experiment: nodes, a Poisson workload per node, SLO thresholds (seconds)."""
+
+    name: str
+    description: str = ""
+    model: str = "Qwen/Qwen3-8B"
+    duration: float = 600.0
+    switch_at: float | None = None
+    prompt_tokens: int = 512
+    output_tokens_mean: int = 256
+    output_tokens_max: int = 8192
+    slo_thresholds: tuple[float, ...] = (10.0, 30.0, 60.0)
+    drain: float = 1800.0
+    nodes: tuple[NodeSpec, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if len(self.nodes) < 2:
+            raise ConfigError("nodes: a scenario needs at least 2 nodes")
+        if len({n.name for n in self.nodes}) != len(self.nodes):
+            raise ConfigError("nodes: names must be unique")
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """One user request of the workload."""
+
+    request_id: str
+    origin: int
+    time: float
+    prompt_tokens: int
+    output_tokens: int
+
+
+@dataclass(slots=True)
+class Record:
+    """What happened to one request (times in seconds from the start of the run)."""
+
+    request_id: str
+    origin: str
+    submit: float
+    executor: str | None = None
+    first_token: float | None = None
+    finish: float | None = None
+    outcome: str = "pending"
+
+    @property
+    def latency(self) -> float | None:
+        """End-to-end latency, for a request that completed."""
+        return None if self.finish is None or self.outcome != "ok" else self.finish - self.submit
+
+
+# ---- scenarios ----------------------------------------------------------------------------
+def _scenario_dir() -> Any:
+    return resources.files("wwwserve.sim").joinpath("scenarios")
+
+
+def list_scenarios() -> dict[str, str]:
+    """Shipped scenarios: name -> description."""
+    out = {}
+    for entry in sorted(_scenario_dir().iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            s = load_scenario(entry.name[:-5])
+            out[s.name] = s.description
+    return out
+
+
+def load_scenario(name_or_path: str) -> Scenario:
+    """A shipped scenario by name, or a scenario YAML file by path."""
+    import yaml
+
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        text, source = path.read_text(), str(path)
+    else:
+        entry = _scenario_dir().joinpath(f"{name_or_path}.yaml")
+        if not entry.is_file():
+            known = ", ".join(sorted(e.name[:-5] for e in _scenario_dir().iterdir()
+                                     if e.name.endswith(".yaml")))
+            raise ConfigError(f"unknown scenario {name_or_path!r}; shipped: {known} "
+                              "(or give a path to a scenario .yaml)")
+        text, source = entry.read_text(), f"scenario {name_or_path}"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML: {exc}") from None
+    try:
+        return _build(Scenario, data, "", Path.cwd())
+    except _Invalid as exc:
+        raise ConfigError(f"{source}: {exc.path}: {exc.message}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+# ---- workload -----------------------------------------------------------------------------
+def make_workload(scenario: Scenario, seed: int) -> list[Arrival]:
+    """Poisson arrivals per node (rates swap at ``switch_at``), deterministic for ``seed``.
+
+    Output lengths are log-normal with the scenario's mean (sigma 0.6), capped at its max;
+    prompt lengths vary +-50% around the scenario's mean.
+    """
+    arrivals: list[Arrival] = []
+    sigma = 0.6
+    mu = math.log(max(1, scenario.output_tokens_mean)) - sigma * sigma / 2
+    for k, node in enumerate(scenario.nodes):
+        rng = random.Random(f"{seed}:arrivals:{node.name}")
+        t = 0.0
+        i = 0
+        while True:
+            switched = scenario.switch_at is not None and t >= scenario.switch_at
+            rate = node.rate_after_switch if switched and node.rate_after_switch is not None \
+                else node.rate
+            if rate <= 0:
+                if scenario.switch_at is not None and not switched:
+                    t = scenario.switch_at
+                    continue
+                break
+            t += rng.expovariate(rate)
+            if t >= scenario.duration:
+                break
+            out = max(1, min(scenario.output_tokens_max, round(rng.lognormvariate(mu, sigma))))
+            prompt = max(1, round(scenario.prompt_tokens * rng.uniform(0.5, 1.5)))
+            arrivals.append(Arrival(f"{node.name}-{i}", k, t, prompt, out))
+            i += 1
+    arrivals.sort(key=lambda a: (a.time, a.request_id))
+    return arrivals
+
+
+def _request(scenario: Scenario, a: Arrival) -> CompletionRequest:
+    return CompletionRequest(request_id=a.request_id, model=scenario.model,
+                             prompt="x" * (4 * a.prompt_tokens), max_tokens=a.output_tokens,
+                             ignore_eos=True, stream=True, timeout=scenario.duration
+                             + scenario.drain)
+
+
+# ---- engines ------------------------------------------------------------------------------
+class _Recorded:
+    """An engine that notes which node ran each request."""
+
+    def __init__(self, engine: SimEngine, name: str, executors: dict[str, str]) -> None:
+        self.engine = engine
+        self.name = name
+        self.executors = executors
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return self.engine.models
+
+    def load(self) -> EngineLoad:
+        return self.engine.load()
+
+    async def generate(self, request: CompletionRequest, emit: Emit) -> Usage:
+        self.executors[request.request_id] = self.name
+        return await self.engine.generate(request, emit)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        await self.engine.run(task_status=task_status)
+
+
+def _engines(scenario: Scenario, seed: int, executors: dict[str, str]) -> list[_Recorded]:
+    return [_Recorded(SimEngine(get_profile(n.profile, n.backend), models=(scenario.model,),
+                                seed=seed * 1000 + k, stream_interval=64), n.name, executors)
+            for k, n in enumerate(scenario.nodes)]
+
+
+# ---- strategies ---------------------------------------------------------------------------
+def _central_choice(engines: Sequence[_Recorded], origin: int) -> int:
+    if engines[origin].load().token_usage < CENTRAL_THRESHOLD:
+        return origin
+    return min(range(len(engines)), key=lambda k: (
+        engines[k].load().token_usage, engines[k].load().running + engines[k].load().queued, k))
+
+
+async def _serve(records: dict[str, Record], request: CompletionRequest, start: float,
+                 submit: Callable[[CompletionRequest, Emit], Any]) -> None:
+    rec = records[request.request_id]
+
+    async def emit(chunk: Chunk) -> None:
+        if rec.first_token is None and chunk.tokens:
+            rec.first_token = trio.current_time() - start
+
+    try:
+        await submit(request, emit)
+        rec.outcome = "ok"
+    except WWWServeError as exc:
+        rec.outcome = type(exc).__name__
+    rec.finish = trio.current_time() - start
+
+
+async def _run(scenario: Scenario, strategy: str, seed: int,
+               progress: Callable[[float], None] | None) -> list[Record]:
+    seed_trio_scheduler(seed)
+    arrivals = make_workload(scenario, seed)
+    executors: dict[str, str] = {}
+    engines = _engines(scenario, seed, executors)
+    records = {a.request_id: Record(a.request_id, scenario.nodes[a.origin].name, a.time)
+               for a in arrivals}
+    async with trio.open_nursery() as nursery:
+        for e in engines:
+            await nursery.start(e.run)
+        submitters: list[Callable[[CompletionRequest, Emit], Any]]
+        if strategy == "decentralized":
+            submitters = await _start_nodes(nursery, scenario, engines, seed)
+        elif strategy == "single":
+            submitters = [e.generate for e in engines]
+        elif strategy == "centralized":
+            def central(origin: int) -> Callable[[CompletionRequest, Emit], Any]:
+                async def submit(request: CompletionRequest, emit: Emit) -> Usage:
+                    return await engines[_central_choice(engines, origin)].generate(request,
+                                                                                     emit)
+                return submit
+            submitters = [central(k) for k in range(len(engines))]
+        else:
+            raise ConfigError(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
+        start = trio.current_time()
+        async with trio.open_nursery() as users:
+            for a in arrivals:
+                await trio.sleep_until(start + a.time)
+                if progress is not None:
+                    progress(a.time)
+                users.start_soon(_serve, records, _request(scenario, a), start,
+                                 submitters[a.origin])
+        nursery.cancel_scope.cancel()
+    for rec in records.values():
+        rec.executor = executors.get(rec.request_id)
+    return [records[a.request_id] for a in arrivals]
+
+
+async def _start_nodes(nursery: trio.Nursery, scenario: Scenario, engines: list[_Recorded],
+                       seed: int) -> list[Callable[[CompletionRequest, Emit], Any]]:
+    from ..identity import Identity
+    from ..market import CreditBook
+    from ..node import Node
+
+    net = await nursery.start(_network, seed)
+    book = CreditBook(shared=True)
+    params = MembershipParams(heartbeat_interval=1.0, suspect_timeout=3.0, peer_timeout=6.0)
+    nodes: list[Node] = []
+    for k, spec in enumerate(scenario.nodes):
+        ident = Identity.from_seed(random.Random(f"{seed}:id:{spec.name}").randbytes(32))
+        boot = (nodes[0].addresses[0],) if nodes else ()
+        cfg = NodeConfig(
+            server_params=ServerParams(offload_frequency=spec.offload_frequency,
+                                       queue_frequency=spec.queue_frequency,
+                                       accept_frequency=spec.accept_frequency),
+            models=(ModelConfig(model_path=scenario.model, engine="sim"),),
+            network=NetworkParams(network_id="sim", bootstrap=boot), membership=params,
+            gateway=GatewayParams(enabled=False))
+        node = Node(cfg, identity=ident, overlay=net.node(ident),
+                    engines={scenario.model: engines[k]},
+                    credit=book.open(ident.peer_id, 1e9, 0.0), wall_clock=trio_wall_clock(),
+                    rng=random.Random(f"{seed}:node:{spec.name}"))
+        await nursery.start(node.run)
+        node.dispatcher.models[0].target_token_usage = spec.target_token_usage
+        nodes.append(node)
+    # virtual time: heartbeats spread, stakes are re-targeted, models appear in peer tables
+    await trio.sleep(10.0)
+    if not all(len(n.peers) == len(nodes) - 1 for n in nodes):
+        raise WWWServeError("the simulated network did not form within 10 s")
+    return [n.submit for n in nodes]
+
+
+async def _network(seed: int, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    from ..overlay import MemoryNetwork
+
+    async with MemoryNetwork(seed=seed, latency=0.02) as net:
+        task_status.started(net)
+        await trio.sleep_forever()
+
+
+def run_strategy(scenario: Scenario, strategy: str, seed: int = 0, *,
+                 progress: Callable[[float], None] | None = None) -> list[Record]:
+    """Serve the scenario's workload with ``strategy`` in virtual time; one record each."""
+    return trio.run(_run, scenario, strategy, seed, progress,
+                    clock=MockClock(autojump_threshold=0))
+
+
+# ---- results ------------------------------------------------------------------------------
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summarize(records: Sequence[Record], thresholds: Sequence[float]) -> dict[str, Any]:
+    """SLO attainment at each threshold, latency and TTFT statistics, outcomes."""
+    n = len(records)
+    lat = [r.latency for r in records if r.latency is not None]
+    ttft = [r.first_token - r.submit for r in records
+            if r.first_token is not None and r.outcome == "ok"]
+    outcomes: dict[str, int] = {}
+    for r in records:
+        outcomes[r.outcome] = outcomes.get(r.outcome, 0) + 1
+    return {
+        "requests": n,
+        "outcomes": outcomes,
+        "offloaded": sum(1 for r in records if r.executor not in (None, r.origin)),
+        "slo_attainment": {f"{t:g}": (sum(1 for x in lat if x <= t) / n if n else 0.0)
+                           for t in thresholds},
+        "latency_mean_s": sum(lat) / len(lat) if lat else None,
+        "latency_p50_s": _pct(lat, 0.5), "latency_p90_s": _pct(lat, 0.9),
+        "latency_p99_s": _pct(lat, 0.99),
+        "ttft_mean_s": sum(ttft) / len(ttft) if ttft else None,
+        "ttft_p50_s": _pct(ttft, 0.5),
+    }
+
+
+def results_json(scenario: Scenario, seed: int, runs: dict[str, list[Record]]) -> str:
+    """The whole run as canonical JSON (byte-identical for the same scenario and seed)."""
+    def rnd(x: float | None) -> float | None:
+        return None if x is None else round(x, 6)
+
+    doc = {
+        "scenario": dataclasses.asdict(scenario), "seed": seed,
+        "strategies": {
+            name: {"summary": summarize(recs, scenario.slo_thresholds),
+                   "requests": [{"id": r.request_id, "origin": r.origin,
+                                 "executor": r.executor, "submit": rnd(r.submit),
+                                 "first_token": rnd(r.first_token), "finish": rnd(r.finish),
+                                 "outcome": r.outcome} for r in recs]}
+            for name, recs in runs.items()},
+    }
+    return json.dumps(doc, indent=1, sort_keys=True, default=str)
+
+
+def summary_markdown(scenario: Scenario, runs: dict[str, list[Record]]) -> str:
+    """A markdown table: SLO attainment per threshold, mean and p90 latency, TTFT."""
+    th = scenario.slo_thresholds
+    head = ("| strategy | " + " | ".join(f"SLO {t:g} s" for t in th)
+            + " | mean latency (s) | p90 (s) | TTFT p50 (s) | offloaded | failed |")
+    lines = [f"# {scenario.name}", "", scenario.description, "", head,
+             "|" + "---|" * (len(th) + 6)]
+    for name, recs in runs.items():
+        s = summarize(recs, th)
+        failed = s["requests"] - s["outcomes"].get("ok", 0)
+
+        def f(x: float | None) -> str:
+            return "-" if x is None else f"{x:.1f}"
+
+        lines.append(f"| {name} | " + " | ".join(f"{v:.1%}" for v in s["slo_attainment"].values())
+                     + f" | {f(s['latency_mean_s'])} | {f(s['latency_p90_s'])} | "
+                     f"{f(s['ttft_p50_s'])} | {s['offloaded']} | {failed} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,84 @@
+"""Experiments in virtual time: one workload, three strategies, deterministic results."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from wwwserve.cli import main
+from wwwserve.errors import ConfigError
+from wwwserve.sim.experiment import (
+    load_scenario,
+    make_workload,
+    results_json,
+    run_strategy,
+    summarize,
+)
+
+TINY = str(Path(__file__).resolve().parents[1] / "data" / "scenarios" / "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def runs():
+    scenario = load_scenario(TINY)
+    return scenario, {s: run_strategy(scenario, s, seed=3)
+                      for s in ("single", "centralized", "decentralized")}
+
+
+def test_every_strategy_serves_the_same_workload_completely(runs):
+    scenario, by_strategy = runs
+    ids = [a.request_id for a in make_workload(scenario, 3)]
+    assert len(ids) > 30
+    for records in by_strategy.values():
+        assert [r.request_id for r in records] == ids
+        assert all(r.outcome == "ok" and r.finish is not None for r in records)
+    assert all(r.executor == r.origin for r in by_strategy["single"])
+
+
+def test_sharing_capacity_beats_serving_alone(runs):
+    scenario, by_strategy = runs
+    s = {k: summarize(v, scenario.slo_thresholds) for k, v in by_strategy.items()}
+    assert s["decentralized"]["offloaded"] > 0 and s["centralized"]["offloaded"] > 0
+    assert s["decentralized"]["latency_mean_s"] < 0.8 * s["single"]["latency_mean_s"]
+    assert s["decentralized"]["slo_attainment"]["60"] > s["single"]["slo_attainment"]["60"]
+
+
+def test_results_are_byte_identical_for_a_seed(runs):
+    scenario, by_strategy = runs
+    again = run_strategy(scenario, "decentralized", seed=3)
+    first = results_json(scenario, 3, {"decentralized": by_strategy["decentralized"]})
+    assert results_json(scenario, 3, {"decentralized": again}) == first
+    other = run_strategy(scenario, "decentralized", seed=4)
+    assert results_json(scenario, 4, {"decentralized": other}) != first
+
+
+def test_a_failed_request_never_meets_an_slo(runs):
+    _, by_strategy = runs
+    records = [dataclasses.replace(r) for r in by_strategy["single"]]
+    records[0].outcome = "DeadlineExceededError"
+    s = summarize(records, [1e9])
+    assert s["slo_attainment"]["1e+09"] == pytest.approx((len(records) - 1) / len(records))
+
+
+def test_bad_scenarios_are_clear_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nnodes: [{name: a, rate: 1}, {name: b, colour: red}]\n")
+    with pytest.raises(ConfigError, match=r"nodes\[1\].colour: unknown key"):
+        load_scenario(str(bad))
+    with pytest.raises(ConfigError, match="unknown scenario 'nope'; shipped: fluctuating"):
+        load_scenario("nope")
+
+
+def test_cli_writes_results_and_summary(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["simulate", TINY, "--seed", "1", "--out", str(out), "--quiet",
+                 "--strategies", "single,centralized"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert set(doc["strategies"]) == {"single", "centralized"}
+    assert "| centralized |" in (out / "summary.md").read_text()
+    assert "requests per wall second" in capsys.readouterr().out
+    assert main(["simulate", "--list"]) == 0
+    assert "fluctuating" in capsys.readouterr().out
