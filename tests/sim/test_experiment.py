@@ -25,7 +25,7 @@ TINY = str(Path(__file__).resolve().parents[1] / "data" / "scenarios" / "tiny.ya
 def runs():
     scenario = load_scenario(TINY)
     return scenario, {s: run_strategy(scenario, s, seed=3)
-                      for s in ("single", "centralized", "decentralized")}
+                      for s in ("single", "centralized", "oracle", "decentralized")}
 
 
 def test_every_strategy_serves_the_same_workload_completely(runs):
@@ -44,6 +44,24 @@ def test_sharing_capacity_beats_serving_alone(runs):
     assert s["decentralized"]["offloaded"] > 0 and s["centralized"]["offloaded"] > 0
     assert s["decentralized"]["latency_mean_s"] < 0.8 * s["single"]["latency_mean_s"]
     assert s["decentralized"]["slo_attainment"]["60"] > s["single"]["slo_attainment"]["60"]
+    # the oracle (perfect knowledge, least expected completion time) is the bar to aim for
+    assert s["oracle"]["latency_mean_s"] <= min(s[k]["latency_mean_s"]
+                                                for k in ("single", "centralized"))
+
+
+def test_the_azure_trace_is_shipped_and_replayed_with_shifts():
+    from wwwserve.sim.experiment import azure_conversation_trace
+
+    trace = azure_conversation_trace()
+    assert len(trace) == 19366 and trace[0][0] == 0.0 and trace[-1][0] < 3600
+    scenario = load_scenario("azure")
+    arrivals = make_workload(scenario, 0)
+    assert arrivals == make_workload(scenario, 0)
+    per_node = [[a for a in arrivals if a.origin == k] for k in range(len(scenario.nodes))]
+    assert all(40 < len(n) < 1000 for n in per_node)
+    # different windows of the hour: different request sizes at the same moments
+    assert per_node[0][0].prompt_tokens != per_node[1][0].prompt_tokens
+    assert all(0 <= a.time < scenario.duration for a in arrivals)
 
 
 def test_results_are_byte_identical_for_a_seed(runs):
@@ -68,7 +86,7 @@ def test_bad_scenarios_are_clear_errors(tmp_path):
     bad.write_text("name: x\nnodes: [{name: a, rate: 1}, {name: b, colour: red}]\n")
     with pytest.raises(ConfigError, match=r"nodes\[1\].colour: unknown key"):
         load_scenario(str(bad))
-    with pytest.raises(ConfigError, match="unknown scenario 'nope'; shipped: fluctuating"):
+    with pytest.raises(ConfigError, match="unknown scenario 'nope'; shipped: azure, diverse"):
         load_scenario("nope")
 
 

@@ -258,6 +258,43 @@ class SimEngine:
             except trio.BrokenResourceError:
                 r.cancelled = True  # its requester left during this step
 
+    def estimate_completion(self, prompt_tokens: int, output_tokens: int) -> float:
+        """Seconds until a new request of this size would finish here, from the engine's
+        exact state (an oracle for experiments; real engines do not expose this).
+
+        A fluid model of continuous batching: requests are admitted in order while their KV
+        fits, every iteration decodes one token of each running request, and time jumps
+        from one completion to the next at the current iteration time.
+        """
+        cap = self.profile.kv_capacity_tokens
+        # (remaining tokens, KV reserved, is the new request)
+        running = [(r.output - r.generated + (r.prompt - r.prefilled) // max(
+            1, self.prefill_chunk), r.need, False) for r in self._running if not r.cancelled]
+        queue = [(r.output + r.prompt // max(1, self.prefill_chunk), r.need, False)
+                 for r in self._waiting if not r.cancelled]
+        queue.append((output_tokens, prompt_tokens + output_tokens, True))
+        reserved = sum(n for _, n, _ in running)
+        t = 0.0
+        while True:
+            while queue and len(running) < self.max_running and reserved + queue[0][1] <= cap:
+                item = queue.pop(0)
+                reserved += item[1]
+                running.append(item)
+            if not running:
+                return math.inf  # the request can never fit
+            step = self.profile.step_seconds(len(running), reserved // 2)
+            k = min(rem for rem, _, _ in running)
+            t += max(1, k) * step
+            left = []
+            for rem, need, mine in running:
+                if rem - k <= 0:
+                    if mine:
+                        return t
+                    reserved -= need
+                else:
+                    left.append((rem - k, need, mine))
+            running = left
+
     # ---- fault injection --------------------------------------------------------------------
     def crash(self) -> None:
         """Fail every request in flight and refuse new ones until :meth:`recover`."""

@@ -8,6 +8,8 @@ served, on identical copies of the simulated engines, by
 - ``centralized``: one global scheduler with fresh, instant metrics, using the WWW.Serve
   authors' rule (keep a request on its own node if that node's ``token_usage`` < 0.6, else
   send it to the node with the lowest ``token_usage``, ties by running + queued);
+- ``oracle``: a stronger global scheduler with perfect, instant knowledge: each request goes
+  to the engine where it would finish first (:meth:`SimEngine.estimate_completion`);
 - ``decentralized``: the real :class:`~wwwserve.node.Node` code (membership gossip, PoS
   offloading, policies, credits) over :class:`~wwwserve.overlay.MemoryNetwork`.
 
@@ -19,6 +21,9 @@ an SLO), latency percentiles and time to first token.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import functools
+import gzip
 import json
 import math
 import random
@@ -50,7 +55,7 @@ from ._determinism import seed_trio_scheduler
 __all__ = ["STRATEGIES", "NodeSpec", "Record", "Scenario", "list_scenarios", "load_scenario",
            "make_workload", "run_strategy", "summarize"]
 
-STRATEGIES = ("single", "centralized", "decentralized")
+STRATEGIES = ("single", "centralized", "oracle", "decentralized")
 #: The authors' centralized rule keeps a request local below this token usage.
 CENTRAL_THRESHOLD = 0.6
 
@@ -68,6 +73,10 @@ class NodeSpec:
     queue_frequency: float = 0.2
     accept_frequency: float = 0.8
     target_token_usage: float = 0.6
+    #: trace workloads: where in the trace hour this node's users start (seconds) and the
+    #: share of the trace's requests they send
+    trace_shift: float = 0.0
+    trace_scale: float = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,7 +85,10 @@ class Scenario:
 
     name: str
     description: str = ""
+    #: the model users ask for; ``auto`` lets any node's model answer (heterogeneous models)
     model: str = "Qwen/Qwen3-8B"
+    #: ``poisson`` (rates per node) or ``azure-conv`` (the Azure 2023 conversation trace)
+    workload: str = "poisson"
     duration: float = 600.0
     switch_at: float | None = None
     prompt_tokens: int = 512
@@ -91,6 +103,8 @@ class Scenario:
             raise ConfigError("nodes: a scenario needs at least 2 nodes")
         if len({n.name for n in self.nodes}) != len(self.nodes):
             raise ConfigError("nodes: names must be unique")
+        if self.workload not in ("poisson", "azure-conv"):
+            raise ConfigError(f"workload: must be poisson or azure-conv, got {self.workload!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +185,8 @@ def make_workload(scenario: Scenario, seed: int) -> list[Arrival]:
     Output lengths are log-normal with the scenario's mean (sigma 0.6), capped at its max;
     prompt lengths vary +-50% around the scenario's mean.
     """
+    if scenario.workload == "azure-conv":
+        return _trace_workload(scenario, seed)
     arrivals: list[Arrival] = []
     sigma = 0.6
     mu = math.log(max(1, scenario.output_tokens_mean)) - sigma * sigma / 2
@@ -194,6 +210,46 @@ def make_workload(scenario: Scenario, seed: int) -> list[Arrival]:
             prompt = max(1, round(scenario.prompt_tokens * rng.uniform(0.5, 1.5)))
             arrivals.append(Arrival(f"{node.name}-{i}", k, t, prompt, out))
             i += 1
+    arrivals.sort(key=lambda a: (a.time, a.request_id))
+    return arrivals
+
+
+TRACE_HOUR = 3600.0
+
+
+@functools.cache
+def azure_conversation_trace() -> tuple[tuple[float, int, int], ...]:
+    """The Azure LLM inference trace 2023, conversation service (one hour, 19,366 requests):
+    (seconds from its start, context tokens, generated tokens). CC-BY 4.0, Microsoft; see
+    ``wwwserve/sim/data/README.md``."""
+    raw = resources.files("wwwserve.sim").joinpath(
+        "data/azure_llm_inference_2023_conv.csv.gz").read_bytes()
+    rows = []
+    start = None
+    for line in gzip.decompress(raw).decode().splitlines()[1:]:
+        stamp, ctx, gen = line.split(",")
+        t = datetime.datetime.fromisoformat(stamp[:26]).timestamp()
+        start = t if start is None else start
+        rows.append((t - start, int(ctx), int(gen)))
+    return tuple(rows)
+
+
+def _trace_workload(scenario: Scenario, seed: int) -> list[Arrival]:
+    """Each node replays the trace hour from its ``trace_shift`` (wrapping around), keeping
+    a ``trace_scale`` share of the requests, so the nodes' peaks differ."""
+    trace = azure_conversation_trace()
+    arrivals = []
+    for k, node in enumerate(scenario.nodes):
+        rng = random.Random(f"{seed}:trace:{node.name}")
+        picked = []
+        for t, ctx, gen in trace:
+            at = (t - node.trace_shift) % TRACE_HOUR
+            if at < scenario.duration and rng.random() < node.trace_scale:
+                picked.append((at, ctx, gen))
+        picked.sort()
+        for i, (at, ctx, gen) in enumerate(picked):
+            arrivals.append(Arrival(f"{node.name}-{i}", k, at, max(1, ctx),
+                                    max(1, min(gen, scenario.output_tokens_max))))
     arrivals.sort(key=lambda a: (a.time, a.request_id))
     return arrivals
 
@@ -229,8 +285,14 @@ class _Recorded:
         await self.engine.run(task_status=task_status)
 
 
+def _node_model(scenario: Scenario, spec: NodeSpec) -> str:
+    """The model a node serves: the scenario's, or with ``auto`` its profile's own."""
+    return get_profile(spec.profile).model if scenario.model == "auto" else scenario.model
+
+
 def _engines(scenario: Scenario, seed: int, executors: dict[str, str]) -> list[_Recorded]:
-    return [_Recorded(SimEngine(get_profile(n.profile, n.backend), models=(scenario.model,),
+    return [_Recorded(SimEngine(get_profile(n.profile, n.backend),
+                                models=(_node_model(scenario, n),),
                                 seed=seed * 1000 + k, stream_interval=64), n.name, executors)
             for k, n in enumerate(scenario.nodes)]
 
@@ -275,6 +337,13 @@ async def _run(scenario: Scenario, strategy: str, seed: int,
             submitters = await _start_nodes(nursery, scenario, engines, seed)
         elif strategy == "single":
             submitters = [e.generate for e in engines]
+        elif strategy == "oracle":
+            def oracle(request: CompletionRequest, emit: Emit) -> Any:
+                size = (request.prompt_tokens(), request.max_tokens)
+                best = min(range(len(engines)), key=lambda k: (
+                    engines[k].engine.estimate_completion(*size), k))
+                return engines[best].generate(request, emit)
+            submitters = [oracle] * len(engines)
         elif strategy == "centralized":
             def central(origin: int) -> Callable[[CompletionRequest, Emit], Any]:
                 async def submit(request: CompletionRequest, emit: Emit) -> Usage:
@@ -315,11 +384,11 @@ async def _start_nodes(nursery: trio.Nursery, scenario: Scenario, engines: list[
             server_params=ServerParams(offload_frequency=spec.offload_frequency,
                                        queue_frequency=spec.queue_frequency,
                                        accept_frequency=spec.accept_frequency),
-            models=(ModelConfig(model_path=scenario.model, engine="sim"),),
+            models=(ModelConfig(model_path=_node_model(scenario, spec), engine="sim"),),
             network=NetworkParams(network_id="sim", bootstrap=boot), membership=params,
             gateway=GatewayParams(enabled=False))
         node = Node(cfg, identity=ident, overlay=net.node(ident),
-                    engines={scenario.model: engines[k]},
+                    engines={_node_model(scenario, spec): engines[k]},
                     credit=book.open(ident.peer_id, 1e9, 0.0), wall_clock=trio_wall_clock(),
                     rng=random.Random(f"{seed}:node:{spec.name}"))
         await nursery.start(node.run)
