@@ -615,8 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", default=None,
                    help="output folder (default results/<scenario>-seed<N>)")
-    p.add_argument("--strategies", default="single,centralized,decentralized",
-                   help="comma-separated subset of single,centralized,decentralized")
+    p.add_argument("--strategies", default="single,centralized,oracle,decentralized",
+                   help="comma-separated subset of single,centralized,oracle,decentralized")
     p.add_argument("--list", action="store_true", help="list the shipped scenarios")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_simulate)

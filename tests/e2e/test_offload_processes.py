@@ -47,6 +47,7 @@ def dispatch_counts(metrics: str) -> dict[str, float]:
 
 async def test_overloaded_node_offloads_to_peers_over_libp2p(tmp_path: Path) -> None:
     procs: list[ChildProcess] = []
+    clients: list[openai.AsyncOpenAI] = []
     async with trio.open_nursery() as nursery:
         try:
             engines = []
@@ -70,6 +71,7 @@ async def test_overloaded_node_offloads_to_peers_over_libp2p(tmp_path: Path) -> 
                                     - {nodes[0]["peer_id"]}, 30)
             client = openai.AsyncOpenAI(base_url=nodes[0]["gateway"] + "/v1", api_key="x",
                                         max_retries=0, timeout=60)
+            clients.append(client)
             results: list[int] = []
 
             async def one(i: int) -> None:
@@ -89,11 +91,12 @@ async def test_overloaded_node_offloads_to_peers_over_libp2p(tmp_path: Path) -> 
             for n in nodes[1:]:
                 accepted += dispatch_counts(
                     await client.get(n["gateway"] + "/metrics", cast_to=str)).get("accepted", 0)
-            await client.close()
             assert a.get("offloaded", 0) > 0
             assert accepted == a["offloaded"]
             assert a.get("local", 0) + a["offloaded"] == 24
         finally:
+            for c in clients:  # its pooled sockets must not outlive a failed test
+                await c.close()
             for p in reversed(procs):
                 await p.stop()
             nursery.cancel_scope.cancel()

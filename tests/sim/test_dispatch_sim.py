@@ -172,7 +172,8 @@ async def test_streamed_chunks_arrive_in_order_from_a_peer(autojump_clock):
             await nodes[0].submit(request(100, out=64, stream=True), emit)
         assert sum(c.tokens for c in chunks) == 64
         assert nodes[1].dispatcher.stats["accepted"] >= 1
-        assert len(chunks) == 8  # stream_interval 8: streamed, not one blob
+        # the first token at once, then every 8 (stream_interval): streamed, not one blob
+        assert [c.tokens for c in chunks] == [1] + [8] * 7 + [7]
         assert chunks[-1].finish_reason == "length"
         assert all(c.finish_reason is None for c in chunks[:-1])
 

@@ -189,7 +189,15 @@ class SimEngine:
             self._wake.set()
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The batching loop: one trio sleep per iteration, idle while there is no work."""
+        """The batching loop, advanced by events rather than token by token.
+
+        Iterations that prefill are simulated one by one. Between events (an arrival, a
+        completion, a chunk due to be streamed) the batch is fixed, so the iterations of a
+        decode-only stretch are summed in closed form and slept in one go; an arrival wakes
+        the loop, which finishes the iteration in progress (a real engine admits only at
+        iteration boundaries) and admits it. Same timings as one sleep per iteration, a
+        fraction of the work.
+        """
         task_status.started()
         while True:
             self._drop_cancelled()
@@ -198,27 +206,71 @@ class SimEngine:
                 self._wake = trio.Event()
                 await self._wake.wait()
                 continue
-            budget = self.prefill_chunk
-            decoding = [r for r in self._running if r.prefilled >= r.prompt]
-            prefill: list[tuple[_Req, int]] = []
-            for r in self._running:
-                if r.prefilled < r.prompt and budget > 0:
-                    take = min(budget, r.prompt - r.prefilled)
-                    prefill.append((r, take))
-                    budget -= take
-            batch_tokens = len(decoding) + sum(t for _, t in prefill)
-            batch_ctx = sum(r.ctx for r in self._running)
-            await trio.sleep(self.profile.step_seconds(batch_tokens, batch_ctx))
-            for r, take in prefill:
-                r.prefilled += take
-                if r.prefilled >= r.prompt:
-                    decoding.append(r)  # the step that ends the prefill yields a token
-            for r in decoding:
-                if not r.cancelled:
-                    self._advance(r)
+            if any(r.prefilled < r.prompt for r in self._running):
+                await self._prefill_step()
+            else:
+                await self._decode_stretch()
             # finished requests leave now; cancelled ones (and their KV reservation) at the
             # top of the next iteration
             self._running = [r for r in self._running if r.generated < r.output]
+
+    async def _prefill_step(self) -> None:
+        budget = self.prefill_chunk
+        decoding = [r for r in self._running if r.prefilled >= r.prompt]
+        prefill: list[tuple[_Req, int]] = []
+        for r in self._running:
+            if r.prefilled < r.prompt and budget > 0:
+                take = min(budget, r.prompt - r.prefilled)
+                prefill.append((r, take))
+                budget -= take
+        batch_tokens = len(decoding) + sum(t for _, t in prefill)
+        batch_ctx = sum(r.ctx for r in self._running)
+        await trio.sleep(self.profile.step_seconds(batch_tokens, batch_ctx))
+        for r, take in prefill:
+            r.prefilled += take
+            if r.prefilled >= r.prompt:
+                decoding.append(r)  # the step that ends the prefill yields a token
+        for r in decoding:
+            if not r.cancelled:
+                self._advance(r, 1)
+
+    def _stretch_seconds(self, b: int, ctx0: int, k: int) -> float:
+        """Duration of ``k`` decode iterations of ``b`` requests from context ``ctx0``
+        (the context grows by ``b`` tokens per iteration)."""
+        p = self.profile
+        fixed = max(p.floor_ms, p.base_ms + p.per_token_ms * b)
+        ms = k * (fixed + p.attn_ms_per_ctx_token * ctx0) \
+            + p.attn_ms_per_ctx_token * b * k * (k - 1) / 2
+        return ms * p.backend_factor / 1000.0
+
+    async def _decode_stretch(self) -> None:
+        running = self._running
+        b = len(running)
+        ctx0 = sum(r.ctx for r in running)
+        # the next event: a completion, or a chunk due (every stream_interval tokens)
+        k = min(min(r.output - r.generated for r in running),
+                min(self.stream_interval - r.unsent if r.generated else 1 for r in running))
+        k = max(1, k)
+        start = trio.current_time()
+        end = start + self._stretch_seconds(b, ctx0, k)
+        self._wake = trio.Event()
+        with trio.move_on_at(end):
+            await self._wake.wait()
+        now = trio.current_time()
+        if now < end:
+            # woken (an arrival): finish the iteration in progress, then stop there
+            lo, hi = 1, k  # the least number of iterations whose end is at or after now
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if start + self._stretch_seconds(b, ctx0, mid) >= now:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            k = lo
+            await trio.sleep_until(start + self._stretch_seconds(b, ctx0, k))
+        for r in running:
+            if not r.cancelled:
+                self._advance(r, k)
 
     # ---- internals --------------------------------------------------------------------------
     def _drop_cancelled(self) -> None:
@@ -239,13 +291,16 @@ class SimEngine:
             self._reserved += r.need
             self._running.append(r)
 
-    def _advance(self, r: _Req) -> None:
-        r.generated += 1
-        r.unsent += 1
-        self.generated_tokens += 1
+    def _advance(self, r: _Req, k: int) -> None:
+        """``r`` generated ``k`` more tokens: stream them if a chunk is due (the first token
+        at once, then every ``stream_interval`` tokens, and the last)."""
+        first = r.generated == 0
+        r.generated += k
+        r.unsent += k
+        self.generated_tokens += k
         done = r.generated >= r.output
-        if r.unsent >= self.stream_interval or done:
-            words = " ".join(r.rng.choice(_WORDS) for _ in range(r.unsent))
+        if first or r.unsent >= self.stream_interval or done:
+            words = " ".join(r.rng.choices(_WORDS, k=r.unsent))
             text = (" " + words) if r.generated > r.unsent else words
             chunk = Chunk(text=text, tokens=r.unsent)
             r.unsent = 0

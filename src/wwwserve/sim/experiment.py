@@ -293,7 +293,7 @@ def _node_model(scenario: Scenario, spec: NodeSpec) -> str:
 def _engines(scenario: Scenario, seed: int, executors: dict[str, str]) -> list[_Recorded]:
     return [_Recorded(SimEngine(get_profile(n.profile, n.backend),
                                 models=(_node_model(scenario, n),),
-                                seed=seed * 1000 + k, stream_interval=64), n.name, executors)
+                                seed=seed * 1000 + k, stream_interval=256), n.name, executors)
             for k, n in enumerate(scenario.nodes)]
 
 
