@@ -278,22 +278,24 @@ def _gateway_url(target: str) -> str:
     return f"http://{host}:{cfg.gateway.port}"
 
 
-async def _fetch_status(url: str, api_key: str | None) -> dict[str, object]:
+async def _fetch_json(url: str, path: str, api_key: str | None) -> dict[str, Any]:
+    """GET ``url + path`` from a node's gateway; one-line errors if it does not answer."""
     import openai
 
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key=api_key or "none",
-                                max_retries=0, timeout=5.0)
+                                max_retries=0, timeout=10.0)
     try:
-        status = await client.get(url + "/status", cast_to=object)
+        got = await client.get(url + path, cast_to=object)
     except openai.APIConnectionError:
         raise WWWServeError(f"no node answers at {url} (is it running?)") from None
     except openai.APIStatusError as exc:
-        raise WWWServeError(f"{url}/status answered HTTP {exc.status_code}") from None
+        raise WWWServeError(f"{url}{path} answered HTTP {exc.status_code}: "
+                            f"{exc.message}") from None
     finally:
         await client.close()
-    if not isinstance(status, dict):
-        raise WWWServeError(f"{url}/status did not answer a JSON object")
-    return status
+    if not isinstance(got, dict):
+        raise WWWServeError(f"{url}{path} did not answer a JSON object")
+    return got
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -301,7 +303,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     url = _gateway_url(args.target)
-    status = trio.run(_fetch_status, url, args.api_key)
+    status = trio.run(_fetch_json, url, "/status", args.api_key)
     if args.json:
         _print_json(status)
         return 0
@@ -311,14 +313,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     models = Table(title="models")
     for col in ("model", "healthy", "kv", "running", "queued"):
         models.add_column(col)
-    for m in status.get("models", []):  # type: ignore[attr-defined]
+    for m in status.get("models", []):
         models.add_row(m["model"], "yes" if m["healthy"] else "NO", f"{m['token_usage']:.0%}",
                        str(m["running"]), str(m["queued"]))
     console.print(models)
     peers = Table(title="peers")
     for col in ("peer id", "status", "stake", "credit", "models"):
         peers.add_column(col)
-    for p in status.get("peers", []):  # type: ignore[attr-defined]
+    for p in status.get("peers", []):
         pid = str(p["peer_id"])
         peers.add_row(f"{pid[:12]}…{pid[-6:]}", p["status"], f"{p['stake']:.1f}",
                       f"{p['credit']:.1f}", ", ".join(p["models"]))
@@ -421,25 +423,6 @@ def _open_chain(args: argparse.Namespace) -> tuple[Chain, Path]:
     return chain, store.path
 
 
-async def _fetch_ledger(url: str, api_key: str | None) -> dict[str, Any]:
-    import openai
-
-    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key=api_key or "none",
-                                max_retries=0, timeout=10.0)
-    try:
-        view = await client.get(url + "/ledger", cast_to=object)
-    except openai.APIConnectionError:
-        raise WWWServeError(f"no node answers at {url} (is it running?)") from None
-    except openai.APIStatusError as exc:
-        raise WWWServeError(f"{url}/ledger answered HTTP {exc.status_code}: "
-                            f"{exc.message}") from None
-    finally:
-        await client.close()
-    if not isinstance(view, dict):
-        raise WWWServeError(f"{url}/ledger did not answer a JSON object")
-    return view
-
-
 def cmd_ledger(args: argparse.Namespace) -> int:
     from .ledger import credits
     from .ledger.service import ledger_view
@@ -449,7 +432,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         if args.action == "verify":
             raise ConfigError("verify replays a block file: give the node's config or "
                               "--data-dir and --genesis, not a URL")
-        view = trio.run(_fetch_ledger, _gateway_url(args.config), args.api_key)
+        view = trio.run(_fetch_json, _gateway_url(args.config), "/ledger", args.api_key)
         source = args.config
     else:
         chain, path = _open_chain(args)
