@@ -488,6 +488,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         results_json,
         run_strategy,
         summary_markdown,
+        write_plots,
     )
 
     if args.list or args.scenario is None:
@@ -525,8 +526,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
              f"time: {n * len(strategies) / max(wall, 1e-9):.0f} requests per wall second, "
              f"virtual/wall time {scenario.duration * len(strategies) / max(wall, 1e-9):.0f}x\n")
     (out / "summary.md").write_text(summary + speed)
+    plots = write_plots(scenario, runs, out)
     print(summary + speed)
-    print(f"wrote {out}/results.json and {out}/summary.md")
+    print(f"wrote {out}/results.json, {out}/summary.md and "
+          f"{', '.join(p.name for p in plots)}")
     return 0
 
 

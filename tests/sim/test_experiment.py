@@ -97,6 +97,8 @@ def test_cli_writes_results_and_summary(tmp_path, capsys):
     doc = json.loads((out / "results.json").read_text())
     assert set(doc["strategies"]) == {"single", "centralized"}
     assert "| centralized |" in (out / "summary.md").read_text()
+    for png in ("slo_attainment.png", "latency_cdf.png", "latency_over_time.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     assert "requests per wall second" in capsys.readouterr().out
     assert main(["simulate", "--list"]) == 0
     assert "fluctuating" in capsys.readouterr().out

@@ -483,3 +483,58 @@ def summary_markdown(scenario: Scenario, runs: dict[str, list[Record]]) -> str:
                      + f" | {f(s['latency_mean_s'])} | {f(s['latency_p90_s'])} | "
                      f"{f(s['ttft_p50_s'])} | {s['offloaded']} | {failed} |")
     return "\n".join(lines) + "\n"
+
+
+def write_plots(scenario: Scenario, runs: dict[str, list[Record]], out: Path) -> list[Path]:
+    """PNG figures of a run: SLO attainment curves, latency CDFs, latency over time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    lo, hi = min(scenario.slo_thresholds), max(scenario.slo_thresholds)
+    grid = [lo + (hi - lo) * i / 50 for i in range(51)]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, recs in runs.items():
+        curve = summarize(recs, grid)["slo_attainment"]
+        ax.plot(grid, list(curve.values()), label=name)
+    ax.set_xlabel("SLO: end-to-end latency threshold (s)")
+    ax.set_ylabel("SLO attainment (share of all requests)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{scenario.name}: SLO attainment")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    written.append(out / "slo_attainment.png")
+    fig.savefig(written[-1], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, recs in runs.items():
+        lat = sorted(x for x in (r.latency for r in recs) if x is not None)
+        if lat:
+            ax.plot(lat, [(i + 1) / len(recs) for i in range(len(lat))], label=name)
+    ax.set_xlabel("end-to-end latency (s)")
+    ax.set_ylabel("share of requests")
+    ax.set_title(f"{scenario.name}: latency CDF")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    written.append(out / "latency_cdf.png")
+    fig.savefig(written[-1], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, recs in runs.items():
+        pts = [(r.submit, r.latency) for r in recs if r.latency is not None]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=6, label=name, alpha=0.6)
+    if scenario.switch_at is not None:
+        ax.axvline(scenario.switch_at, color="grey", linestyle="--", label="rates swap")
+    ax.set_xlabel("submitted at (s)")
+    ax.set_ylabel("end-to-end latency (s)")
+    ax.set_title(f"{scenario.name}: latency over time")
+    ax.legend(markerscale=3)
+    ax.grid(alpha=0.3)
+    written.append(out / "latency_over_time.png")
+    fig.savefig(written[-1], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return written
