@@ -102,3 +102,21 @@ def test_cli_writes_results_and_summary(tmp_path, capsys):
     assert "requests per wall second" in capsys.readouterr().out
     assert main(["simulate", "--list"]) == 0
     assert "fluctuating" in capsys.readouterr().out
+
+
+def test_dynamic_participation_a_join_helps_and_a_leave_loses_nothing():
+    scenario = load_scenario("dynamic")
+    records = run_strategy(scenario, "decentralized", seed=0)
+    assert records and all(r.outcome == "ok" for r in records)  # nothing lost to leaves
+
+    def mean_latency(lo: float, hi: float) -> float:
+        values = [r.latency for r in records if r.latency is not None and lo <= r.submit < hi]
+        return sum(values) / len(values)
+
+    # the H100 joins at 200 s: latency falls while it serves
+    assert mean_latency(220, 320) < 0.9 * mean_latency(100, 200)
+    spec = {n.name: n for n in scenario.nodes}
+    for r in records:
+        assert spec[r.origin].present(r.submit)  # users come and go with their provider
+        if r.executor == "h100":
+            assert 200 <= r.submit < 400  # it took work only while it was in

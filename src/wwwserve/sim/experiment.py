@@ -50,6 +50,7 @@ from ..config import (
 from ..engines import Chunk, CompletionRequest, EngineLoad, SimEngine, Usage, get_profile
 from ..engines.base import Emit
 from ..errors import ConfigError, WWWServeError
+from ..market import CreditBook
 from ._determinism import seed_trio_scheduler
 
 __all__ = ["STRATEGIES", "NodeSpec", "Record", "Scenario", "list_scenarios", "load_scenario",
@@ -77,6 +78,14 @@ class NodeSpec:
     #: share of the trace's requests they send
     trace_shift: float = 0.0
     trace_scale: float = 1.0
+    #: dynamic participation: when the provider joins and (gracefully) leaves; its users
+    #: send requests only while it is in
+    join_at: float = 0.0
+    leave_at: float | None = None
+
+    def present(self, t: float) -> bool:
+        """True if the provider is in the network at ``t``."""
+        return self.join_at <= t and (self.leave_at is None or t < self.leave_at)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,6 +112,13 @@ class Scenario:
             raise ConfigError("nodes: a scenario needs at least 2 nodes")
         if len({n.name for n in self.nodes}) != len(self.nodes):
             raise ConfigError("nodes: names must be unique")
+        first = self.nodes[0]
+        if first.join_at != 0 or first.leave_at is not None:
+            raise ConfigError("nodes[0]: the first node bootstraps the others; it must be in "
+                              "from the start to the end (no join_at, no leave_at)")
+        for i, n in enumerate(self.nodes):
+            if not 0 <= n.join_at < (n.leave_at if n.leave_at is not None else self.duration):
+                raise ConfigError(f"nodes[{i}]: need 0 <= join_at < leave_at <= duration")
         if self.workload not in ("poisson", "azure-conv"):
             raise ConfigError(f"workload: must be poisson or azure-conv, got {self.workload!r}")
 
@@ -192,7 +208,8 @@ def make_workload(scenario: Scenario, seed: int) -> list[Arrival]:
     mu = math.log(max(1, scenario.output_tokens_mean)) - sigma * sigma / 2
     for k, node in enumerate(scenario.nodes):
         rng = random.Random(f"{seed}:arrivals:{node.name}")
-        t = 0.0
+        t = node.join_at
+        end = min(scenario.duration, node.leave_at or scenario.duration)
         i = 0
         while True:
             switched = scenario.switch_at is not None and t >= scenario.switch_at
@@ -204,7 +221,7 @@ def make_workload(scenario: Scenario, seed: int) -> list[Arrival]:
                     continue
                 break
             t += rng.expovariate(rate)
-            if t >= scenario.duration:
+            if t >= end:
                 break
             out = max(1, min(scenario.output_tokens_max, round(rng.lognormvariate(mu, sigma))))
             prompt = max(1, round(scenario.prompt_tokens * rng.uniform(0.5, 1.5)))
@@ -244,7 +261,7 @@ def _trace_workload(scenario: Scenario, seed: int) -> list[Arrival]:
         picked = []
         for t, ctx, gen in trace:
             at = (t - node.trace_shift) % TRACE_HOUR
-            if at < scenario.duration and rng.random() < node.trace_scale:
+            if at < scenario.duration and node.present(at) and rng.random() < node.trace_scale:
                 picked.append((at, ctx, gen))
         picked.sort()
         for i, (at, ctx, gen) in enumerate(picked):
@@ -298,10 +315,11 @@ def _engines(scenario: Scenario, seed: int, executors: dict[str, str]) -> list[_
 
 
 # ---- strategies ---------------------------------------------------------------------------
-def _central_choice(engines: Sequence[_Recorded], origin: int) -> int:
+def _central_choice(engines: Sequence[_Recorded], origin: int,
+                    present: Callable[[int], bool]) -> int:
     if engines[origin].load().token_usage < CENTRAL_THRESHOLD:
         return origin
-    return min(range(len(engines)), key=lambda k: (
+    return min((k for k in range(len(engines)) if present(k)), key=lambda k: (
         engines[k].load().token_usage, engines[k].load().running + engines[k].load().queued, k))
 
 
@@ -329,32 +347,42 @@ async def _run(scenario: Scenario, strategy: str, seed: int,
     engines = _engines(scenario, seed, executors)
     records = {a.request_id: Record(a.request_id, scenario.nodes[a.origin].name, a.time)
                for a in arrivals}
+    t0 = [0.0]  # the run's start, once the (simulated) network is up
+
+    def present(k: int) -> bool:
+        return scenario.nodes[k].present(trio.current_time() - t0[0])
+
     async with trio.open_nursery() as nursery:
         for e in engines:
             await nursery.start(e.run)
         submitters: list[Callable[[CompletionRequest, Emit], Any]]
+        network: _SimNetwork | None = None
         if strategy == "decentralized":
-            submitters = await _start_nodes(nursery, scenario, engines, seed)
+            network = _SimNetwork(scenario, engines, seed, records)
+            await network.start(nursery)
+            submitters = [network.submitter(k) for k in range(len(engines))]
         elif strategy == "single":
             submitters = [e.generate for e in engines]
         elif strategy == "oracle":
             def oracle(request: CompletionRequest, emit: Emit) -> Any:
                 size = (request.prompt_tokens(), request.max_tokens)
-                best = min(range(len(engines)), key=lambda k: (
+                best = min((k for k in range(len(engines)) if present(k)), key=lambda k: (
                     engines[k].engine.estimate_completion(*size), k))
                 return engines[best].generate(request, emit)
             submitters = [oracle] * len(engines)
         elif strategy == "centralized":
             def central(origin: int) -> Callable[[CompletionRequest, Emit], Any]:
                 async def submit(request: CompletionRequest, emit: Emit) -> Usage:
-                    return await engines[_central_choice(engines, origin)].generate(request,
-                                                                                     emit)
+                    choice = _central_choice(engines, origin, present)
+                    return await engines[choice].generate(request, emit)
                 return submit
             submitters = [central(k) for k in range(len(engines))]
         else:
             raise ConfigError(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
-        start = trio.current_time()
+        start = t0[0] = trio.current_time()
         async with trio.open_nursery() as users:
+            if network is not None:
+                network.schedule(users, start)
             for a in arrivals:
                 await trio.sleep_until(start + a.time)
                 if progress is not None:
@@ -367,38 +395,99 @@ async def _run(scenario: Scenario, strategy: str, seed: int,
     return [records[a.request_id] for a in arrivals]
 
 
-async def _start_nodes(nursery: trio.Nursery, scenario: Scenario, engines: list[_Recorded],
-                       seed: int) -> list[Callable[[CompletionRequest, Emit], Any]]:
-    from ..identity import Identity
-    from ..market import CreditBook
-    from ..node import Node
+class _SimNetwork:
+    """The decentralized world: real nodes over a memory network, joining and leaving."""
 
-    net = await nursery.start(_network, seed)
-    book = CreditBook(shared=True)
-    params = MembershipParams(heartbeat_interval=1.0, suspect_timeout=3.0, peer_timeout=6.0)
-    nodes: list[Node] = []
-    for k, spec in enumerate(scenario.nodes):
-        ident = Identity.from_seed(random.Random(f"{seed}:id:{spec.name}").randbytes(32))
-        boot = (nodes[0].addresses[0],) if nodes else ()
+    def __init__(self, scenario: Scenario, engines: list[_Recorded], seed: int,
+                 records: dict[str, Record]) -> None:
+        self.scenario = scenario
+        self.engines = engines
+        self.seed = seed
+        self.records = records
+        self.nodes: list[Any] = [None] * len(engines)
+        self.up = [trio.Event() for _ in engines]
+        self.scopes: list[trio.CancelScope] = [trio.CancelScope() for _ in engines]
+        self.book = CreditBook(shared=True)
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Start the network and the nodes that are in from the beginning."""
+        self.net = await nursery.start(_network, self.seed)
+        self.nursery = nursery
+        for k, spec in enumerate(self.scenario.nodes):
+            if spec.join_at == 0:
+                await self.join(k)
+        # virtual time: heartbeats spread, stakes are re-targeted, models reach peer tables
+        await trio.sleep(10.0)
+        present = [n for n in self.nodes if n is not None]
+        if not all(len(n.peers) == len(present) - 1 for n in present):
+            raise WWWServeError("the simulated network did not form within 10 s")
+
+    async def join(self, k: int) -> None:
+        """Create node ``k`` and start it (bootstrapping through node 0)."""
+        from ..identity import Identity
+        from ..node import Node
+
+        scenario, spec = self.scenario, self.scenario.nodes[k]
+        ident = Identity.from_seed(random.Random(f"{self.seed}:id:{spec.name}").randbytes(32))
+        boot = (self.nodes[0].addresses[0],) if k else ()
         cfg = NodeConfig(
             server_params=ServerParams(offload_frequency=spec.offload_frequency,
                                        queue_frequency=spec.queue_frequency,
                                        accept_frequency=spec.accept_frequency),
             models=(ModelConfig(model_path=_node_model(scenario, spec), engine="sim"),),
-            network=NetworkParams(network_id="sim", bootstrap=boot), membership=params,
+            network=NetworkParams(network_id="sim", bootstrap=boot),
+            membership=MembershipParams(heartbeat_interval=1.0, suspect_timeout=3.0,
+                                        peer_timeout=6.0),
             gateway=GatewayParams(enabled=False))
-        node = Node(cfg, identity=ident, overlay=net.node(ident),
-                    engines={_node_model(scenario, spec): engines[k]},
-                    credit=book.open(ident.peer_id, 1e9, 0.0), wall_clock=trio_wall_clock(),
-                    rng=random.Random(f"{seed}:node:{spec.name}"))
-        await nursery.start(node.run)
+        node = Node(cfg, identity=ident, overlay=self.net.node(ident),
+                    engines={_node_model(scenario, spec): self.engines[k]},
+                    credit=self.book.open(ident.peer_id, 1e9, 0.0),
+                    wall_clock=trio_wall_clock(),
+                    rng=random.Random(f"{self.seed}:node:{spec.name}"))
+        self.nodes[k] = node
+        await self.nursery.start(self._run_node, k, node)
         node.dispatcher.models[0].target_token_usage = spec.target_token_usage
-        nodes.append(node)
-    # virtual time: heartbeats spread, stakes are re-targeted, models appear in peer tables
-    await trio.sleep(10.0)
-    if not all(len(n.peers) == len(nodes) - 1 for n in nodes):
-        raise WWWServeError("the simulated network did not form within 10 s")
-    return [n.submit for n in nodes]
+        self.up[k].set()
+
+    async def _run_node(self, k: int, node: Any, *,
+                        task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with self.scopes[k]:
+            await node.run(task_status=task_status)
+
+    async def leave(self, k: int) -> None:
+        """Leave gracefully: take no new work, finish what is running, then go."""
+        node = self.nodes[k]
+        policy = node.dispatcher.policy
+        policy.accept = lambda view, rng: None
+        policy.target_stake = lambda view: 0.0
+        node.credit.set_stake(0.0)
+        name = self.scenario.nodes[k].name
+        while True:  # bounded by the run's drain time: every request has a deadline
+            load = self.engines[k].load()
+            mine = any(r.origin == name and r.finish is None for r in self.records.values())
+            if not mine and load.running == 0 and load.queued == 0:
+                break
+            await trio.sleep(1.0)
+        self.scopes[k].cancel()
+
+    def schedule(self, nursery: trio.Nursery, start: float) -> None:
+        """Joins and leaves at their times (relative to ``start``)."""
+        async def at(t: float, action: Callable[[int], Any], k: int) -> None:
+            await trio.sleep_until(start + t)
+            await action(k)
+
+        for k, spec in enumerate(self.scenario.nodes):
+            if spec.join_at > 0:
+                nursery.start_soon(at, spec.join_at, self.join, k)
+            if spec.leave_at is not None:
+                nursery.start_soon(at, spec.leave_at, self.leave, k)
+
+    def submitter(self, k: int) -> Callable[[CompletionRequest, Emit], Any]:
+        async def submit(request: CompletionRequest, emit: Emit) -> Usage:
+            await self.up[k].wait()
+            usage: Usage = await self.nodes[k].submit(request, emit)
+            return usage
+        return submit
 
 
 async def _network(seed: int, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -529,6 +618,11 @@ def write_plots(scenario: Scenario, runs: dict[str, list[Record]], out: Path) ->
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=6, label=name, alpha=0.6)
     if scenario.switch_at is not None:
         ax.axvline(scenario.switch_at, color="grey", linestyle="--", label="rates swap")
+    for spec in scenario.nodes:
+        if spec.join_at > 0:
+            ax.axvline(spec.join_at, color="green", linestyle=":", label=f"{spec.name} joins")
+        if spec.leave_at is not None:
+            ax.axvline(spec.leave_at, color="red", linestyle=":", label=f"{spec.name} leaves")
     ax.set_xlabel("submitted at (s)")
     ax.set_ylabel("end-to-end latency (s)")
     ax.set_title(f"{scenario.name}: latency over time")
