@@ -485,15 +485,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         list_scenarios,
         load_scenario,
         make_workload,
+        per_node_markdown,
         results_json,
         run_strategy,
         summary_markdown,
+        write_per_node_plot,
         write_plots,
+        write_sweep_plot,
     )
 
     if args.list or args.scenario is None:
         for name, description in list_scenarios().items():
-            print(f"{name:<16} {description}")
+            print(f"{name:<22} {description}")
         return 0
     scenario = load_scenario(args.scenario)
     strategies = [x.strip() for x in args.strategies.split(",") if x.strip()]
@@ -501,32 +504,45 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         if st not in STRATEGIES:
             raise ConfigError(f"--strategies: unknown strategy {st!r}; one of "
                               f"{', '.join(STRATEGIES)}")
+    sweep = scenario.sweep
+    # a sweep runs the decentralized strategy once per value (runs named by the value)
+    plan = [(f"{sweep.param}={v:g}", "decentralized", sweep.apply(scenario, v))
+            for v in sweep.values] if sweep is not None else \
+        [(st, st, scenario) for st in strategies]
     n = len(make_workload(scenario, args.seed))
     runs = {}
     wall = 0.0
-    with Progress(TextColumn("{task.description:<14}"), BarColumn(),
+    with Progress(TextColumn("{task.description:<24}"), BarColumn(),
                   TextColumn("{task.completed:.0f}/{task.total:.0f} s simulated"),
                   TimeElapsedColumn(), transient=not sys.stderr.isatty(),
                   disable=args.quiet) as progress:
-        for st in strategies:
-            task = progress.add_task(st, total=scenario.duration)
+        for label, st, sc in plan:
+            task = progress.add_task(label, total=sc.duration)
 
             def advance(now: float, task: TaskID = task) -> None:
                 progress.update(task, completed=now)
 
             t = time.perf_counter()
-            runs[st] = run_strategy(scenario, st, args.seed, progress=advance)
+            runs[label] = run_strategy(sc, st, args.seed, progress=advance)
             wall += time.perf_counter() - t
-            progress.update(task, completed=scenario.duration)
+            progress.update(task, completed=sc.duration)
     out = Path(args.out or f"results/{scenario.name}-seed{args.seed}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(results_json(scenario, args.seed, runs))
     summary = summary_markdown(scenario, runs)
-    speed = (f"\n{n} requests x {len(strategies)} strategies simulated in {wall:.1f} s of wall "
-             f"time: {n * len(strategies) / max(wall, 1e-9):.0f} requests per wall second, "
-             f"virtual/wall time {scenario.duration * len(strategies) / max(wall, 1e-9):.0f}x\n")
+    for label, st, sc in plan:
+        if st == "decentralized":
+            summary += f"\n## Providers ({label})\n\n" + per_node_markdown(sc, runs[label])
+    speed = (f"\n{n} requests x {len(plan)} runs simulated in {wall:.1f} s of wall "
+             f"time: {n * len(plan) / max(wall, 1e-9):.0f} requests per wall second, "
+             f"virtual/wall time {scenario.duration * len(plan) / max(wall, 1e-9):.0f}x\n")
     (out / "summary.md").write_text(summary + speed)
     plots = write_plots(scenario, runs, out)
+    if sweep is not None:
+        plots.append(write_sweep_plot(scenario, sweep, {
+            v: runs[label] for v, (label, _, _) in zip(sweep.values, plan, strict=True)}, out))
+    elif "decentralized" in runs:
+        plots.append(write_per_node_plot(scenario, runs["decentralized"], out))
     print(summary + speed)
     print(f"wrote {out}/results.json, {out}/summary.md and "
           f"{', '.join(p.name for p in plots)}")

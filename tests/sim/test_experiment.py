@@ -120,3 +120,27 @@ def test_dynamic_participation_a_join_helps_and_a_leave_loses_nothing():
         assert spec[r.origin].present(r.submit)  # users come and go with their provider
         if r.executor == "h100":
             assert 200 <= r.submit < 400  # it took work only while it was in
+
+
+def test_work_taken_from_the_market_follows_stake():
+    from wwwserve.sim.experiment import per_node
+
+    scenario = load_scenario("policy-stake")
+    rows = per_node(scenario, run_strategy(scenario, "decentralized", seed=0))
+    taken = [r["executed_for_others"] for r in rows[1:]]  # stakes 5, 10, 20, 40
+    assert taken == sorted(taken) and taken[0] > 0 and taken[-1] > 3 * taken[0]
+    assert rows[0]["executed_for_others"] == 0  # accept_frequency 0: never executes for others
+
+
+def test_a_sweep_changes_one_setting_of_the_chosen_nodes(tmp_path):
+    from wwwserve.sim.experiment import Sweep
+
+    scenario = load_scenario("policy-offload")
+    assert scenario.sweep is not None and scenario.sweep.param == "offload_frequency"
+    one = Sweep(param="accept_frequency", values=(0.3,), nodes=("b",)).apply(scenario, 0.3)
+    assert [n.accept_frequency for n in one.nodes] == [0.8, 0.3, 0.8, 0.8]
+    assert one.sweep is None
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nnodes: [{name: a}, {name: b}]\nsweep: {param: colour, values: [1]}\n")
+    with pytest.raises(ConfigError, match=r"sweep\.param: must be one of"):
+        load_scenario(str(bad))

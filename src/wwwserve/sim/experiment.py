@@ -82,10 +82,41 @@ class NodeSpec:
     #: send requests only while it is in
     join_at: float = 0.0
     leave_at: float | None = None
+    #: a fixed stake (credits) instead of the policy's load-driven one (decentralized only)
+    stake: float | None = None
 
     def present(self, t: float) -> bool:
         """True if the provider is in the network at ``t``."""
         return self.join_at <= t and (self.leave_at is None or t < self.leave_at)
+
+
+SWEEPABLE = ("offload_frequency", "queue_frequency", "accept_frequency",
+             "target_token_usage", "stake")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sweep:
+    """Run the decentralized strategy once per value of one node setting."""
+
+    param: str
+    values: tuple[float, ...]
+    #: the nodes the value applies to (default: all)
+    nodes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.param not in SWEEPABLE:
+            raise ConfigError(f"param: must be one of {', '.join(SWEEPABLE)}, got "
+                              f"{self.param!r}")
+        if not self.values:
+            raise ConfigError("values: give at least one value")
+
+    def apply(self, scenario: Scenario, value: float) -> Scenario:
+        """``scenario`` with the swept setting at ``value``."""
+        change: dict[str, Any] = {self.param: value}
+        nodes = tuple(dataclasses.replace(n, **change)
+                      if not self.nodes or n.name in self.nodes else n
+                      for n in scenario.nodes)
+        return dataclasses.replace(scenario, nodes=nodes, sweep=None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,6 +137,7 @@ class Scenario:
     slo_thresholds: tuple[float, ...] = (10.0, 30.0, 60.0)
     drain: float = 1800.0
     nodes: tuple[NodeSpec, ...] = field(default_factory=tuple)
+    sweep: Sweep | None = None
 
     def __post_init__(self) -> None:
         if len(self.nodes) < 2:
@@ -447,6 +479,9 @@ class _SimNetwork:
         self.nodes[k] = node
         await self.nursery.start(self._run_node, k, node)
         node.dispatcher.models[0].target_token_usage = spec.target_token_usage
+        if spec.stake is not None:  # re-targeted within a second, before any user request
+            fixed = spec.stake
+            node.dispatcher.policy.target_stake = lambda view: fixed  # type: ignore[method-assign]
         self.up[k].set()
 
     async def _run_node(self, k: int, node: Any, *,
@@ -572,6 +607,83 @@ def summary_markdown(scenario: Scenario, runs: dict[str, list[Record]]) -> str:
                      + f" | {f(s['latency_mean_s'])} | {f(s['latency_p90_s'])} | "
                      f"{f(s['ttft_p50_s'])} | {s['offloaded']} | {failed} |")
     return "\n".join(lines) + "\n"
+
+
+def per_node(scenario: Scenario, records: Sequence[Record]) -> list[dict[str, Any]]:
+    """Per provider: its settings, its users' requests and latency, the work it executed."""
+    rows = []
+    for spec in scenario.nodes:
+        mine = [r for r in records if r.origin == spec.name]
+        lat = [r.latency for r in mine if r.latency is not None]
+        rows.append({
+            "node": spec.name, "profile": spec.profile, "stake": spec.stake,
+            "accept_frequency": spec.accept_frequency,
+            "offload_frequency": spec.offload_frequency,
+            "requests": len(mine),
+            "executed_own": sum(1 for r in records if r.executor == spec.name
+                                and r.origin == spec.name),
+            "executed_for_others": sum(1 for r in records if r.executor == spec.name
+                                       and r.origin != spec.name),
+            "latency_mean_s": sum(lat) / len(lat) if lat else None})
+    return rows
+
+
+def per_node_markdown(scenario: Scenario, records: Sequence[Record]) -> str:
+    """The :func:`per_node` rows as a markdown table."""
+    lines = ["| node | profile | stake | accept | requests | ran own | ran for others "
+             "| mean latency (s) |", "|---|---|---|---|---|---|---|---|"]
+    for r in per_node(scenario, records):
+        lat = "-" if r["latency_mean_s"] is None else f"{r['latency_mean_s']:.1f}"
+        stake = "policy" if r["stake"] is None else f"{r['stake']:g}"
+        lines.append(f"| {r['node']} | {r['profile']} | {stake} | {r['accept_frequency']:g} "
+                     f"| {r['requests']} | {r['executed_own']} | {r['executed_for_others']} "
+                     f"| {lat} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_sweep_plot(scenario: Scenario, sweep: Sweep, results: dict[float, list[Record]],
+                     out: Path) -> Path:
+    """SLO attainment at each threshold against the swept value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    values = sorted(results)
+    for t in scenario.slo_thresholds:
+        ys = [summarize(results[v], [t])["slo_attainment"][f"{t:g}"] for v in values]
+        ax.plot(values, ys, marker="o", label=f"SLO {t:g} s")
+    ax.set_xlabel(sweep.param)
+    ax.set_ylabel("SLO attainment (decentralized)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{scenario.name}: SLO attainment vs {sweep.param}")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    path = out / f"slo_vs_{sweep.param}.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def write_per_node_plot(scenario: Scenario, records: Sequence[Record], out: Path) -> Path:
+    """Requests each provider ran for others, labelled with its stake and accept frequency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = per_node(scenario, records)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    labels = [f"{r['node']}\nstake {'policy' if r['stake'] is None else format(r['stake'], 'g')}"
+              f"\naccept {r['accept_frequency']:g}" for r in rows]
+    ax.bar(labels, [r["executed_for_others"] for r in rows])
+    ax.set_ylabel("requests run for other providers")
+    ax.set_title(f"{scenario.name}: work taken from the market")
+    path = out / "per_node.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def write_plots(scenario: Scenario, runs: dict[str, list[Record]], out: Path) -> list[Path]:
