@@ -24,6 +24,7 @@ from .identity import Identity, load_or_create_identity
 
 if TYPE_CHECKING:
     from .ledger import Chain
+    from .sim.experiment import Scenario
 
 __all__ = ["main"]
 
@@ -476,14 +477,43 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from .sim.experiment import STRATEGIES, list_scenarios, load_scenario
+
+    if args.list or args.scenario is None:
+        for name, description in list_scenarios().items():
+            print(f"{name:<22} {description}")
+        print(f"{'paper':<22} every scenario above, into one report folder")
+        return 0
+    strategies = [x.strip() for x in args.strategies.split(",") if x.strip()]
+    for st in strategies:
+        if st not in STRATEGIES:
+            raise ConfigError(f"--strategies: unknown strategy {st!r}; one of "
+                              f"{', '.join(STRATEGIES)}")
+    if args.scenario == "paper":
+        root = Path(args.out or f"results/paper-seed{args.seed}")
+        index = [f"# wwwserve simulate paper (seed {args.seed})", ""]
+        for name in list_scenarios():
+            text = _simulate_one(load_scenario(name), strategies, args.seed, root / name,
+                                 args.quiet)
+            index += [f"## [{name}]({name}/summary.md)", "", text.split("\n", 3)[3], ""]
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "README.md").write_text("\n".join(index))
+        print(f"wrote {root}/README.md and one folder per scenario")
+        return 0
+    scenario = load_scenario(args.scenario)
+    _simulate_one(scenario, strategies, args.seed,
+                  Path(args.out or f"results/{scenario.name}-seed{args.seed}"), args.quiet)
+    return 0
+
+
+def _simulate_one(scenario: Scenario, strategies: list[str], seed: int, out: Path,
+                  quiet: bool) -> str:
+    """Run one scenario, write its folder, print and return its summary."""
     import time
 
     from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     from .sim.experiment import (
-        STRATEGIES,
-        list_scenarios,
-        load_scenario,
         make_workload,
         per_node_markdown,
         results_json,
@@ -494,41 +524,30 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         write_sweep_plot,
     )
 
-    if args.list or args.scenario is None:
-        for name, description in list_scenarios().items():
-            print(f"{name:<22} {description}")
-        return 0
-    scenario = load_scenario(args.scenario)
-    strategies = [x.strip() for x in args.strategies.split(",") if x.strip()]
-    for st in strategies:
-        if st not in STRATEGIES:
-            raise ConfigError(f"--strategies: unknown strategy {st!r}; one of "
-                              f"{', '.join(STRATEGIES)}")
     sweep = scenario.sweep
     # a sweep runs the decentralized strategy once per value (runs named by the value)
     plan = [(f"{sweep.param}={v:g}", "decentralized", sweep.apply(scenario, v))
             for v in sweep.values] if sweep is not None else \
         [(st, st, scenario) for st in strategies]
-    n = len(make_workload(scenario, args.seed))
+    n = len(make_workload(scenario, seed))
     runs = {}
     wall = 0.0
     with Progress(TextColumn("{task.description:<24}"), BarColumn(),
                   TextColumn("{task.completed:.0f}/{task.total:.0f} s simulated"),
                   TimeElapsedColumn(), transient=not sys.stderr.isatty(),
-                  disable=args.quiet) as progress:
+                  disable=quiet) as progress:
         for label, st, sc in plan:
-            task = progress.add_task(label, total=sc.duration)
+            task = progress.add_task(f"{scenario.name}: {label}", total=sc.duration)
 
             def advance(now: float, task: TaskID = task) -> None:
                 progress.update(task, completed=now)
 
             t = time.perf_counter()
-            runs[label] = run_strategy(sc, st, args.seed, progress=advance)
+            runs[label] = run_strategy(sc, st, seed, progress=advance)
             wall += time.perf_counter() - t
             progress.update(task, completed=sc.duration)
-    out = Path(args.out or f"results/{scenario.name}-seed{args.seed}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(results_json(scenario, args.seed, runs))
+    (out / "results.json").write_text(results_json(scenario, seed, runs))
     summary = summary_markdown(scenario, runs)
     for label, st, sc in plan:
         if st == "decentralized":
@@ -546,7 +565,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(summary + speed)
     print(f"wrote {out}/results.json, {out}/summary.md and "
           f"{', '.join(p.name for p in plots)}")
-    return 0
+    return summary + speed
 
 
 # ---- entry point ------------------------------------------------------------------------
