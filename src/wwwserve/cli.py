@@ -24,7 +24,7 @@ from .identity import Identity, load_or_create_identity
 
 if TYPE_CHECKING:
     from .ledger import Chain
-    from .sim.experiment import Scenario
+    from .sim.experiment import Scenario, Timelines
 
 __all__ = ["main"]
 
@@ -522,6 +522,7 @@ def _simulate_one(scenario: Scenario, strategies: list[str], seed: int, out: Pat
         write_per_node_plot,
         write_plots,
         write_sweep_plot,
+        write_timeline_plot,
     )
 
     sweep = scenario.sweep
@@ -531,6 +532,7 @@ def _simulate_one(scenario: Scenario, strategies: list[str], seed: int, out: Pat
         [(st, st, scenario) for st in strategies]
     n = len(make_workload(scenario, seed))
     runs = {}
+    lines: dict[str, Timelines] = {}
     wall = 0.0
     with Progress(TextColumn("{task.description:<24}"), BarColumn(),
                   TextColumn("{task.completed:.0f}/{task.total:.0f} s simulated"),
@@ -543,11 +545,12 @@ def _simulate_one(scenario: Scenario, strategies: list[str], seed: int, out: Pat
                 progress.update(task, completed=now)
 
             t = time.perf_counter()
-            runs[label] = run_strategy(sc, st, seed, progress=advance)
+            lines[label] = {}
+            runs[label] = run_strategy(sc, st, seed, progress=advance, timelines=lines[label])
             wall += time.perf_counter() - t
             progress.update(task, completed=sc.duration)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(results_json(scenario, seed, runs))
+    (out / "results.json").write_text(results_json(scenario, seed, runs, lines))
     summary = summary_markdown(scenario, runs)
     for label, st, sc in plan:
         if st == "decentralized":
@@ -562,6 +565,8 @@ def _simulate_one(scenario: Scenario, strategies: list[str], seed: int, out: Pat
             v: runs[label] for v, (label, _, _) in zip(sweep.values, plan, strict=True)}, out))
     elif "decentralized" in runs:
         plots.append(write_per_node_plot(scenario, runs["decentralized"], out))
+        plots.append(write_timeline_plot(scenario, lines["decentralized"], out,
+                                         "decentralized"))
     print(summary + speed)
     print(f"wrote {out}/results.json, {out}/summary.md and "
           f"{', '.join(p.name for p in plots)}")

@@ -96,6 +96,9 @@ def test_cli_writes_results_and_summary(tmp_path, capsys):
                  "--strategies", "single,centralized"]) == 0
     doc = json.loads((out / "results.json").read_text())
     assert set(doc["strategies"]) == {"single", "centralized"}
+    line = doc["strategies"]["single"]["timelines"]["a"]  # a sample every 5 s
+    assert len(line) >= 120 / 5 and all(len(row) == 6 for row in line)
+    assert max(row[2] for row in line) > 0  # node a's engine was running requests
     assert "| centralized |" in (out / "summary.md").read_text()
     for png in ("slo_attainment.png", "latency_cdf.png", "latency_over_time.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
@@ -145,3 +148,13 @@ def test_a_sweep_changes_one_setting_of_the_chosen_nodes(tmp_path):
     bad.write_text("name: x\nnodes: [{name: a}, {name: b}]\nsweep: {param: colour, values: [1]}\n")
     with pytest.raises(ConfigError, match=r"sweep\.param: must be one of"):
         load_scenario(str(bad))
+
+
+def test_timelines_follow_stake_and_load_in_the_network():
+    scenario = load_scenario(TINY)
+    lines: dict = {}
+    run_strategy(scenario, "decentralized", seed=3, timelines=lines)
+    assert set(lines) == {"a", "b", "c"}
+    # the idle providers stake more than the busy one (the default policy)
+    mid = len(lines["a"]) // 2
+    assert lines["b"][mid][4] > lines["a"][mid][4]

@@ -372,7 +372,8 @@ async def _serve(records: dict[str, Record], request: CompletionRequest, start: 
 
 
 async def _run(scenario: Scenario, strategy: str, seed: int,
-               progress: Callable[[float], None] | None) -> list[Record]:
+               progress: Callable[[float], None] | None,
+               timelines: Timelines | None = None) -> list[Record]:
     seed_trio_scheduler(seed)
     arrivals = make_workload(scenario, seed)
     executors: dict[str, str] = {}
@@ -412,6 +413,8 @@ async def _run(scenario: Scenario, strategy: str, seed: int,
         else:
             raise ConfigError(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
         start = t0[0] = trio.current_time()
+        if timelines is not None:
+            nursery.start_soon(_sample, scenario, engines, network, start, timelines)
         async with trio.open_nursery() as users:
             if network is not None:
                 network.schedule(users, start)
@@ -425,6 +428,24 @@ async def _run(scenario: Scenario, strategy: str, seed: int,
     for rec in records.values():
         rec.executor = executors.get(rec.request_id)
     return [records[a.request_id] for a in arrivals]
+
+
+async def _sample(scenario: Scenario, engines: list[_Recorded], network: _SimNetwork | None,
+                  start: float, timelines: Timelines) -> None:
+    """Record every node's load (and, in the network, stake and credit) periodically."""
+    for spec in scenario.nodes:
+        timelines[spec.name] = []
+    while True:
+        now = trio.current_time() - start
+        for k, spec in enumerate(scenario.nodes):
+            load = engines[k].load()
+            node = network.nodes[k] if network is not None else None
+            stake = node.credit.stake() if node is not None else 0.0
+            credit = node.credit.balance() if node is not None else 0.0
+            timelines[spec.name].append([round(now, 3), round(load.token_usage, 4),
+                                         load.running, load.queued, round(stake, 3),
+                                         round(credit, 3)])
+        await trio.sleep(TIMELINE_INTERVAL)
 
 
 class _SimNetwork:
@@ -533,10 +554,21 @@ async def _network(seed: int, *, task_status: Any = trio.TASK_STATUS_IGNORED) ->
         await trio.sleep_forever()
 
 
+Timelines = dict[str, list[list[float]]]
+#: Seconds of simulated time between two timeline samples.
+TIMELINE_INTERVAL = 5.0
+
+
 def run_strategy(scenario: Scenario, strategy: str, seed: int = 0, *,
-                 progress: Callable[[float], None] | None = None) -> list[Record]:
-    """Serve the scenario's workload with ``strategy`` in virtual time; one record each."""
-    return trio.run(_run, scenario, strategy, seed, progress,
+                 progress: Callable[[float], None] | None = None,
+                 timelines: Timelines | None = None) -> list[Record]:
+    """Serve the scenario's workload with ``strategy`` in virtual time; one record each.
+
+    With ``timelines``, it is filled per node with samples every :data:`TIMELINE_INTERVAL`
+    seconds: ``[time, token_usage, running, queued, stake, credit]`` (stake and credit are
+    the node's own in the decentralized strategy, 0 in the others).
+    """
+    return trio.run(_run, scenario, strategy, seed, progress, timelines,
                     clock=MockClock(autojump_threshold=0))
 
 
@@ -571,7 +603,8 @@ def summarize(records: Sequence[Record], thresholds: Sequence[float]) -> dict[st
     }
 
 
-def results_json(scenario: Scenario, seed: int, runs: dict[str, list[Record]]) -> str:
+def results_json(scenario: Scenario, seed: int, runs: dict[str, list[Record]],
+                 timelines: dict[str, Timelines] | None = None) -> str:
     """The whole run as canonical JSON (byte-identical for the same scenario and seed)."""
     def rnd(x: float | None) -> float | None:
         return None if x is None else round(x, 6)
@@ -583,7 +616,8 @@ def results_json(scenario: Scenario, seed: int, runs: dict[str, list[Record]]) -
                    "requests": [{"id": r.request_id, "origin": r.origin,
                                  "executor": r.executor, "submit": rnd(r.submit),
                                  "first_token": rnd(r.first_token), "finish": rnd(r.finish),
-                                 "outcome": r.outcome} for r in recs]}
+                                 "outcome": r.outcome} for r in recs],
+                   "timelines": (timelines or {}).get(name, {})}
             for name, recs in runs.items()},
     }
     return json.dumps(doc, indent=1, sort_keys=True, default=str)
@@ -681,6 +715,32 @@ def write_per_node_plot(scenario: Scenario, records: Sequence[Record], out: Path
     ax.set_ylabel("requests run for other providers")
     ax.set_title(f"{scenario.name}: work taken from the market")
     path = out / "per_node.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def write_timeline_plot(scenario: Scenario, timelines: Timelines, out: Path,
+                        title: str) -> Path:
+    """Running requests and stake per node over time (one run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    for name, rows in timelines.items():
+        ts = [r[0] for r in rows]
+        top.plot(ts, [r[2] for r in rows], label=name)
+        bottom.plot(ts, [r[4] for r in rows], label=name)
+    top.set_ylabel("running requests")
+    bottom.set_ylabel("stake (credits)")
+    bottom.set_xlabel("time (s)")
+    top.set_title(f"{scenario.name}: {title}")
+    top.legend(fontsize="small")
+    top.grid(alpha=0.3)
+    bottom.grid(alpha=0.3)
+    path = out / "timeline.png"
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
