@@ -643,6 +643,22 @@ def summary_markdown(scenario: Scenario, runs: dict[str, list[Record]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (imported on first use: slow)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
 def per_node(scenario: Scenario, records: Sequence[Record]) -> list[dict[str, Any]]:
     """Per provider: its settings, its users' requests and latency, the work it executed."""
     rows = []
@@ -678,11 +694,7 @@ def per_node_markdown(scenario: Scenario, records: Sequence[Record]) -> str:
 def write_sweep_plot(scenario: Scenario, sweep: Sweep, results: dict[float, list[Record]],
                      out: Path) -> Path:
     """SLO attainment at each threshold against the swept value."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     values = sorted(results)
     for t in scenario.slo_thresholds:
@@ -694,19 +706,12 @@ def write_sweep_plot(scenario: Scenario, sweep: Sweep, results: dict[float, list
     ax.set_title(f"{scenario.name}: SLO attainment vs {sweep.param}")
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
-    path = out / f"slo_vs_{sweep.param}.png"
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"slo_vs_{sweep.param}.png")
 
 
 def write_per_node_plot(scenario: Scenario, records: Sequence[Record], out: Path) -> Path:
     """Requests each provider ran for others, labelled with its stake and accept frequency."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows = per_node(scenario, records)
     fig, ax = plt.subplots(figsize=(6, 4))
     labels = [f"{r['node']}\nstake {'policy' if r['stake'] is None else format(r['stake'], 'g')}"
@@ -714,20 +719,13 @@ def write_per_node_plot(scenario: Scenario, records: Sequence[Record], out: Path
     ax.bar(labels, [r["executed_for_others"] for r in rows])
     ax.set_ylabel("requests run for other providers")
     ax.set_title(f"{scenario.name}: work taken from the market")
-    path = out / "per_node.png"
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, out / "per_node.png")
 
 
 def write_timeline_plot(scenario: Scenario, timelines: Timelines, out: Path,
                         title: str) -> Path:
     """Running requests and stake per node over time (one run)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     for name, rows in timelines.items():
         ts = [r[0] for r in rows]
@@ -740,19 +738,12 @@ def write_timeline_plot(scenario: Scenario, timelines: Timelines, out: Path,
     top.legend(fontsize="small")
     top.grid(alpha=0.3)
     bottom.grid(alpha=0.3)
-    path = out / "timeline.png"
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, out / "timeline.png")
 
 
 def write_plots(scenario: Scenario, runs: dict[str, list[Record]], out: Path) -> list[Path]:
     """PNG figures of a run: SLO attainment curves, latency CDFs, latency over time."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     written = []
     lo, hi = min(scenario.slo_thresholds), max(scenario.slo_thresholds)
     grid = [lo + (hi - lo) * i / 50 for i in range(51)]
@@ -766,9 +757,7 @@ def write_plots(scenario: Scenario, runs: dict[str, list[Record]], out: Path) ->
     ax.set_title(f"{scenario.name}: SLO attainment")
     ax.legend()
     ax.grid(alpha=0.3)
-    written.append(out / "slo_attainment.png")
-    fig.savefig(written[-1], dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    written.append(_save(fig, out / "slo_attainment.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, recs in runs.items():
@@ -780,9 +769,7 @@ def write_plots(scenario: Scenario, runs: dict[str, list[Record]], out: Path) ->
     ax.set_title(f"{scenario.name}: latency CDF")
     ax.legend()
     ax.grid(alpha=0.3)
-    written.append(out / "latency_cdf.png")
-    fig.savefig(written[-1], dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    written.append(_save(fig, out / "latency_cdf.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, recs in runs.items():
@@ -800,7 +787,5 @@ def write_plots(scenario: Scenario, runs: dict[str, list[Record]], out: Path) ->
     ax.set_title(f"{scenario.name}: latency over time")
     ax.legend(markerscale=3)
     ax.grid(alpha=0.3)
-    written.append(out / "latency_over_time.png")
-    fig.savefig(written[-1], dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    written.append(_save(fig, out / "latency_over_time.png"))
     return written
