@@ -91,6 +91,8 @@ class Chain:
         self.finalized_height = 0
         #: pending transactions: id -> (transaction, expiry time)
         self.pool: dict[bytes, tuple[SignedTx, float]] = {}
+        #: the pool indexed by signer and nonce (id of the pending transaction)
+        self._pending: dict[str, dict[int, bytes]] = {}
         #: pairs of blocks one proposer signed for the same slot
         self.equivocations: list[tuple[Block, Block]] = []
         self.stats: dict[str, int] = {}
@@ -159,38 +161,54 @@ class Chain:
             raise InvalidTransactionError(
                 f"nonce {tx.nonce} is too far ahead (next {next_nonce})")
         # nonces are distinct and inside the window: at most pool_per_account per account
-        if any(s.signer == signer and s.tx.nonce == tx.nonce for s, _ in self.pool.values()):
+        if tx.nonce in self._pending.get(signer, {}):
             raise InvalidTransactionError(f"nonce {tx.nonce} is already pending")
         if len(self.pool) >= self.pool_size:
             self.expire(now)
             if len(self.pool) >= self.pool_size:
                 raise InvalidTransactionError("the pending pool is full")
-        self.pool[stx.id] = (stx, now + self.pool_expiry)
+        self._pool_add(stx, now + self.pool_expiry)
         return stx
+
+    def pending(self, account: str) -> list[SignedTx]:
+        """``account``'s pending transactions, in nonce order."""
+        mine = self._pending.get(account, {})
+        return [self.pool[mine[n]][0] for n in sorted(mine)]
+
+    def _pool_add(self, stx: SignedTx, expiry: float) -> None:
+        if stx.id in self.pool or stx.tx.nonce in self._pending.get(stx.signer, {}):
+            return
+        self.pool[stx.id] = (stx, expiry)
+        self._pending.setdefault(stx.signer, {})[stx.tx.nonce] = stx.id
+
+    def _pool_remove(self, tid: bytes) -> None:
+        stx, _ = self.pool.pop(tid)
+        mine = self._pending[stx.signer]
+        del mine[stx.tx.nonce]
+        if not mine:
+            del self._pending[stx.signer]
 
     def expire(self, now: float) -> int:
         """Drop pending transactions past their expiry; returns how many."""
         self._now = max(self._now, now)
         old = [tid for tid, (_, exp) in self.pool.items() if exp <= now]
         for tid in old:
-            del self.pool[tid]
+            self._pool_remove(tid)
         return len(old)
 
     def _prune_pool(self) -> None:
-        for tid, (stx, _) in list(self.pool.items()):
-            if stx.tx.nonce < self.state.nonce(stx.signer):
-                del self.pool[tid]
+        for signer, mine in list(self._pending.items()):
+            used = self.state.nonce(signer)
+            for nonce in [n for n in mine if n < used]:
+                self._pool_remove(mine[nonce])
 
     def _select(self, height: int) -> list[SignedTx]:
         """Pending transactions that apply on the tip, in nonce order per account."""
-        by_signer: dict[str, list[SignedTx]] = {}
-        for stx, _ in self.pool.values():
-            by_signer.setdefault(stx.signer, []).append(stx)
         chosen: list[SignedTx] = []
         undo = self.state.begin_block(height)
         try:
-            for signer in sorted(by_signer):
-                for stx in sorted(by_signer[signer], key=lambda s: s.tx.nonce):
+            for signer in sorted(self._pending):
+                for stx in self.pending(signer):
                     if len(chosen) >= self.max_block_txs:
                         break
                     try:
@@ -373,7 +391,7 @@ class Chain:
         # transactions of the old branch go back to the pool; those in the new one leave it
         for e in undone:
             for stx in e.txs:
-                self.pool.setdefault(stx.id, (stx, self._now + self.pool_expiry))
+                self._pool_add(stx, self._now + self.pool_expiry)
         for e in branch:
             assert e.block is not None
             self._by_slot[(e.block.proposer, e.block.slot)] = e.id

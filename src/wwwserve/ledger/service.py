@@ -365,7 +365,7 @@ class LedgerAccount:
         return self.service.identity.peer_id
 
     def _pending(self) -> list[SignedTx]:
-        return [s for s, _ in self.service.chain.pool.values() if s.signer == self.owner]
+        return self.service.chain.pending(self.owner)
 
     def _next_nonce(self) -> int:
         pending = [s.tx.nonce for s in self._pending()]
