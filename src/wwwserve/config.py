@@ -39,6 +39,7 @@ __all__ = [
     "NodeConfig",
     "NodeParams",
     "ServerParams",
+    "build_section",
     "config_from_dict",
     "load_config",
 ]
@@ -397,6 +398,16 @@ def _build(cls: type[T], data: Any, path: str, base: Path) -> T:
         if sep and re.match(r"^[\w\[\].]+$", key):
             raise _Invalid(_join(path, key), rest) from None
         raise _Invalid(where, text) from None
+
+
+def build_section(cls: type[T], data: Any, *, source: str, base_dir: Path | None = None) -> T:
+    """Build any config-style frozen dataclass ``cls`` from parsed YAML, with the same
+    checks and messages as node configs (unknown keys, types, the key path): a
+    :class:`ConfigError` naming ``source``. Used for scenario files too."""
+    try:
+        return _build(cls, data, "", base_dir if base_dir is not None else Path.cwd())
+    except _Invalid as exc:
+        raise ConfigError(f"{source}: {exc.path}: {exc.message}") from None
 
 
 def config_from_dict(data: Any, *, source: str = "<config>", base_dir: Path | None = None,

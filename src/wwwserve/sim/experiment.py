@@ -44,8 +44,7 @@ from ..config import (
     NetworkParams,
     NodeConfig,
     ServerParams,
-    _build,
-    _Invalid,
+    build_section,
 )
 from ..engines import Chunk, CompletionRequest, EngineLoad, SimEngine, Usage, get_profile
 from ..engines.base import Emit
@@ -218,12 +217,7 @@ def load_scenario(name_or_path: str) -> Scenario:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: invalid YAML: {exc}") from None
-    try:
-        return _build(Scenario, data, "", Path.cwd())
-    except _Invalid as exc:
-        raise ConfigError(f"{source}: {exc.path}: {exc.message}") from None
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+    return build_section(Scenario, data, source=source)
 
 
 # ---- workload -----------------------------------------------------------------------------
