@@ -30,6 +30,7 @@ from .errors import ConfigError
 
 __all__ = [
     "DispatchParams",
+    "DuelParams",
     "GatewayParams",
     "GenParams",
     "LedgerParams",
@@ -294,6 +295,33 @@ class MembershipParams:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DuelParams:
+    """``duel`` (optional): duel-and-judge settings of this node.
+
+    The amounts a settlement moves are the network's (its genesis), not a node's.
+    """
+
+    #: share of offloaded requests also sent to a second executor and judged
+    p_inspect: float = 0.1
+    #: judges per duel, drawn by stake (a duel without that many candidates is skipped)
+    k_judges: int = 3
+    #: seconds judges get to evaluate and commit their votes
+    judge_timeout: float = 300.0
+    #: seconds judges get to reveal their votes once all commits are in
+    reveal_timeout: float = 30.0
+    #: max_tokens of a judge's evaluation (room for a reasoning model's thoughts)
+    judge_max_tokens: int = 2048
+    #: judgements this node works on at once for others (more are refused)
+    max_judging: int = 32
+
+    def __post_init__(self) -> None:
+        _probability(self, "p_inspect")
+        for name in ("k_judges", "judge_timeout", "reveal_timeout", "judge_max_tokens",
+                     "max_judging"):
+            _positive(self, name)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
     """A whole node configuration (one YAML file)."""
 
@@ -304,6 +332,7 @@ class NodeConfig:
     network: NetworkParams = field(default_factory=NetworkParams)
     gateway: GatewayParams = field(default_factory=GatewayParams)
     membership: MembershipParams = field(default_factory=MembershipParams)
+    duel: DuelParams = field(default_factory=DuelParams)
 
     def __post_init__(self) -> None:
         seen: dict[str, int] = {}

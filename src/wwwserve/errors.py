@@ -14,6 +14,7 @@ __all__ = [
     "ClosedError",
     "ConfigError",
     "DeadlineExceededError",
+    "DuelError",
     "EngineError",
     "EngineUnavailableError",
     "IdentityError",
@@ -120,6 +121,11 @@ class LedgerCorruptError(LedgerError):
     wwwserve never skips a damaged record silently: the message names the file and byte
     offset, so the operator can restore the file or resync the chain from peers.
     """
+
+
+class DuelError(WWWServeError):
+    """A duel step was refused: a judgement by a non-judge or a party, answers that do not
+    match the record, a reveal without a vote, a judge too busy or without an engine."""
 
 
 class RequestError(WWWServeError):

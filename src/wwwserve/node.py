@@ -26,12 +26,15 @@ import trio
 from ._compat import TaskStatus
 from .clock import WallClock, system_wall_clock
 from .config import NodeConfig
+from .duel.evidence import Outcome
+from .duel.ratings import PeerRecord
+from .duel.service import ChainRatings, DuelService
 from .engines import Chunk, CompletionRequest, Emit, Engine, SimEngine, Usage, get_profile
 from .engines.http import HTTPEngine
 from .errors import ConfigError
 from .http.gateway import Gateway
 from .identity import Identity, load_or_create_identity
-from .ledger import BlockStore, Chain, Genesis, credits
+from .ledger import BlockStore, Chain, DuelSettlement, Genesis, credits
 from .ledger.service import LedgerAccount, LedgerService
 from .market import CreditAccount, CreditBook, Dispatcher, LocalModel, get_policy
 from .membership import LocalState, Membership, ModelLoad, PeerInfo
@@ -87,6 +90,8 @@ class Node:
         self._gateway: Gateway | None = None
         self._genesis = genesis
         self._ledger: LedgerService | None = None
+        self._duels: DuelService | None = None
+        self._chain_ratings: ChainRatings | None = None
 
     @property
     def identity(self) -> Identity:
@@ -142,6 +147,43 @@ class Node:
     def ledger(self) -> LedgerService | None:
         """The ledger replica (None on a node without a genesis), once started."""
         return self._ledger
+
+    @property
+    def duels(self) -> DuelService:
+        """Duel-and-judge (available once started)."""
+        if self._duels is None:
+            raise RuntimeError("node is not started")
+        return self._duels
+
+    def ratings(self) -> dict[str, PeerRecord]:
+        """Peers' duel ratings: from every settlement on the ledger (the same on every
+        replica), or from this node's own duels on a node without a ledger."""
+        if self._chain_ratings is not None:
+            return self._chain_ratings.table()
+        return self.duels.ratings()
+
+    def _judge_engine(self) -> tuple[str, Engine] | None:
+        if self._dispatcher is None:
+            return None
+        view = self._dispatcher.view()
+        if not view.models:
+            return None
+        best = min(view.models, key=lambda m: (m.load.token_usage, m.load.queued))
+        return best.name, self._dispatcher._by_name(best.name).engine
+
+    def _settle_duel(self, duel_id: str, outcome: Outcome, evidence: bytes) -> bool:
+        ledger = self._ledger
+        credit = self._credit
+        if ledger is None or not isinstance(credit, LedgerAccount):
+            return False
+        rules = ledger.chain.genesis.rules
+        return credit.submit(lambda nonce: DuelSettlement(
+            network=ledger.network, requester=self.peer_id, duel_id=duel_id,
+            winner=outcome.winner, loser=outcome.loser, reward=rules.duel_reward,
+            loser_penalty_ppm=rules.duel_loser_ppm, majority=outcome.majority,
+            minority=outcome.minority, silent=outcome.silent,
+            minority_penalty_ppm=rules.duel_minority_ppm,
+            silent_penalty_ppm=rules.duel_silent_ppm, evidence=evidence, nonce=nonce))
 
     def _load_genesis(self) -> Genesis | None:
         if self._genesis is None and self.config.network.genesis is not None:
@@ -251,11 +293,20 @@ class Node:
             models = self._local_models()
             for engine in {id(e): e for e in self._engines.values()}.values():
                 await nursery.start(engine.run)
+            stakes = self._ledger_stakes if self._ledger is not None else None
+            self._duels = DuelService(
+                overlay=overlay, identity=self.identity, network=net.network_id,
+                params=self.config.duel, peers=lambda: self.membership.peers,
+                judge_engine=self._judge_engine, rng=self.rng, stakes=stakes,
+                settle=self._settle_duel if self._ledger is not None else None,
+                on_engine_done=lambda: self.dispatcher.notify())
+            if self._ledger is not None:
+                self._chain_ratings = ChainRatings(self._ledger.chain)
+            await nursery.start(self._duels.run)
             self._dispatcher = Dispatcher(
                 overlay=overlay, peer_id=self.peer_id, peers=lambda: self.membership.peers,
                 models=models, policy=get_policy(self.config.server_params),
-                credit=self.credit, rng=self.rng,
-                stakes=self._ledger_stakes if self._ledger is not None else None)
+                credit=self.credit, rng=self.rng, stakes=stakes, duels=self._duels)
             await nursery.start(self._dispatcher.run)
             await nursery.start(self._membership.run)
             nursery.start_soon(self._notify_on_membership)

@@ -92,7 +92,8 @@ async def test_overloaded_node_offloads_to_peers_over_libp2p(tmp_path: Path) -> 
                 accepted += dispatch_counts(
                     await client.get(n["gateway"] + "/metrics", cast_to=str)).get("accepted", 0)
             assert a.get("offloaded", 0) > 0
-            assert accepted == a["offloaded"]
+            # duelled requests also ran on a second executor (p_inspect defaults to 0.1)
+            assert accepted == a["offloaded"] + a.get("duel_copies", 0)
             assert a.get("local", 0) + a["offloaded"] == 24
         finally:
             for c in clients:  # its pooled sockets must not outlive a failed test

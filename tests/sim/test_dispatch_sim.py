@@ -10,6 +10,7 @@ import trio
 
 from wwwserve.clock import trio_wall_clock
 from wwwserve.config import (
+    DuelParams,
     GatewayParams,
     MembershipParams,
     ModelConfig,
@@ -51,7 +52,8 @@ async def network(accept: list[float], *, seed: int = 1, stake: list[float] | No
                                            accept_frequency=acc),
                 models=(ModelConfig(model_path=MODEL, engine="sim"),),
                 network=NetworkParams(network_id="sim", bootstrap=boot),
-                membership=PARAMS, gateway=GatewayParams(enabled=False))
+                membership=PARAMS, gateway=GatewayParams(enabled=False),
+                duel=DuelParams(p_inspect=0.0))  # duels: tests/sim/test_duels_sim.py
             engine = SimEngine(get_profile(profile), models=(MODEL,), seed=i, stream_interval=8)
             credit = book.open(ident.peer_id, credits[i] if credits else 100.0, 0.0)
             node = Node(cfg, identity=ident, overlay=net.node(ident), engines={MODEL: engine},

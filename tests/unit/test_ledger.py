@@ -22,7 +22,6 @@ from wwwserve.ledger import (
     Block,
     BlockStore,
     Chain,
-    DuelSettlement,
     Genesis,
     JoinGrant,
     Payment,
@@ -33,6 +32,7 @@ from wwwserve.ledger import (
     make_block,
     sign_tx,
 )
+from wwwserve.testing import signed_duel
 from wwwserve.wire import encode
 
 NET = "test"
@@ -127,16 +127,17 @@ def test_unstaked_credit_is_released_after_the_unbonding_delay_and_can_be_slashe
                         IDS[1]), height=1)
     assert state.stake(PEERS[1]) == 6 * UNIT and state.unbonding_total(PEERS[1]) == 4 * UNIT
     # a duel lost while unbonding: the penalty reaches the unbonding credit too
-    duel = DuelSettlement(network=NET, requester=PEERS[0], duel_id="d1", winner=PEERS[2],
-                          loser=PEERS[1], reward=0, loser_penalty_ppm=1_000_000,
-                          majority=(PEERS[3],), minority=(PEERS[4],), silent=(),
-                          minority_penalty_ppm=200_000, silent_penalty_ppm=50_000,
-                          evidence=b"", nonce=0)
+    # judges 3 and 5 say x (PEERS[2]) is better, judge 4 says y: 4 is the minority
+    duel = signed_duel(IDS[0], (PEERS[2], PEERS[1]), [IDS[3], IDS[4], IDS[5]],
+                       ["A", "B", "A"], network=NET, rules=g.rules, duel_id="d1")
+    assert (duel.winner, duel.loser, duel.minority) == (PEERS[2], PEERS[1], (PEERS[4],))
     state.apply(sign_tx(duel, IDS[0]), height=2)
     assert state.stake(PEERS[1]) == 0 and state.unbonding_total(PEERS[1]) == 0
-    assert state.balance(PEERS[2]) == 110 * UNIT
-    assert state.stake(PEERS[4]) == 8 * UNIT  # 20% of 10 staked
-    assert state.balance(PEERS[3]) == 102 * UNIT
+    # the reward (1 credit, from the requester) and the loser's whole stake (4 + 6)
+    assert state.balance(PEERS[2]) == 111 * UNIT
+    assert state.balance(PEERS[0]) == 99 * UNIT
+    assert state.stake(PEERS[4]) == 8 * UNIT  # 20% of 10 staked, shared by the majority
+    assert state.balance(PEERS[3]) == 101 * UNIT and state.balance(PEERS[5]) == 1 * UNIT
     assert state.total() == state.genesis_supply
     with pytest.raises(InvalidTransactionError, match="already settled"):
         state.apply(sign_tx(dataclasses.replace(duel, nonce=1), IDS[0]), height=2)
@@ -144,10 +145,9 @@ def test_unstaked_credit_is_released_after_the_unbonding_delay_and_can_be_slashe
 
 def test_duel_parties_must_differ():
     state = genesis(4).state()
-    duel = DuelSettlement(network=NET, requester=PEERS[0], duel_id="d", winner=PEERS[1],
-                          loser=PEERS[2], reward=0, loser_penalty_ppm=0,
-                          majority=(PEERS[1],), minority=(), silent=(),
-                          minority_penalty_ppm=0, silent_penalty_ppm=0, evidence=b"", nonce=0)
+    # an executor judging its own duel
+    duel = signed_duel(IDS[0], (PEERS[1], PEERS[2]), [IDS[1], IDS[3], IDS[4]],
+                       ["A", "A", "A"], network=NET, duel_id="d")
     with pytest.raises(InvalidTransactionError, match="differ"):
         state.apply(sign_tx(duel, IDS[0]), 1)
 

@@ -6,7 +6,11 @@ token for every running request and spends the rest of a chunked-prefill budget 
 its duration comes from a :class:`Profile` (see ``profiles.yaml`` for the figures and their
 sources). A request is admitted only when its whole KV footprint fits (the simulator knows
 each request's output length, so it never needs to preempt); until then it waits in a FIFO
-queue. Output text is synthetic: one word per token, deterministic per seed and request id.
+queue. Output text is synthetic: one word per token, deterministic per seed and request id, after a
+quality marker (:func:`~wwwserve.duel.judge.quality_marker`: the answer's simulated quality,
+drawn around the profile's latent ``quality``). A judge prompt
+(:func:`~wwwserve.duel.judge.judge_messages`) is answered with a verdict drawn from the
+simulated judge model, so duels run end to end on simulated engines.
 """
 
 from __future__ import annotations
@@ -23,8 +27,15 @@ import trio
 import yaml
 
 from .._compat import TaskStatus
+from ..duel.judge import (
+    DEFAULT_MODEL,
+    QualityModel,
+    is_judge_prompt,
+    quality_marker,
+    split_judge_prompt,
+)
 from ..errors import ConfigError, EngineError, EngineUnavailableError
-from .base import Chunk, CompletionRequest, Emit, EngineLoad, Usage
+from .base import Chunk, CompletionRequest, Emit, EngineLoad, Usage, approx_tokens
 
 __all__ = ["Profile", "SimEngine", "get_profile", "profile_names"]
 
@@ -80,11 +91,15 @@ def get_profile(name: str, backend: str = "flashinfer") -> Profile:
 
 class _Req:
     __slots__ = ("cancelled", "finish", "generated", "output", "prefilled", "prompt", "rng",
-                 "send", "unsent")
+                 "script", "send", "unsent")
 
     def __init__(self, prompt: int, output: int, rng: random.Random,
-                 send: trio.MemorySendChannel[Chunk | Exception], finish: str) -> None:
+                 send: trio.MemorySendChannel[Chunk | Exception], finish: str,
+                 script: str | None = None) -> None:
         self.finish = finish
+        #: the whole text to stream instead of synthetic words (a marker and words after it
+        #: if it ends with a space)
+        self.script = script
         self.prompt = prompt
         self.output = output
         self.rng = rng
@@ -121,6 +136,8 @@ class SimEngine:
         max_running: int = 256,
         prefill_chunk: int = 2048,
         mean_output_tokens: int = 256,
+        quality_markers: bool = True,
+        quality_model: QualityModel = DEFAULT_MODEL,
     ) -> None:
         self.profile = profile
         self._models = models or (profile.model,)
@@ -130,6 +147,8 @@ class SimEngine:
         self.prefill_chunk = prefill_chunk
         self.mean_output_tokens = mean_output_tokens
         self.quality = profile.quality
+        self.quality_markers = quality_markers
+        self.quality_model = quality_model
         self._waiting: list[_Req] = []
         self._running: list[_Req] = []
         self._reserved = 0
@@ -160,6 +179,20 @@ class SimEngine:
         n = 1 + int(math.log(1.0 - rng.random()) / math.log(1.0 - p)) if p < 1 else 1
         return max(1, min(request.max_tokens, n))
 
+    def _script(self, request: CompletionRequest) -> str | None:
+        """A judge prompt gets a verdict; any other answer starts with its quality marker."""
+        messages = tuple((m.role, m.content) for m in request.messages)
+        if is_judge_prompt(messages):
+            parts = split_judge_prompt(messages[1][1])
+            rng = random.Random(f"{self.seed}:judge:{request.request_id}")
+            verdict = "abstain" if parts is None else self.quality_model.vote(
+                parts[1], parts[2], rng)
+            return f"Verdict: {verdict}"
+        if not self.quality_markers:
+            return None
+        rng = random.Random(f"{self.seed}:quality:{request.request_id}")
+        return quality_marker(self.quality_model.answer_quality(self.quality, rng))
+
     async def generate(self, request: CompletionRequest, emit: Emit) -> Usage:
         """Queue ``request``, stream its tokens as the batching loop produces them."""
         if not self._healthy:
@@ -169,10 +202,13 @@ class SimEngine:
         if prompt + output > self.profile.kv_capacity_tokens:
             raise EngineError(f"request needs {prompt + output} KV tokens; the engine has "
                               f"{self.profile.kv_capacity_tokens}")
+        script = self._script(request)
+        if script is not None and not script.endswith(" "):
+            output = max(1, min(request.max_tokens, approx_tokens(script)))
         send, receive = trio.open_memory_channel[Chunk | Exception](math.inf)
         req = _Req(prompt, output,
                    random.Random(f"{self.seed}:text:{request.request_id}"), send,
-                   "length" if output >= request.max_tokens else "stop")
+                   "length" if output >= request.max_tokens else "stop", script)
         self._waiting.append(req)
         self._wake.set()
         try:
@@ -300,8 +336,13 @@ class SimEngine:
         self.generated_tokens += k
         done = r.generated >= r.output
         if first or r.unsent >= self.stream_interval or done:
-            words = " ".join(r.rng.choices(_WORDS, k=r.unsent))
-            text = (" " + words) if r.generated > r.unsent else words
+            if r.script is not None and not r.script.endswith(" "):
+                text = r.script if first else ""
+            else:
+                words = " ".join(r.rng.choices(_WORDS, k=r.unsent))
+                text = (" " + words) if r.generated > r.unsent else words
+                if first and r.script:
+                    text = r.script + text
             chunk = Chunk(text=text, tokens=r.unsent)
             r.unsent = 0
             if done:

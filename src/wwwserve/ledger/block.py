@@ -110,6 +110,11 @@ class Genesis:
     unbonding_blocks: int = 30
     join_grant: int = 0
     finality_depth: int = 2
+    #: duel settlement amounts (see :class:`~wwwserve.ledger.state.Rules`)
+    duel_reward: int = 1_000_000
+    duel_loser_ppm: int = 1_000_000
+    duel_minority_ppm: int = 200_000
+    duel_silent_ppm: int = 50_000
     id: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -129,6 +134,9 @@ class Genesis:
         if self.unbonding_blocks < 0 or self.join_grant < 0 or self.finality_depth < 1:
             raise ValueError("unbonding_blocks and join_grant must be >= 0, "
                              "finality_depth >= 1")
+        if self.duel_reward < 0 or not all(0 <= p <= 1_000_000 for p in (
+                self.duel_loser_ppm, self.duel_minority_ppm, self.duel_silent_ppm)):
+            raise ValueError("duel reward must be >= 0 and duel penalties in [0, 1]")
         if sum(a.stake for a in self.allocations) <= 0:
             raise ValueError("somebody must stake at genesis, or no block can be proposed")
         object.__setattr__(self, "id", hashlib.sha256(canonical_bytes(self._plain())).digest())
@@ -136,7 +144,10 @@ class Genesis:
     @property
     def rules(self) -> Rules:
         """The ledger rules this genesis fixes."""
-        return Rules(self.network, self.unbonding_blocks, self.join_grant)
+        return Rules(self.network, self.unbonding_blocks, self.join_grant,
+                     duel_reward=self.duel_reward, duel_loser_ppm=self.duel_loser_ppm,
+                     duel_minority_ppm=self.duel_minority_ppm,
+                     duel_silent_ppm=self.duel_silent_ppm)
 
     def state(self) -> LedgerState:
         """The state at height 0."""
@@ -151,6 +162,8 @@ class Genesis:
         return {"network": self.network, "time": self.time, "slot_length": self.slot_length,
                 "unbonding_blocks": self.unbonding_blocks, "join_grant": self.join_grant,
                 "finality_depth": self.finality_depth,
+                "duel": [self.duel_reward, self.duel_loser_ppm, self.duel_minority_ppm,
+                         self.duel_silent_ppm],
                 "allocations": [[a.account, a.balance, a.stake] for a in self.allocations]}
 
     # ---- files --------------------------------------------------------------------------
@@ -159,6 +172,10 @@ class Genesis:
         doc = {"network": self.network, "time": self.time, "slot_length": self.slot_length,
                "unbonding_blocks": self.unbonding_blocks,
                "join_grant": credits(self.join_grant), "finality_depth": self.finality_depth,
+               "duel": {"reward": credits(self.duel_reward),
+                        "loser_penalty": self.duel_loser_ppm / 1e6,
+                        "minority_penalty": self.duel_minority_ppm / 1e6,
+                        "silent_penalty": self.duel_silent_ppm / 1e6},
                "allocations": [{"account": a.account, "credit": credits(a.balance + a.stake),
                                 "staked": credits(a.stake)} for a in self.allocations]}
         return str(yaml.safe_dump(doc, sort_keys=False))
@@ -182,7 +199,7 @@ class Genesis:
         if not isinstance(doc, dict):
             raise bad("(top level)", "must be a mapping", doc)
         known = {"network", "time", "slot_length", "unbonding_blocks", "join_grant",
-                 "finality_depth", "allocations"}
+                 "finality_depth", "duel", "allocations"}
         for key in doc:
             if key not in known:
                 raise bad(str(key), f"unknown key (allowed: {', '.join(sorted(known))})", key)
@@ -209,12 +226,25 @@ class Genesis:
                        for v in (credit, staked)) or staked > credit:
                 raise bad(f"allocations[{i}]", "needs 0 <= staked <= credit", a)
             out.append(Allocation(a["account"], micro(credit) - micro(staked), micro(staked)))
+        duel = doc.get("duel", {})
+        duel_keys = {"reward", "loser_penalty", "minority_penalty", "silent_penalty"}
+        if not isinstance(duel, dict) or set(duel) - duel_keys:
+            raise bad("duel", f"must be a mapping with keys among {sorted(duel_keys)}", duel)
+        for key, value in duel.items():
+            if not isinstance(value, number) or isinstance(value, bool) or value < 0 \
+                    or (key != "reward" and value > 1):
+                raise bad(f"duel.{key}", "must be a number >= 0 (a penalty: in [0, 1])",
+                          value)
         try:
             return cls(network=network, time=float(doc.get("time", 0.0)),
                        allocations=tuple(out),
                        slot_length=float(doc.get("slot_length", 2.0)),
                        unbonding_blocks=doc.get("unbonding_blocks", 30),
                        join_grant=micro(doc.get("join_grant", 0)),
-                       finality_depth=doc.get("finality_depth", 2))
+                       finality_depth=doc.get("finality_depth", 2),
+                       duel_reward=micro(duel.get("reward", 1.0)),
+                       duel_loser_ppm=round(duel.get("loser_penalty", 1.0) * 1e6),
+                       duel_minority_ppm=round(duel.get("minority_penalty", 0.2) * 1e6),
+                       duel_silent_ppm=round(duel.get("silent_penalty", 0.05) * 1e6))
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None

@@ -41,7 +41,17 @@ from ..wire import Message, decode, encode, message
 from .block import Block
 from .chain import AddResult, Chain
 from .store import BlockStore
-from .tx import Payment, SignedTx, Stake, Unstake, credits, decode_tx, micro, sign_tx
+from .tx import (
+    Payment,
+    SignedTx,
+    Stake,
+    Transaction,
+    Unstake,
+    credits,
+    decode_tx,
+    micro,
+    sign_tx,
+)
 
 __all__ = ["SYNC_BATCH", "SYNC_PROTOCOL", "LedgerAccount", "LedgerService", "block_topic",
            "ledger_view", "replay", "tx_topic"]
@@ -122,6 +132,7 @@ class LedgerService:
     def __init__(self, overlay: Overlay, identity: Identity, chain: Chain, *,
                  peers: Callable[[], Iterable[str]], store: BlockStore | None = None,
                  wall_clock: WallClock = system_wall_clock, sync_interval: float = 10.0,
+                 rebroadcast_interval: float = 10.0,
                  rng: random.Random | None = None) -> None:
         self.overlay = overlay
         self.identity = identity
@@ -130,6 +141,11 @@ class LedgerService:
         self.store = store
         self.wall_clock = wall_clock
         self.sync_interval = sync_interval
+        #: our own transactions still pending are gossiped again this often (a transaction
+        #: published before the gossip mesh formed, or lost on the way, would otherwise
+        #: hold up every later one of ours: nonces apply in order)
+        self.rebroadcast_interval = rebroadcast_interval
+        self._next_rebroadcast = 0.0
         self.rng = rng or random.Random()
         self.stats: dict[str, int] = {}
         self._changed = trio.Event()
@@ -218,6 +234,13 @@ class LedgerService:
         except OverlayError as exc:
             logger.debug("ledger publish failed: %s", exc)
 
+    async def _rebroadcast(self) -> None:
+        """Gossip our pending transactions again (the oldest nonces first)."""
+        pending = sorted(self.chain.pending(self.identity.peer_id), key=lambda s: s.tx.nonce)
+        for stx in pending[:64]:
+            self._count("txs_rebroadcast")
+            await self._publish(tx_topic(self.network), stx.envelope)
+
     async def _receive_txs(self, channel: trio.MemoryReceiveChannel[GossipMessage]) -> None:
         async for msg in channel:
             try:
@@ -263,6 +286,10 @@ class LedgerService:
                 self._count("blocks_proposed")
                 self._notify()
                 await self._publish(block_topic(self.network), encode(block))
+            if now >= self._next_rebroadcast:
+                if self._next_rebroadcast:
+                    await self._rebroadcast()
+                self._next_rebroadcast = now + self.rebroadcast_interval
             next_start = self.chain.genesis.time + (slot + 1) * slot_length
             await trio.sleep(max(0.0, next_start - self.wall_clock()) + 1e-6)
 
@@ -417,3 +444,13 @@ class LedgerAccount:
     def earn(self, payer: str, amount: float, request_id: str) -> bool:
         """Nothing to do: the payer's signed payment is the record."""
         return False
+
+    def submit(self, make: Callable[[int], Transaction]) -> bool:
+        """Sign and gossip ``make(nonce)`` with this account's next nonce; False (logged)
+        if the ledger rejects it."""
+        try:
+            self.service.submit(sign_tx(make(self._next_nonce()), self.service.identity))
+        except InvalidTransactionError as exc:
+            logger.warning("transaction not submitted: %s", exc)
+            return False
+        return True

@@ -11,9 +11,11 @@ Rules (each violation raises :class:`InvalidTransactionError` and changes nothin
 - a payment's payee is a valid peer id other than the payer; a payer pays for a given
   ``request_id`` at most once;
 - a join grant needs the network's ``join_grant`` > 0, nonce 0, and is granted once;
-- a duel settlement is settled once per (requester, ``duel_id``), with distinct parties,
-  fractions in [0, 1e6] ppm; penalties are taken from stake first, then from unbonding
-  credit (so unstaking cannot dodge them), and go to the winner and the majority judges.
+- a duel settlement is settled once per (requester, ``duel_id``); its amounts are the
+  network's (:class:`Rules`) and its winner, loser and judge groups must be exactly what its
+  signed evidence implies (:func:`wwwserve.duel.evidence.outcome_of`); penalties are taken
+  from stake first, then from unbonding credit (so unstaking cannot dodge them), and go to
+  the winner and the majority judges.
 
 Total credit (balances + stakes + unbonding) only changes by join grants, which
 :attr:`LedgerState.issued` counts: ``total() == genesis supply + issued`` always.
@@ -26,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..duel.evidence import outcome_of
 from ..errors import IdentityError, InvalidTransactionError
 from ..identity import canonical_bytes, public_key_from_peer_id
 from .tx import DuelSettlement, JoinGrant, Payment, SignedTx, Stake, Unstake, signer_of
@@ -43,6 +46,13 @@ class Rules:
     network: str
     unbonding_blocks: int = 30
     join_grant: int = 0
+    #: duel settlement amounts (micro-credits; parts per million of stake), the authors'
+    #: defaults: 1 credit to the winner, all of the loser's stake to the winner, 20% of a
+    #: minority judge's stake and 5% of a silent judge's to the majority
+    duel_reward: int = 1_000_000
+    duel_loser_ppm: int = 1_000_000
+    duel_minority_ppm: int = 200_000
+    duel_silent_ppm: int = 50_000
 
 
 @dataclass(slots=True)
@@ -256,24 +266,28 @@ class LedgerState:
     def _duel(self, tx: DuelSettlement, undo: Undo) -> None:
         if (tx.requester, tx.duel_id) in self.settled:
             raise InvalidTransactionError(f"duel {tx.duel_id!r} is already settled")
-        for name, ppm in (("loser_penalty_ppm", tx.loser_penalty_ppm),
-                          ("minority_penalty_ppm", tx.minority_penalty_ppm),
-                          ("silent_penalty_ppm", tx.silent_penalty_ppm)):
-            if not 0 <= ppm <= PPM:
-                raise InvalidTransactionError(f"{name} must be in [0, {PPM}], got {ppm}")
-        if tx.reward < 0:
-            raise InvalidTransactionError(f"reward must not be negative, got {tx.reward}")
-        tie = not tx.winner and not tx.loser
-        executors = () if tie else (tx.winner, tx.loser)
-        parties = [*executors, *tx.majority, *tx.minority, *tx.silent, tx.requester]
-        if len(set(parties)) != len(parties):
-            raise InvalidTransactionError("a duel's executors, judges and requester must differ")
-        if not tie and (not tx.winner or not tx.loser):
-            raise InvalidTransactionError("a duel has both a winner and a loser, or neither")
-        for account in parties:
+        r = self.rules
+        amounts = (tx.reward, tx.loser_penalty_ppm, tx.minority_penalty_ppm,
+                   tx.silent_penalty_ppm)
+        rules = (r.duel_reward, r.duel_loser_ppm, r.duel_minority_ppm, r.duel_silent_ppm)
+        if amounts != rules:
+            raise InvalidTransactionError(
+                f"duel amounts (reward, loser, minority, silent ppm) {amounts} are not the "
+                f"network's {rules}")
+        outcome = outcome_of(tx.evidence, network=tx.network, requester=tx.requester,
+                             duel_id=tx.duel_id)
+        claimed = (tx.winner, tx.loser, tx.majority, tx.minority, tx.silent)
+        derived = (outcome.winner, outcome.loser, outcome.majority, outcome.minority,
+                   outcome.silent)
+        if claimed != derived:
+            raise InvalidTransactionError(
+                "the settlement does not follow from its evidence (winner, loser, majority, "
+                "minority or silent judges differ)")
+        for account in {tx.requester, *(p for group in derived[2:] for p in group),
+                        *([tx.winner, tx.loser] if tx.winner else [])}:
             self._valid_account(account, "duel party")
         self._set(undo, self.settled, (tx.requester, tx.duel_id), True)
-        if not tie:
+        if not outcome.tie:
             if tx.reward:
                 if self.balance(tx.requester) < tx.reward:
                     raise InvalidTransactionError("the requester cannot pay the duel's reward")
@@ -281,11 +295,11 @@ class LedgerState:
                           self.balance(tx.requester) - tx.reward)
             won = tx.reward + self._slash(undo, tx.loser, tx.loser_penalty_ppm)
             self._set(undo, self.balances, tx.winner, self.balance(tx.winner) + won)
+        if not tx.majority:
+            return  # judges are penalised only in favour of a majority (none voted)
         pot = sum(self._slash(undo, j, tx.minority_penalty_ppm) for j in tx.minority)
         pot += sum(self._slash(undo, j, tx.silent_penalty_ppm) for j in tx.silent)
         if pot:
-            if not tx.majority:
-                raise InvalidTransactionError("judges are penalised only in favour of a majority")
             share, extra = divmod(pot, len(tx.majority))
             for i, judge in enumerate(sorted(tx.majority)):
                 self._set(undo, self.balances, judge,

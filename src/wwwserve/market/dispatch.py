@@ -19,7 +19,8 @@ import logging
 import random
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -43,6 +44,9 @@ from .messages import OFFLOAD_PROTOCOL, PROBE_PROTOCOL, Offload, Probe, ProbeRep
 from .policy import ModelView, NodeView, Policy
 from .pos import weighted_sample
 
+if TYPE_CHECKING:
+    from ..duel.service import DuelService
+
 __all__ = ["Dispatcher", "LocalModel"]
 
 logger = logging.getLogger(__name__)
@@ -65,6 +69,7 @@ class _Sink:
         self._stream = stream
         self._buffer: list[Chunk] = []
         self.committed = False
+        self.duel_copy = False
 
     async def send(self, chunk: Chunk) -> None:
         if self._stream:
@@ -82,6 +87,80 @@ class _Sink:
         self._buffer.clear()
         if self.committed:
             raise StreamBrokenError(f"the answer broke off after it had started: {why}")
+
+
+class _SinkLike(Protocol):
+    duel_copy: bool
+
+    async def send(self, chunk: Chunk) -> None: ...
+    async def finish(self) -> None: ...
+    def failed(self, why: str) -> None: ...
+
+
+class _Race:
+    """The user's side of a duelled request: the first answer to qualify reaches the user
+    (the first to stream a chunk if streaming, else the first complete one)."""
+
+    def __init__(self, sink: _Sink, stream: bool) -> None:
+        self.sink = sink
+        self.stream = stream
+        self.user: _Tap | None = None
+        self.closed = False  # the user's request has returned: forward nothing more
+        self.decided = trio.Event()
+
+    async def forward(self, chunk: Chunk) -> None:
+        if self.closed:
+            return
+        try:
+            await self.sink.send(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.closed = True  # the user went away
+
+    async def attach(self, tap: _Tap) -> None:
+        self.user = tap
+        for chunk in tap.chunks:
+            await self.forward(chunk)
+
+
+class _Tap:
+    """One executor's answer in a duel: kept for judging, and the user's if it wins."""
+
+    def __init__(self, race: _Race, *, copy: bool = False) -> None:
+        self.race = race
+        #: the duel's second executor's copy (counted apart from offloaded requests)
+        self.duel_copy = copy
+        self.chunks: list[Chunk] = []
+        self.executor: str | None = None
+        self.usage: Usage | None = None
+        self.settled = False
+
+    @property
+    def text(self) -> str | None:
+        """The whole answer, if it completed."""
+        return "".join(c.text for c in self.chunks) if self.usage is not None else None
+
+    async def send(self, chunk: Chunk) -> None:
+        self.chunks.append(chunk)
+        race = self.race
+        if race.user is self:
+            await race.forward(chunk)
+        elif race.user is None and race.stream:
+            await race.attach(self)
+
+    async def finish(self) -> None:
+        pass  # completion is marked by :meth:`done`, with the usage
+
+    def failed(self, why: str) -> None:
+        self.chunks.clear()
+
+    async def done(self, usage: Usage | None) -> None:
+        self.usage = usage
+        self.settled = True
+        race = self.race
+        if usage is not None and race.user is None:
+            await race.attach(self)
+        if race.user is self:
+            race.decided.set()
 
 
 class _Refused:
@@ -114,6 +193,7 @@ class Dispatcher:
         probe_timeout: float = 2.0,
         stall_timeout: float = 30.0,
         stakes: Callable[[], Mapping[str, float]] | None = None,
+        duels: DuelService | None = None,
     ) -> None:
         self.overlay = overlay
         self.peer_id = peer_id
@@ -129,6 +209,8 @@ class Dispatcher:
         self.stall_timeout = stall_timeout
         #: where peers' stakes come from: the ledger if given, else their heartbeats
         self.stakes = stakes
+        #: duel-and-judge (None: never duel)
+        self.duels = duels
         self.stats: Counter[str] = Counter()
         #: seconds from a request's arrival to its dispatch to a peer (the last 1024)
         self.offload_delays: deque[float] = deque(maxlen=1024)
@@ -188,7 +270,11 @@ class Dispatcher:
                         and self.credit.balance() >= self.reward:
                     self._waiting -= 1
                     waiting = False
-                    usage = await self._offload(request, sink, route, deadline, arrived)
+                    if self.duels is not None and self.duels.want_duel():
+                        usage = await self._offload_duel(request, sink, route, deadline,
+                                                         arrived)
+                    else:
+                        usage = await self._offload(request, sink, route, deadline, arrived)
                     if usage is not None:
                         return usage
                     self._waiting += 1
@@ -232,17 +318,19 @@ class Dispatcher:
         finally:
             self.notify()
 
-    def _eligible(self, request: CompletionRequest, route: tuple[str, ...]
-                  ) -> dict[str, float]:
+    def _eligible(self, request: CompletionRequest, route: tuple[str, ...],
+                  exclude: frozenset[str] = frozenset()) -> dict[str, float]:
         """Live peers (not us, not on the route) serving the request's model, by stake."""
         ledger = self.stakes() if self.stakes is not None else None
         return {p: (ledger.get(p, 0.0) if ledger is not None else info.stake)
                 for p, info in self.peers().items()
-                if p != self.peer_id and p not in route and info.status is PeerStatus.ALIVE
-                and _serves(info, request.model)}
+                if p != self.peer_id and p not in route and p not in exclude
+                and info.status is PeerStatus.ALIVE and _serves(info, request.model)}
 
-    def _candidates(self, request: CompletionRequest, route: tuple[str, ...]) -> list[str]:
-        return weighted_sample(self._eligible(request, route), self.candidates, self.rng)
+    def _candidates(self, request: CompletionRequest, route: tuple[str, ...],
+                    exclude: frozenset[str] = frozenset()) -> list[str]:
+        return weighted_sample(self._eligible(request, route, exclude), self.candidates,
+                               self.rng)
 
     async def _probe(self, peers: list[str], request: CompletionRequest,
                      route: tuple[str, ...]) -> str | None:
@@ -269,8 +357,10 @@ class Dispatcher:
                     n.start_soon(ask, peer, n.cancel_scope)
         return winner[0] if winner else None
 
-    async def _offload(self, request: CompletionRequest, sink: _Sink,
-                       route: tuple[str, ...], deadline: float, arrived: float
+    async def _offload(self, request: CompletionRequest, sink: _SinkLike,
+                       route: tuple[str, ...], deadline: float, arrived: float, *,
+                       exclude: frozenset[str] = frozenset(),
+                       on_start: Callable[[str], object] = lambda executor: None
                        ) -> Usage | None:
         """Offer the request to the first candidate while probing the others.
 
@@ -279,10 +369,15 @@ class Dispatcher:
         other candidates are probed; if the offer is refused, the request goes to the
         first of them that accepted.
         """
-        peers = self._candidates(request, route)
+        peers = self._candidates(request, route, exclude)
         if not peers:
             self.stats["no_candidates"] += 1
             return None
+
+        def started(executor: str) -> None:
+            probe_scope.cancel()
+            on_start(executor)
+
         accepted: list[str] = []
         probes_done = trio.Event()
         probe_scope = trio.CancelScope()
@@ -300,22 +395,77 @@ class Dispatcher:
             else:
                 probes_done.set()
             outcome = await self._attempt(peers[0], request, sink, route, deadline, arrived,
-                                          offer=True, on_accept=probe_scope.cancel)
+                                          offer=True, on_accept=started)
             if isinstance(outcome, _Refused):
                 with trio.move_on_at(deadline):
                     await probes_done.wait()
                 if accepted:
                     outcome = await self._attempt(accepted[0], request, sink, route, deadline,
-                                                  arrived, offer=False)
+                                                  arrived, offer=False, on_accept=on_start)
             probe_scope.cancel()
         if isinstance(outcome, _Refused):
             self.stats["probes_refused"] += 1
             return None
         return outcome
 
-    async def _attempt(self, executor: str, request: CompletionRequest, sink: _Sink,
+    async def _offload_duel(self, request: CompletionRequest, sink: _Sink,
+                            route: tuple[str, ...], deadline: float, arrived: float
+                            ) -> Usage | None:
+        """Offload ``request`` as a duel: to a first executor as usual and, once it accepts,
+        a copy (fresh request id) to a second one; the user gets the first answer, and both
+        go to :meth:`DuelService.judge <wwwserve.duel.service.DuelService.judge>` in the
+        background (every step there has a deadline)."""
+        from ..duel.service import Answer
+
+        duels = self.duels
+        assert duels is not None
+        race = _Race(sink, request.stream)
+        first, second = _Tap(race), _Tap(race, copy=True)
+        copy = replace(request, request_id=self.rng.randbytes(8).hex())
+        self.stats["duels"] += 1
+
+        async def run(tap: _Tap, req: CompletionRequest, exclude: frozenset[str],
+                      then: Callable[[str], object]) -> None:
+            def accepted(executor: str) -> None:
+                tap.executor = executor
+                then(executor)
+
+            usage = await self._offload(req, tap, route, deadline, arrived, exclude=exclude,
+                                        on_start=accepted)
+            await tap.done(usage)
+
+        async def duel() -> None:
+            async with trio.open_nursery() as nursery:
+                def launch_second(executor: str) -> None:
+                    nursery.start_soon(run, second, copy, frozenset({executor}),
+                                       lambda _: None)
+
+                await run(first, request, frozenset(), launch_second)
+            race.decided.set()  # both are over: if nobody reached the user, say so
+            if first.executor is None or second.executor is None:
+                self.stats["duels_unmatched"] += 1
+                return
+            await duels.judge(request, Answer(first.executor, first.text),
+                              Answer(second.executor, second.text), route)
+
+        duels.spawn(duel)
+        try:
+            with trio.move_on_at(deadline):
+                await race.decided.wait()
+        finally:
+            race.closed = True
+        user = race.user
+        if user is None:
+            return None
+        if user.usage is not None:
+            await sink.finish()
+            return user.usage
+        sink.failed(f"executor {(user.executor or '?')[-8:]} did not finish its answer")
+        return None
+
+    async def _attempt(self, executor: str, request: CompletionRequest, sink: _SinkLike,
                        route: tuple[str, ...], deadline: float, arrived: float, *,
-                       offer: bool, on_accept: Callable[[], object] = lambda: None
+                       offer: bool, on_accept: Callable[[str], object] = lambda executor: None
                        ) -> Usage | _Refused | None:
         """Send the request to ``executor`` and stream its answer into ``sink``.
 
@@ -339,7 +489,7 @@ class Dispatcher:
                     if reply is None or not reply.accept:
                         return _REFUSED
                     started = True
-                    on_accept()
+                    on_accept(executor)
                     self.offload_delays.append(sent - arrived)
                     async for data in frames:
                         chunk = decode(data, expect=Chunk)
@@ -365,7 +515,7 @@ class Dispatcher:
         await sink.finish()
         if self.credit.pay(executor, self.reward, request.request_id):
             self.stats["paid"] += 1
-        self.stats["offloaded"] += 1
+        self.stats["duel_copies" if sink.duel_copy else "offloaded"] += 1
         return usage
 
     # ---- the executor side --------------------------------------------------------------

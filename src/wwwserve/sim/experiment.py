@@ -38,6 +38,7 @@ from trio.testing import MockClock
 
 from ..clock import trio_wall_clock
 from ..config import (
+    DuelParams,
     GatewayParams,
     MembershipParams,
     ModelConfig,
@@ -83,6 +84,9 @@ class NodeSpec:
     leave_at: float | None = None
     #: a fixed stake (credits) instead of the policy's load-driven one (decentralized only)
     stake: float | None = None
+    #: share of this node's offloaded requests it duels (the scheduling studies run
+    #: without duels, like the paper's SLO experiments; duels need judges' engines too)
+    p_inspect: float = 0.0
 
     def present(self, t: float) -> bool:
         """True if the provider is in the network at ``t``."""
@@ -485,7 +489,7 @@ class _SimNetwork:
             network=NetworkParams(network_id="sim", bootstrap=boot),
             membership=MembershipParams(heartbeat_interval=1.0, suspect_timeout=3.0,
                                         peer_timeout=6.0),
-            gateway=GatewayParams(enabled=False))
+            gateway=GatewayParams(enabled=False), duel=DuelParams(p_inspect=spec.p_inspect))
         node = Node(cfg, identity=ident, overlay=self.net.node(ident),
                     engines={_node_model(scenario, spec): self.engines[k]},
                     credit=self.book.open(ident.peer_id, 1e9, 0.0),
