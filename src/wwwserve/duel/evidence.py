@@ -159,7 +159,7 @@ def tally(record: DuelRecord, votes: Mapping[str, str]) -> Outcome:
             silent.append(judge)
     counts = [sum(1 for c in choice.values() if c == k) for k in ("x", "y", "tie")]
     decision = decide(*counts)
-    if decision == "tie" and counts[2] != max(counts):
+    if counts.count(max(counts)) > 1:
         majority = tuple(choice)  # no plurality: nobody voted against the outcome
         minority: tuple[str, ...] = ()
     else:

@@ -60,7 +60,7 @@ _SPLIT = re.compile(r"\A<request>\n(?P<q>.*)\n</request>\n\n<answer_a>\n(?P<a>.*
                     r"\n\n<answer_b>\n(?P<b>.*)\n</answer_b>\n\nWhich answer is better\?\Z",
                     re.DOTALL)
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
-_VERDICT = re.compile(r"verdict\W{0,4}(a|b|tie)\b", re.IGNORECASE)
+_VERDICT = re.compile(r"verdict\W{0,8}(a|b|tie)\b", re.IGNORECASE)
 _BARE = re.compile(r"\A\W*(a|b|tie)\W*\Z", re.IGNORECASE)
 _MARKER = re.compile(r"\A⟦q=([+-]?\d+(?:\.\d+)?)⟧")
 

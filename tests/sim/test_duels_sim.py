@@ -1,0 +1,373 @@
+"""Duel-and-judge in virtual time: real nodes, MemoryOverlay, simulated engines, the ledger.
+
+Win rates are measured the way they are calibrated: per pair of classes, over duels between
+different classes (ties half), averaged over the opponent classes (so which pairs PoS happened
+to draw more often does not tilt a class's rate).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import trio
+
+from wwwserve.clock import SIM_EPOCH, trio_wall_clock
+from wwwserve.config import (
+    DuelParams,
+    GatewayParams,
+    MembershipParams,
+    ModelConfig,
+    NetworkParams,
+    NodeConfig,
+    NodeParams,
+    ServerParams,
+)
+from wwwserve.duel.evidence import DuelRecord
+from wwwserve.duel.service import JUDGE_PROTOCOL, JudgeRequest, RevealRequest, unseal_record
+from wwwserve.engines import (
+    ChatMessage,
+    Chunk,
+    CompletionRequest,
+    Emit,
+    SimEngine,
+    Usage,
+    get_profile,
+)
+from wwwserve.errors import RemoteError
+from wwwserve.identity import Identity
+from wwwserve.ledger import UNIT, Allocation, DuelSettlement, Genesis, decode_tx
+from wwwserve.node import Node
+from wwwserve.overlay import MemoryNetwork
+from wwwserve.sim import seed_trio_scheduler
+from wwwserve.wire import encode, seal
+
+MODEL = "Qwen/Qwen3-8B"
+PARAMS = MembershipParams(heartbeat_interval=1.0, suspect_timeout=2.5, peer_timeout=5.0)
+
+
+@dataclass
+class Spec:
+    cls: str
+    profile: str | None = None  # None: a user-only node (no engine)
+    accept: float = 1.0
+    engine: Callable[[SimEngine], object] | None = None  # wraps the simulated engine
+    credit: float = 1000.0
+
+
+class Garbage:
+    """An executor's engine that answers with the right length of nonsense."""
+
+    def __init__(self, inner: SimEngine) -> None:
+        self.inner = inner
+        self.models = inner.models
+        self.load = inner.load
+        self.run = inner.run
+
+    async def generate(self, request: CompletionRequest, emit: Emit) -> Usage:
+        async def scramble(chunk: Chunk) -> None:
+            await emit(Chunk(text="zq" * max(1, chunk.tokens), tokens=chunk.tokens,
+                             finish_reason=chunk.finish_reason, usage=chunk.usage))
+
+        if request.messages and request.messages[0].role == "system":
+            return await self.inner.generate(request, emit)  # judges honestly
+        return await self.inner.generate(request, scramble)
+
+
+class Staller(Garbage):
+    """An executor's engine that starts an answer and never finishes it."""
+
+    async def generate(self, request: CompletionRequest, emit: Emit) -> Usage:
+        if request.messages and request.messages[0].role == "system":
+            return await self.inner.generate(request, emit)
+        await emit(Chunk(text="thinking", tokens=1))
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+class Network:
+    def __init__(self, nodes: list[Node], cls: dict[str, str]) -> None:
+        self.nodes = nodes
+        self.cls = cls
+        self.done: Counter[str] = Counter()
+
+    def of(self, c: str) -> list[Node]:
+        return [n for n in self.nodes if self.cls[n.peer_id] == c]
+
+    async def drive(self, seconds: float, rate: float, seed: int, max_tokens: int = 48) -> None:
+        """Users send ``rate`` requests/s (Poisson) for ``seconds``, then wait for them."""
+        users = self.of("user")
+        rng = random.Random(seed)
+
+        async def one(node: Node, i: int) -> None:
+            try:
+                await node.complete(CompletionRequest(
+                    request_id=f"{seed:04x}{i:012x}", model=MODEL, max_tokens=max_tokens,
+                    messages=(ChatMessage("user", "solve " * 40),), timeout=200))
+                self.done["ok"] += 1
+            except Exception as exc:  # counted: the tests assert there are none
+                self.done[type(exc).__name__] += 1
+
+        end = trio.current_time() + seconds
+        async with trio.open_nursery() as load:
+            i = 0
+            while trio.current_time() < end:
+                await trio.sleep(rng.expovariate(rate))
+                load.start_soon(one, rng.choice(users), i)
+                i += 1
+
+    def settlements(self) -> list[tuple[DuelSettlement, DuelRecord]]:
+        chain = self.nodes[0].ledger.chain  # type: ignore[union-attr]
+        out = []
+        for block in chain.canonical_blocks(1, chain.height):
+            for env in block.txs:
+                tx = decode_tx(env).tx
+                if isinstance(tx, DuelSettlement):
+                    out.append((tx, unseal_record(tx.evidence)))
+        return out
+
+    def win_rates(self, classes: list[str]) -> tuple[dict[str, float], int]:
+        wins: defaultdict[tuple[str, str], float] = defaultdict(float)
+        games: Counter[tuple[str, str]] = Counter()
+        for tx, rec in self.settlements():
+            x, y = rec.executors
+            if self.cls[x] == self.cls[y]:
+                continue
+            for a, b in ((x, y), (y, x)):
+                games[self.cls[a], self.cls[b]] += 1
+                wins[self.cls[a], self.cls[b]] += (1.0 if tx.winner == a
+                                                   else 0.5 if not tx.winner else 0.0)
+        rates = {c: sum(wins[c, d] / games[c, d] for d in classes if d != c)
+                 / (len(classes) - 1) for c in classes}
+        return rates, sum(games.values()) // 2
+
+    def credit(self, node: Node) -> float:
+        s = self.nodes[0].ledger.chain.state  # type: ignore[union-attr]
+        p = node.peer_id
+        return (s.balance(p) + s.stake(p) + s.unbonding_total(p)) / UNIT
+
+
+async def start(nursery: trio.Nursery, net: MemoryNetwork, specs: list[Spec], tmp_path,
+                seed: int, *, duel: DuelParams, **rules: int) -> Network:
+    ids = [Identity.from_seed(random.Random(f"{seed}:{k}").randbytes(32))
+           for k in range(len(specs))]
+    genesis = Genesis(network="sim", time=SIM_EPOCH, slot_length=2.0, allocations=tuple(
+        Allocation(i.peer_id, round(s.credit * UNIT), 10 * UNIT)
+        for i, s in zip(ids, specs, strict=True)), **rules)
+    nodes: list[Node] = []
+    for k, (ident, spec) in enumerate(zip(ids, specs, strict=True)):
+        boot = (nodes[0].addresses[0],) if nodes else ()
+        engines = {}
+        models: tuple[ModelConfig, ...] = ()
+        if spec.profile is not None:
+            engine = SimEngine(get_profile(spec.profile), models=(MODEL,), seed=seed * 100 + k,
+                               stream_interval=16)
+            engines[MODEL] = spec.engine(engine) if spec.engine else engine
+            models = (ModelConfig(model_path=MODEL, engine="sim"),)
+        cfg = NodeConfig(
+            network=NetworkParams(network_id="sim", bootstrap=boot), membership=PARAMS,
+            gateway=GatewayParams(enabled=False), models=models, duel=duel,
+            node=NodeParams(name=f"n{k}", data_dir=tmp_path / f"n{k}"),
+            server_params=ServerParams(offload_frequency=1.0, accept_frequency=spec.accept))
+        node = Node(cfg, identity=ident, overlay=net.node(ident), genesis=genesis,
+                    engines=engines, wall_clock=trio_wall_clock(),  # type: ignore[arg-type]
+                    rng=random.Random(seed * 1000 + k))
+        await nursery.start(node.run)
+        nodes.append(node)
+    await trio.sleep(10)
+    return Network(nodes, {n.peer_id: s.cls for n, s in zip(nodes, specs, strict=True)})
+
+
+STUDIES = {
+    "model size": ({"8b": "a100-80g/qwen3-8b", "4b": "a100-80g/qwen3-4b",
+                    "0.6b": "a100-80g/qwen3-0.6b"}, (0.57, 0.53, 0.39)),
+    "quantization": ({"fp8": "a100-80g/qwen3-8b-fp8", "int4-128": "a100-80g/qwen3-8b-int4-128",
+                      "int4-32": "a100-80g/qwen3-8b-int4-32"}, (0.54, 0.49, 0.47)),
+}
+
+
+@pytest.mark.parametrize("study", sorted(STUDIES))
+async def test_win_rates_match_the_paper_and_credit_follows_quality(study, autojump_clock,
+                                                                    tmp_path):
+    classes, targets = STUDIES[study]
+    seed = 2
+    seed_trio_scheduler(seed)
+    specs = [Spec(c, p) for c, p in classes.items() for _ in range(3)]
+    specs += [Spec("user", credit=100_000) for _ in range(3)]
+    async with MemoryNetwork(seed=seed, latency=0.005) as net, trio.open_nursery() as nursery:
+        # a gentle loser penalty (1% of stake): with the authors' 100% a weak class soon has
+        # no stake left, is no longer drawn, and stops being measured
+        network = await start(nursery, net, specs, tmp_path, seed,
+                              duel=DuelParams(p_inspect=1.0), duel_loser_ppm=10_000)
+        for n in network.nodes:  # no payments for serving: the classes' speeds differ, and
+            n.dispatcher.reward = 0.0  # here only quality should move credit
+        await network.drive(400, 3.0, seed)
+        await trio.sleep(30)  # the last settlements land
+        assert network.done == {"ok": network.done["ok"]} and network.done["ok"] > 1000
+        rates, duels = network.win_rates(list(classes))
+        print(study, duels, {c: round(r, 3) for c, r in rates.items()})
+        assert duels > 800  # between different classes (about a third are same-class)
+        for c, target in zip(classes, targets, strict=True):
+            assert rates[c] == pytest.approx(target, abs=0.03), (c, rates)
+        credit = {c: sum(network.credit(n) for n in network.of(c)) / 3 for c in classes}
+        print({c: round(v, 1) for c, v in credit.items()})
+        if study == "model size":  # quantization's win rates are too close for credit
+            best, mid, worst = (credit[c] for c in classes)  # to separate in 400 s
+            assert best > mid > worst
+        # every replica agrees on the ratings and they rank the classes the same way
+        tables = [n.ratings() for n in network.nodes]
+        assert all(t == tables[0] for t in tables)
+        mean = {c: sum(tables[0][n.peer_id].rating for n in network.of(c)) / 3 for c in classes}
+        first, *_, last = classes
+        assert mean[first] > mean[last]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_colluding_judge_ends_in_the_minority_and_loses_stake(autojump_clock, tmp_path):
+    """One of three judges always votes for a low-quality node (a 0.6B that answers
+    nonsense): two honest judges outvote it."""
+    seed = 3
+    seed_trio_scheduler(seed)
+    specs = [Spec("strong", "a100-80g/qwen3-8b"), Spec("strong", "a100-80g/qwen3-8b"),
+             Spec("weak", "a100-80g/qwen3-0.6b", engine=Garbage),
+             # judges: serve a model (to judge with) but take no offloaded work
+             Spec("judge", "a100-80g/qwen3-8b", accept=0.0),
+             Spec("judge", "a100-80g/qwen3-8b", accept=0.0),
+             Spec("colluder", "a100-80g/qwen3-8b", accept=0.0),
+             Spec("user", credit=100_000), Spec("user", credit=100_000)]
+    async with MemoryNetwork(seed=seed, latency=0.005) as net, trio.open_nursery() as nursery:
+        network = await start(nursery, net, specs, tmp_path, seed,
+                              duel=DuelParams(p_inspect=1.0))
+        judges = network.of("judge") + network.of("colluder")
+        weak = network.of("weak")[0]
+        colluder = network.of("colluder")[0]
+        for j in judges:  # judges keep half their credit staked, busy or not
+            j.dispatcher.policy.target_stake = (  # type: ignore[method-assign]
+                lambda view: 0.5 * (view.balance + view.stake))
+
+        async def vote_for_weak(record: DuelRecord, question: str, a: str, b: str) -> str:
+            x_first = record.x_first[record.judges.index(colluder.peer_id)]
+            weak_is_a = (record.executors[0] == weak.peer_id) == x_first
+            if weak.peer_id not in record.executors:
+                return "tie"
+            return "A" if weak_is_a else "B"
+
+        colluder.duels.evaluate = vote_for_weak  # type: ignore[method-assign]
+        await trio.sleep(5)
+        stake0 = {n.peer_id: n.credit.stake() for n in judges}
+        await network.drive(300, 1.0, seed)
+        await trio.sleep(30)
+        assert network.done == {"ok": network.done["ok"]}
+        settled = network.settlements()
+        judged = [(tx, rec) for tx, rec in settled if colluder.peer_id in rec.judges]
+        assert len(judged) > 50
+        in_minority = sum(1 for tx, _ in judged if colluder.peer_id in tx.minority)
+        honest = [j.peer_id for j in network.of("judge")]
+        honest_slots = sum(1 for _, rec in settled for j in honest if j in rec.judges)
+        honest_minority = sum(1 for tx, _ in settled for j in honest if j in tx.minority)
+        print(f"colluder: minority in {in_minority} of {len(judged)}; honest judges: "
+              f"{honest_minority} of {honest_slots}")
+        assert in_minority / len(judged) > 2 * honest_minority / honest_slots
+        # the colluder's stake shrank, and it ends far poorer than the honest judges (who
+        # are sometimes in the minority too: judges are noisy)
+        assert colluder.credit.stake() < 0.5 * stake0[colluder.peer_id]
+        assert network.credit(colluder) < 1000 - 100
+        assert network.credit(colluder) < min(network.credit(j) for j in network.of("judge")) \
+            - 100
+        # and it could not save the weak node: it lost most duels and its credit fell
+        weak_duels = [tx for tx, rec in settled if weak.peer_id in rec.executors]
+        lost = sum(1 for tx in weak_duels if tx.loser == weak.peer_id)
+        won = sum(1 for tx in weak_duels if tx.winner == weak.peer_id)
+        print(f"weak: lost {lost}, won {won} of {len(weak_duels)}")
+        assert lost > 3 * won
+        assert network.credit(weak) < 1000
+        nursery.cancel_scope.cancel()
+
+
+async def test_garbage_and_stalling_executors_lose_and_users_are_still_served(autojump_clock,
+                                                                             tmp_path):
+    seed = 4
+    seed_trio_scheduler(seed)
+    specs = [Spec("good", "a100-80g/qwen3-8b"), Spec("good", "a100-80g/qwen3-8b"),
+             Spec("good", "a100-80g/qwen3-8b"), Spec("good", "a100-80g/qwen3-8b"),
+             Spec("garbage", "a100-80g/qwen3-8b", engine=Garbage),
+             Spec("staller", "a100-80g/qwen3-8b", engine=Staller),
+             Spec("user", credit=100_000), Spec("user", credit=100_000)]
+    async with MemoryNetwork(seed=seed, latency=0.005) as net, trio.open_nursery() as nursery:
+        # a gentle loser penalty keeps the cheats staked, so they keep being drawn
+        network = await start(nursery, net, specs, tmp_path, seed,
+                              duel=DuelParams(p_inspect=1.0), duel_loser_ppm=10_000)
+        for n in network.nodes:
+            n.dispatcher.stall_timeout = 10.0
+        await network.drive(240, 0.5, seed)
+        await trio.sleep(60)
+        # every user got an answer: a duelled request is answered by whichever executor
+        # completes first, and a stalled one that had the user is abandoned and retried
+        assert network.done == {"ok": network.done["ok"]} and network.done["ok"] > 80
+        settled = network.settlements()
+        garbage, staller = network.of("garbage")[0].peer_id, network.of("staller")[0].peer_id
+        g = [tx for tx, rec in settled if garbage in rec.executors and staller
+             not in rec.executors]
+        s = [(tx, rec) for tx, rec in settled if staller in rec.executors]
+        assert len(g) > 10 and len(s) > 10
+        assert sum(tx.loser == garbage for tx in g) >= 0.9 * len(g)
+        # a stalled answer never completes: the staller loses without judges
+        assert all(tx.loser == staller and not rec.judges for tx, rec in s
+                   if garbage not in rec.executors)
+        assert network.credit(network.of("garbage")[0]) < 1000
+        assert network.credit(network.of("staller")[0]) < 1000
+        nursery.cancel_scope.cancel()
+
+
+async def test_judges_refuse_what_they_must_not_judge(autojump_clock, tmp_path):
+    seed = 5
+    seed_trio_scheduler(seed)
+    specs = [Spec("a", "a100-80g/qwen3-8b"), Spec("b", "a100-80g/qwen3-8b"),
+             Spec("c", "a100-80g/qwen3-8b"), Spec("d", "a100-80g/qwen3-8b")]
+    async with MemoryNetwork(seed=seed, latency=0.005) as net, trio.open_nursery() as nursery:
+        network = await start(nursery, net, specs, tmp_path, seed,
+                              duel=DuelParams(p_inspect=0.0))
+        req, x, y, judge = network.nodes
+        from wwwserve.duel.evidence import digest
+
+        def ask(record: DuelRecord, a: str = "one", b: str = "two", signer: Node = req):
+            env = encode(seal(record, signer.identity))
+            return encode(JudgeRequest(record=env, question="q", answer_a=a, answer_b=b))
+
+        def record(judges: tuple[str, ...], executors=(x.peer_id, y.peer_id), **kw):
+            base = dict(network="sim", duel_id="d1", requester=req.peer_id,
+                        executors=executors, answers=(digest("one"), digest("two")),
+                        judges=judges, x_first=(True,) * len(judges))
+            base.update(kw)
+            return DuelRecord(**base)  # type: ignore[arg-type]
+
+        async def refused(target: Node, payload: bytes) -> None:
+            with pytest.raises(RemoteError):
+                async with req.overlay.request(target.peer_id, JUDGE_PROTOCOL, payload) as r:
+                    async for _ in r:
+                        pass
+
+        # an executor asked to judge its own duel
+        await refused(x, ask(record((x.peer_id,))))
+        # a node that is not one of the record's judges
+        await refused(judge, ask(record((y.peer_id,), executors=(x.peer_id, req.peer_id))))
+        # answers that do not match the record's digests
+        await refused(judge, ask(record((judge.peer_id,)), a="swapped"))
+        # a record signed by someone else than the peer asking
+        await refused(judge, ask(record((judge.peer_id,)), signer=x))
+        # a reveal with no vote behind it
+        await refused(judge, encode(RevealRequest(duel_id="nope")))
+        assert x.duels.stats["refused_own"] == 1
+        # the real thing works: commit, then reveal
+        async with req.overlay.request(judge.peer_id, JUDGE_PROTOCOL,
+                                       ask(record((judge.peer_id,)))) as r:
+            commits = [c async for c in r]
+        assert len(commits) == 1
+        async with req.overlay.request(judge.peer_id, JUDGE_PROTOCOL,
+                                       encode(RevealRequest(duel_id="d1"))) as r:
+            reveals = [c async for c in r]
+        assert len(reveals) == 1
+        nursery.cancel_scope.cancel()
