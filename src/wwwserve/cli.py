@@ -329,6 +329,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     dispatch = status.get("dispatch", {})
     console.print("dispatch: " + (", ".join(f"{k} {v}" for k, v in sorted(
         dispatch.items())) if isinstance(dispatch, dict) and dispatch else "nothing yet"))
+    duels = status.get("duels", {})
+    console.print("duels: " + (", ".join(f"{k} {v}" for k, v in sorted(
+        duels.items())) if isinstance(duels, dict) and duels else "none yet"))
+    ratings = status.get("ratings", {})
+    if isinstance(ratings, dict) and ratings:
+        table = Table(title="ratings (Bradley-Terry, Elo scale, from settled duels)")
+        for col in ("peer id", "rating", "won", "lost", "tie"):
+            table.add_column(col)
+        for pid, r in sorted(ratings.items(), key=lambda kv: -kv[1]["rating"]):
+            table.add_row(f"{pid[:12]}…{pid[-6:]}", f"{r['rating']:.0f}", str(r["wins"]),
+                          str(r["losses"]), str(r["ties"]))
+        console.print(table)
     return 0
 
 
@@ -627,7 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the profiles and exit")
     p.set_defaults(func=cmd_sim_engine)
 
-    p = add("status", "show a running node's peers, load, credit and stake (via its gateway)",
+    p = add("status", "show a running node's peers, load, credit, stake, duels and ratings "
+            "(via its gateway)",
             "wwwserve status node_configs/node1.yaml   # or: wwwserve status http://127.0.0.1:8001")
     p.add_argument("target", help="the node's config file or its gateway URL")
     p.add_argument("--api-key", default=None, help="the gateway's bearer key, if it has one")

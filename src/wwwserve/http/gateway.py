@@ -10,11 +10,15 @@ as the dispatcher decides. ``/v1/models`` lists the models served anywhere in th
 - ``wwwserve_dispatch_total{decision}``: dispatcher counters (``local``, ``offloaded``,
   ``accepted``, ``queued``, ``offload_failed``, ...);
 - ``wwwserve_credit``, ``wwwserve_stake``, ``wwwserve_peers{status}``;
+- ``wwwserve_duel_events_total{event}``: duels this node requested and judged (``decided``,
+  ``tie``, ``settled``, ``void_*``, ``voted_A``, ``refused_*``, ...);
+- ``wwwserve_peer_rating{peer}``, ``wwwserve_peer_duels_total{peer,result}``: Bradley–Terry
+  ratings (Elo scale) and results of peers from settled duels;
 - ``wwwserve_model_token_usage{model}``, ``wwwserve_model_running{model}``,
   ``wwwserve_model_queued{model}``, ``wwwserve_model_healthy{model}``.
 
 ``/status`` is a JSON summary (peer id, peers, models and their load, credit, stake,
-dispatcher counters) for ``wwwserve status`` and dashboards.
+dispatcher counters, duel counters and peers' ratings) for ``wwwserve status`` and dashboards.
 """
 
 from __future__ import annotations
@@ -69,6 +73,23 @@ class _NodeCollector(Collector):
         for status, n in sorted(counts.items()):
             g.add_metric([status], float(n))
         yield g
+        d = CounterMetricFamily("wwwserve_duel_events", "Duels requested and judged here.",
+                                labels=["event"])
+        for key, value in sorted(node.duels.stats.items()):
+            d.add_metric([key], float(value))
+        yield d
+        ratings = node.ratings()
+        r = GaugeMetricFamily("wwwserve_peer_rating",
+                              "Bradley-Terry rating of a peer from duels (Elo scale).",
+                              labels=["peer"])
+        results = CounterMetricFamily("wwwserve_peer_duels", "A peer's duel results.",
+                                      labels=["peer", "result"])
+        for peer, rec in sorted(ratings.items()):
+            r.add_metric([peer], rec.rating)
+            for result, n in (("won", rec.wins), ("lost", rec.losses), ("tie", rec.ties)):
+                results.add_metric([peer, result], float(n))
+        yield r
+        yield results
         families = {
             "token_usage": GaugeMetricFamily("wwwserve_model_token_usage",
                                              "KV cache in use (0..1).", labels=["model"]),
@@ -174,6 +195,10 @@ class Gateway:
             "dispatch": dict(node.dispatcher.stats),
             "offload_dispatch_ms": _percentiles(node.dispatcher.offload_delays),
             "ledger": _ledger_status(node.ledger),
+            "duels": dict(node.duels.stats),
+            "ratings": {peer: {"rating": rec.rating, "wins": rec.wins, "losses": rec.losses,
+                               "ties": rec.ties}
+                        for peer, rec in sorted(node.ratings().items())},
         })
 
     async def _ledger(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -91,7 +91,7 @@ def ledger_view(chain: Chain, *, last: int = 10, accounts: bool = True,
         "network": chain.network, "height": chain.height, "tip": chain.tip.hex(),
         "finalized_height": chain.finalized_height, "finalized": chain.finalized.hex(),
         "state_root": state.root().hex(), "pending": len(chain.pool),
-        "total_credit": credits(state.total()),
+        "total_credit": credits(state.total()), "duels_settled": len(state.settled),
         "stats": {**chain.stats, **(stats or {})},
         "blocks": [{"height": b.height, "slot": b.slot, "proposer": b.proposer,
                     "txs": len(b.txs)}
