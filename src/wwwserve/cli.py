@@ -402,7 +402,11 @@ def cmd_genesis(args: argparse.Namespace) -> int:
         genesis = Genesis(network=network, time=args.time if args.time is not None
                           else float(int(time.time())), allocations=tuple(allocations),
                           slot_length=args.slot_length, join_grant=micro(args.join_grant),
-                          unbonding_blocks=args.unbonding_blocks)
+                          unbonding_blocks=args.unbonding_blocks,
+                          duel_reward=micro(args.duel_reward),
+                          duel_loser_ppm=round(args.duel_loser_penalty * 1e6),
+                          duel_minority_ppm=round(args.duel_minority_penalty * 1e6),
+                          duel_silent_ppm=round(args.duel_silent_penalty * 1e6))
     except ValueError as exc:
         raise ConfigError(f"genesis: {exc}") from None
     text = genesis.to_yaml()
@@ -673,6 +677,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="credit a new account may claim once (default 0: none)")
     p.add_argument("--unbonding-blocks", type=int, default=30,
                    help="blocks before unstaked credit is spendable (default 30)")
+    p.add_argument("--duel-reward", type=float, default=1.0,
+                   help="credit a duel's winner gets from its requester (default 1)")
+    p.add_argument("--duel-loser-penalty", type=float, default=1.0,
+                   help="share of a duel loser's stake that goes to the winner (default 1.0)")
+    p.add_argument("--duel-minority-penalty", type=float, default=0.2,
+                   help="share of a minority judge's stake taken (default 0.2)")
+    p.add_argument("--duel-silent-penalty", type=float, default=0.05,
+                   help="share of a silent judge's stake taken (default 0.05)")
     p.set_defaults(func=cmd_genesis)
 
     p = add("ledger", "inspect a node's chain on disk: show, verify, balance",

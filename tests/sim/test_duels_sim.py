@@ -7,55 +7,19 @@ to draw more often does not tilt a class's rate).
 
 from __future__ import annotations
 
-import random
-from collections import Counter, defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import pytest
 import trio
 
-from wwwserve.clock import SIM_EPOCH, trio_wall_clock
-from wwwserve.config import (
-    DuelParams,
-    GatewayParams,
-    MembershipParams,
-    ModelConfig,
-    NetworkParams,
-    NodeConfig,
-    NodeParams,
-    ServerParams,
-)
+from wwwserve.config import DuelParams
 from wwwserve.duel.evidence import DuelRecord
-from wwwserve.duel.service import JUDGE_PROTOCOL, JudgeRequest, RevealRequest, unseal_record
-from wwwserve.engines import (
-    ChatMessage,
-    Chunk,
-    CompletionRequest,
-    Emit,
-    SimEngine,
-    Usage,
-    get_profile,
-)
+from wwwserve.duel.service import JUDGE_PROTOCOL, JudgeRequest, RevealRequest
+from wwwserve.engines import Chunk, CompletionRequest, Emit, SimEngine, Usage
 from wwwserve.errors import RemoteError
-from wwwserve.identity import Identity
-from wwwserve.ledger import UNIT, Allocation, DuelSettlement, Genesis, decode_tx
 from wwwserve.node import Node
 from wwwserve.overlay import MemoryNetwork
 from wwwserve.sim import seed_trio_scheduler
+from wwwserve.sim.duels import Spec, start
 from wwwserve.wire import encode, seal
-
-MODEL = "Qwen/Qwen3-8B"
-PARAMS = MembershipParams(heartbeat_interval=1.0, suspect_timeout=2.5, peer_timeout=5.0)
-
-
-@dataclass
-class Spec:
-    cls: str
-    profile: str | None = None  # None: a user-only node (no engine)
-    accept: float = 1.0
-    engine: Callable[[SimEngine], object] | None = None  # wraps the simulated engine
-    credit: float = 1000.0
 
 
 class Garbage:
@@ -86,99 +50,6 @@ class Staller(Garbage):
         await emit(Chunk(text="thinking", tokens=1))
         await trio.sleep_forever()
         raise AssertionError("unreachable")
-
-
-class Network:
-    def __init__(self, nodes: list[Node], cls: dict[str, str]) -> None:
-        self.nodes = nodes
-        self.cls = cls
-        self.done: Counter[str] = Counter()
-
-    def of(self, c: str) -> list[Node]:
-        return [n for n in self.nodes if self.cls[n.peer_id] == c]
-
-    async def drive(self, seconds: float, rate: float, seed: int, max_tokens: int = 48) -> None:
-        """Users send ``rate`` requests/s (Poisson) for ``seconds``, then wait for them."""
-        users = self.of("user")
-        rng = random.Random(seed)
-
-        async def one(node: Node, i: int) -> None:
-            try:
-                await node.complete(CompletionRequest(
-                    request_id=f"{seed:04x}{i:012x}", model=MODEL, max_tokens=max_tokens,
-                    messages=(ChatMessage("user", "solve " * 40),), timeout=200))
-                self.done["ok"] += 1
-            except Exception as exc:  # counted: the tests assert there are none
-                self.done[type(exc).__name__] += 1
-
-        end = trio.current_time() + seconds
-        async with trio.open_nursery() as load:
-            i = 0
-            while trio.current_time() < end:
-                await trio.sleep(rng.expovariate(rate))
-                load.start_soon(one, rng.choice(users), i)
-                i += 1
-
-    def settlements(self) -> list[tuple[DuelSettlement, DuelRecord]]:
-        chain = self.nodes[0].ledger.chain  # type: ignore[union-attr]
-        out = []
-        for block in chain.canonical_blocks(1, chain.height):
-            for env in block.txs:
-                tx = decode_tx(env).tx
-                if isinstance(tx, DuelSettlement):
-                    out.append((tx, unseal_record(tx.evidence)))
-        return out
-
-    def win_rates(self, classes: list[str]) -> tuple[dict[str, float], int]:
-        wins: defaultdict[tuple[str, str], float] = defaultdict(float)
-        games: Counter[tuple[str, str]] = Counter()
-        for tx, rec in self.settlements():
-            x, y = rec.executors
-            if self.cls[x] == self.cls[y]:
-                continue
-            for a, b in ((x, y), (y, x)):
-                games[self.cls[a], self.cls[b]] += 1
-                wins[self.cls[a], self.cls[b]] += (1.0 if tx.winner == a
-                                                   else 0.5 if not tx.winner else 0.0)
-        rates = {c: sum(wins[c, d] / games[c, d] for d in classes if d != c)
-                 / (len(classes) - 1) for c in classes}
-        return rates, sum(games.values()) // 2
-
-    def credit(self, node: Node) -> float:
-        s = self.nodes[0].ledger.chain.state  # type: ignore[union-attr]
-        p = node.peer_id
-        return (s.balance(p) + s.stake(p) + s.unbonding_total(p)) / UNIT
-
-
-async def start(nursery: trio.Nursery, net: MemoryNetwork, specs: list[Spec], tmp_path,
-                seed: int, *, duel: DuelParams, **rules: int) -> Network:
-    ids = [Identity.from_seed(random.Random(f"{seed}:{k}").randbytes(32))
-           for k in range(len(specs))]
-    genesis = Genesis(network="sim", time=SIM_EPOCH, slot_length=2.0, allocations=tuple(
-        Allocation(i.peer_id, round(s.credit * UNIT), 10 * UNIT)
-        for i, s in zip(ids, specs, strict=True)), **rules)
-    nodes: list[Node] = []
-    for k, (ident, spec) in enumerate(zip(ids, specs, strict=True)):
-        boot = (nodes[0].addresses[0],) if nodes else ()
-        engines = {}
-        models: tuple[ModelConfig, ...] = ()
-        if spec.profile is not None:
-            engine = SimEngine(get_profile(spec.profile), models=(MODEL,), seed=seed * 100 + k,
-                               stream_interval=16)
-            engines[MODEL] = spec.engine(engine) if spec.engine else engine
-            models = (ModelConfig(model_path=MODEL, engine="sim"),)
-        cfg = NodeConfig(
-            network=NetworkParams(network_id="sim", bootstrap=boot), membership=PARAMS,
-            gateway=GatewayParams(enabled=False), models=models, duel=duel,
-            node=NodeParams(name=f"n{k}", data_dir=tmp_path / f"n{k}"),
-            server_params=ServerParams(offload_frequency=1.0, accept_frequency=spec.accept))
-        node = Node(cfg, identity=ident, overlay=net.node(ident), genesis=genesis,
-                    engines=engines, wall_clock=trio_wall_clock(),  # type: ignore[arg-type]
-                    rng=random.Random(seed * 1000 + k))
-        await nursery.start(node.run)
-        nodes.append(node)
-    await trio.sleep(10)
-    return Network(nodes, {n.peer_id: s.cls for n, s in zip(nodes, specs, strict=True)})
 
 
 STUDIES = {
@@ -370,4 +241,36 @@ async def test_judges_refuse_what_they_must_not_judge(autojump_clock, tmp_path):
                                        encode(RevealRequest(duel_id="d1"))) as r:
             reveals = [c async for c in r]
         assert len(reveals) == 1
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_duelled_request_reaches_the_user_once_from_one_executor(stream, autojump_clock,
+                                                                         tmp_path):
+    seed = 6
+    seed_trio_scheduler(seed)
+    specs = [Spec("e", "a100-80g/qwen3-8b") for _ in range(5)] + [Spec("user")]
+    async with MemoryNetwork(seed=seed, latency=0.005) as net, trio.open_nursery() as nursery:
+        network = await start(nursery, net, specs, tmp_path, seed,
+                              duel=DuelParams(p_inspect=1.0))
+        user = network.of("user")[0]
+        for i in range(6):
+            chunks: list[Chunk] = []
+
+            async def collect(chunk: Chunk, chunks: list[Chunk] = chunks) -> None:
+                chunks.append(chunk)
+
+            usage = await user.submit(CompletionRequest(
+                request_id=f"s{i}", model="Qwen/Qwen3-8B", prompt="question " * 30,
+                max_tokens=40, stream=stream), collect)
+            text = "".join(c.text for c in chunks)
+            # one answer: one quality marker, its tokens, one final chunk
+            assert text.count("⟦q=") == 1 and text.startswith("⟦q=")
+            assert sum(c.tokens for c in chunks) == usage.completion_tokens
+            assert [c.finish_reason is not None for c in chunks].count(True) == 1
+        await trio.sleep(30)
+        d = user.dispatcher.stats
+        # a duel whose second executor refused is served by the first alone, not judged
+        assert d["duels"] == 6 and d["duel_copies"] == 6 - d["duels_unmatched"] >= 4
+        assert user.duels.stats["settled"] == d["duel_copies"]
         nursery.cancel_scope.cancel()

@@ -65,9 +65,11 @@ def test_genesis_from_node_configs_then_ledger_tools(tmp_path: Path,
 
     configs = _copy_configs(tmp_path)
     out = tmp_path / "genesis.yaml"
-    assert main(["genesis", *configs, "-o", str(out), "--time", "0"]) == 0
+    assert main(["genesis", *configs, "-o", str(out), "--time", "0",
+                 "--duel-loser-penalty", "0.5"]) == 0
     genesis = Genesis.load(out)
     assert genesis.network == "wwwserve-local" and len(genesis.allocations) == 3
+    assert genesis.rules.duel_loser_ppm == 500_000 and genesis.rules.duel_reward == micro(1)
     assert all(a.stake == micro(100) and a.balance == micro(900)
                for a in genesis.allocations)
     # the members' keys were created where their configs say, and are the accounts

@@ -1,0 +1,162 @@
+"""Duel studies in virtual time: networks of simulated providers of different quality.
+
+:func:`start` builds a network of real :class:`~wwwserve.node.Node` s over a
+:class:`~wwwserve.overlay.MemoryNetwork` with simulated engines and a private ledger;
+:class:`Network` drives user load from user-only nodes and reads the duels settled on the
+chain: per-class win rates (measured as calibrated: per pair of classes, over duels between
+different classes, ties half, averaged over the opponent classes) and credit. Used by the
+tests and ``bench/duels.py``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..clock import SIM_EPOCH, trio_wall_clock
+from ..config import (
+    DuelParams,
+    GatewayParams,
+    MembershipParams,
+    ModelConfig,
+    NetworkParams,
+    NodeConfig,
+    NodeParams,
+    ServerParams,
+)
+from ..duel.evidence import DuelRecord
+from ..duel.service import unseal_record
+from ..engines import ChatMessage, CompletionRequest, Engine, SimEngine, get_profile
+from ..errors import WWWServeError
+from ..identity import Identity
+from ..ledger import UNIT, Allocation, DuelSettlement, Genesis, decode_tx
+from ..node import Node
+from ..overlay import MemoryNetwork
+
+__all__ = ["MODEL", "Network", "Spec", "start"]
+
+MODEL = "Qwen/Qwen3-8B"
+PARAMS = MembershipParams(heartbeat_interval=1.0, suspect_timeout=2.5, peer_timeout=5.0)
+
+
+@dataclass
+class Spec:
+    """One node of a duel study: its class, GPU profile (None: a user-only node), accept
+    frequency, an optional wrapper of its simulated engine (a cheat), its genesis credit."""
+
+    cls: str
+    profile: str | None = None  # None: a user-only node (no engine)
+    accept: float = 1.0
+    engine: Callable[[SimEngine], Any] | None = None  # wraps the simulated engine
+    credit: float = 1000.0
+
+
+class Network:
+    """A running duel-study network (see the module docs)."""
+
+    def __init__(self, nodes: list[Node], cls: dict[str, str]) -> None:
+        self.nodes = nodes
+        self.cls = cls
+        self.done: Counter[str] = Counter()
+
+    def of(self, c: str) -> list[Node]:
+        """The nodes of class ``c``."""
+        return [n for n in self.nodes if self.cls[n.peer_id] == c]
+
+    async def drive(self, seconds: float, rate: float, seed: int, max_tokens: int = 48) -> None:
+        """Users send ``rate`` requests/s (Poisson) for ``seconds``, then wait for them."""
+        users = self.of("user")
+        rng = random.Random(seed)
+
+        async def one(node: Node, i: int) -> None:
+            try:
+                await node.complete(CompletionRequest(
+                    request_id=f"{seed:04x}{i:012x}", model=MODEL, max_tokens=max_tokens,
+                    messages=(ChatMessage("user", "solve " * 40),), timeout=200))
+                self.done["ok"] += 1
+            except WWWServeError as exc:  # counted: callers check there are none
+                self.done[type(exc).__name__] += 1
+
+        end = trio.current_time() + seconds
+        async with trio.open_nursery() as load:
+            i = 0
+            while trio.current_time() < end:
+                await trio.sleep(rng.expovariate(rate))
+                load.start_soon(one, rng.choice(users), i)
+                i += 1
+
+    def settlements(self) -> list[tuple[DuelSettlement, DuelRecord]]:
+        """Every duel settled on node 0's best chain, with its record."""
+        ledger = self.nodes[0].ledger
+        assert ledger is not None
+        chain = ledger.chain
+        out = []
+        for block in chain.canonical_blocks(1, chain.height):
+            for env in block.txs:
+                tx = decode_tx(env).tx
+                if isinstance(tx, DuelSettlement):
+                    out.append((tx, unseal_record(tx.evidence)))
+        return out
+
+    def win_rates(self, classes: list[str]) -> tuple[dict[str, float], int]:
+        """Each class's win rate (see the module docs) and the cross-class duel count."""
+        wins: defaultdict[tuple[str, str], float] = defaultdict(float)
+        games: Counter[tuple[str, str]] = Counter()
+        for tx, rec in self.settlements():
+            x, y = rec.executors
+            if self.cls[x] == self.cls[y]:
+                continue
+            for a, b in ((x, y), (y, x)):
+                games[self.cls[a], self.cls[b]] += 1
+                wins[self.cls[a], self.cls[b]] += (1.0 if tx.winner == a
+                                                   else 0.5 if not tx.winner else 0.0)
+        rates = {c: sum(wins[c, d] / games[c, d] for d in classes if d != c)
+                 / (len(classes) - 1) for c in classes}
+        return rates, sum(games.values()) // 2
+
+    def credit(self, node: Node) -> float:
+        """``node``'s balance, stake and unbonding credit on node 0's chain (credits)."""
+        ledger = self.nodes[0].ledger
+        assert ledger is not None
+        s = ledger.chain.state
+        p = node.peer_id
+        return (s.balance(p) + s.stake(p) + s.unbonding_total(p)) / UNIT
+
+
+async def start(nursery: trio.Nursery, net: MemoryNetwork, specs: list[Spec], data_dir: Path,
+                seed: int, *, duel: DuelParams, **rules: int) -> Network:
+    """Start one node per spec in ``nursery`` (genesis rules from ``rules``, e.g.
+    ``duel_loser_ppm``) and let the network form (10 virtual seconds)."""
+    ids = [Identity.from_seed(random.Random(f"{seed}:{k}").randbytes(32))
+           for k in range(len(specs))]
+    genesis = Genesis(network="sim", time=SIM_EPOCH, slot_length=2.0, allocations=tuple(
+        Allocation(i.peer_id, round(s.credit * UNIT), 10 * UNIT)
+        for i, s in zip(ids, specs, strict=True)), **rules)
+    nodes: list[Node] = []
+    for k, (ident, spec) in enumerate(zip(ids, specs, strict=True)):
+        boot = (nodes[0].addresses[0],) if nodes else ()
+        engines: dict[str, Engine] = {}
+        models: tuple[ModelConfig, ...] = ()
+        if spec.profile is not None:
+            engine = SimEngine(get_profile(spec.profile), models=(MODEL,), seed=seed * 100 + k,
+                               stream_interval=16)
+            engines[MODEL] = spec.engine(engine) if spec.engine else engine
+            models = (ModelConfig(model_path=MODEL, engine="sim"),)
+        cfg = NodeConfig(
+            network=NetworkParams(network_id="sim", bootstrap=boot), membership=PARAMS,
+            gateway=GatewayParams(enabled=False), models=models, duel=duel,
+            node=NodeParams(name=f"n{k}", data_dir=data_dir / f"n{k}"),
+            server_params=ServerParams(offload_frequency=1.0, accept_frequency=spec.accept))
+        node = Node(cfg, identity=ident, overlay=net.node(ident), genesis=genesis,
+                    engines=engines, wall_clock=trio_wall_clock(),
+                    rng=random.Random(seed * 1000 + k))
+        await nursery.start(node.run)
+        nodes.append(node)
+    await trio.sleep(10)
+    return Network(nodes, {n.peer_id: s.cls for n, s in zip(nodes, specs, strict=True)})
