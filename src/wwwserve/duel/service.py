@@ -188,7 +188,9 @@ class DuelService:
         answers = (digest(x.text) if x.text is not None else b"",
                    digest(y.text) if y.text is not None else b"")
         judges: list[str] = []
-        if x.text is not None and y.text is not None:
+        if x.text is None or y.text is None:
+            self.stats["missing_answer"] += 1
+        else:
             exclude = {self.peer_id, x.executor, y.executor, *route}
             judges = weighted_sample(self._eligible_judges(exclude), self.params.k_judges,
                                      self.rng)
