@@ -500,7 +500,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             print(f"{name:<22} {description}")
         print(f"{'paper':<22} every scenario above, into one report folder")
         return 0
-    strategies = [x.strip() for x in args.strategies.split(",") if x.strip()]
+    strategies = [x.strip() for x in (args.strategies or "").split(",") if x.strip()]
     for st in strategies:
         if st not in STRATEGIES:
             raise ConfigError(f"--strategies: unknown strategy {st!r}; one of "
@@ -530,17 +530,21 @@ def _simulate_one(scenario: Scenario, strategies: list[str], seed: int, out: Pat
     from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     from .sim.experiment import (
+        STRATEGIES,
+        credit_markdown,
         make_workload,
         per_node_markdown,
         results_json,
         run_strategy,
         summary_markdown,
+        write_credit_plot,
         write_per_node_plot,
         write_plots,
         write_sweep_plot,
         write_timeline_plot,
     )
 
+    strategies = strategies or list(scenario.strategies) or list(STRATEGIES)
     sweep = scenario.sweep
     # a sweep runs the decentralized strategy once per value (runs named by the value)
     plan = [(f"{sweep.param}={v:g}", "decentralized", sweep.apply(scenario, v))
@@ -571,6 +575,9 @@ def _simulate_one(scenario: Scenario, strategies: list[str], seed: int, out: Pat
     for label, st, sc in plan:
         if st == "decentralized":
             summary += f"\n## Providers ({label})\n\n" + per_node_markdown(sc, runs[label])
+            if sc.ledger:
+                summary += f"\n## Credit per class ({label}, on the ledger)\n\n" \
+                    + credit_markdown(sc, lines[label])
     speed = (f"\n{n} requests x {len(plan)} runs simulated in {wall:.1f} s of wall "
              f"time: {n * len(plan) / max(wall, 1e-9):.0f} requests per wall second, "
              f"virtual/wall time {scenario.duration * len(plan) / max(wall, 1e-9):.0f}x\n")
@@ -583,6 +590,8 @@ def _simulate_one(scenario: Scenario, strategies: list[str], seed: int, out: Pat
         plots.append(write_per_node_plot(scenario, runs["decentralized"], out))
         plots.append(write_timeline_plot(scenario, lines["decentralized"], out,
                                          "decentralized"))
+        if scenario.ledger:
+            plots.append(write_credit_plot(scenario, lines["decentralized"], out))
     print(summary + speed)
     print(f"wrote {out}/results.json, {out}/summary.md and "
           f"{', '.join(p.name for p in plots)}")
@@ -658,8 +667,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", default=None,
                    help="output folder (default results/<scenario>-seed<N>)")
-    p.add_argument("--strategies", default="single,centralized,oracle,decentralized",
-                   help="comma-separated subset of single,centralized,oracle,decentralized")
+    p.add_argument("--strategies", default=None,
+                   help="comma-separated subset of single,centralized,oracle,decentralized "
+                        "(default: the scenario's own list, else all four)")
     p.add_argument("--list", action="store_true", help="list the shipped scenarios")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_simulate)

@@ -158,3 +158,36 @@ def test_timelines_follow_stake_and_load_in_the_network():
     # the idle providers stake more than the busy one (the default policy)
     mid = len(lines["a"]) // 2
     assert lines["b"][mid][4] > lines["a"][mid][4]
+
+
+def test_quality_scenarios_run_on_a_ledger_with_duels_and_conserve_credit(tmp_path, capsys):
+    scenario = dataclasses.replace(load_scenario("quality-size"), duration=150.0,
+                                   nodes=load_scenario("quality-size").nodes[::2])
+    assert scenario.ledger and scenario.strategies == ("decentralized",)
+    lines: dict = {}
+    records = run_strategy(scenario, "decentralized", seed=1, timelines=lines)
+    assert all(r.outcome == "ok" for r in records)
+    # every request went to the market: run elsewhere (or queued here when nobody took it)
+    assert sum(r.executor != r.origin for r in records) > 0.8 * len(records)
+    from wwwserve.sim.experiment import credit_by_group, credit_markdown
+
+    curves = credit_by_group(scenario, lines)
+    assert set(curves) == {"Qwen3-8B", "Qwen3-4B", "Qwen3-0.6B"}
+    # credit only moves between providers: the network's total stays what genesis gave
+    last = min(len(rows) for rows in lines.values()) - 1
+    total = sum(rows[last][4] + rows[last][5] for rows in lines.values())
+    assert total == pytest.approx(1000.0 * len(scenario.nodes), abs=1e-6)
+    moved = sum(abs(rows[last][4] + rows[last][5] - 1000.0) for rows in lines.values())
+    assert moved > 50  # payments and duels moved credit
+    assert "| Qwen3-8B |" in credit_markdown(scenario, lines)
+
+
+def test_quality_scenario_settings_are_checked(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nledger: true\nduel_loser_penalty: 2\n"
+                   "nodes: [{name: a}, {name: b}]\n")
+    with pytest.raises(ConfigError, match="duel_loser_penalty: must be in"):
+        load_scenario(str(bad))
+    bad.write_text("name: x\nstrategies: [fastest]\nnodes: [{name: a}, {name: b}]\n")
+    with pytest.raises(ConfigError, match="strategies: unknown strategy 'fastest'"):
+        load_scenario(str(bad))

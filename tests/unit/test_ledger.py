@@ -432,3 +432,41 @@ def test_block_ids_ignore_the_signature_only():
     block, _ = _next_block(chain)
     assert block_id(block) == block_id(dataclasses.replace(block, signature=b"x" * 64))
     assert block_id(block) != block_id(dataclasses.replace(block, slot=block.slot + 1))
+
+
+def test_the_chain_goes_on_when_penalties_took_every_stake():
+    """Duel penalties can leave nobody staked: the genesis stakers then draw the slots."""
+    g = genesis(5)
+    chain = Chain(g)
+    state = chain.state
+    for k in range(5):  # everyone unstakes everything (as if slashed to zero)
+        chain.add_tx(sign_tx(Unstake(network=NET, account=PEERS[k], amount=10 * UNIT,
+                                     nonce=0), IDS[k]), now=0.0)
+    slot = 1
+    while state.total_stake() > 0:
+        for ident in IDS[:5]:
+            chain.propose(ident, slot)
+        slot += 1
+    height = chain.height
+    for later in range(slot, slot + 20):
+        for ident in IDS[:5]:
+            chain.propose(ident, later)
+    assert chain.height > height + 5
+    assert chain.finalized_height > height
+
+
+def test_an_unstake_overtaken_by_a_penalty_still_applies_with_what_is_left():
+    """Otherwise it could never apply and would hold up the account's later transactions."""
+    g = genesis(6)
+    state = g.state()
+    # PEERS[1] loses a duel: its whole stake (10) goes to the winner
+    state.apply(sign_tx(signed_duel(IDS[0], (PEERS[2], PEERS[1]), IDS[3:6], ["A", "A", "A"],
+                                    network=NET, rules=g.rules), IDS[0]), height=1)
+    assert state.stake(PEERS[1]) == 0
+    # its unstake of 10, signed before it knew, applies (moving nothing), and so does the
+    # payment after it
+    state.apply(sign_tx(Unstake(network=NET, account=PEERS[1], amount=10 * UNIT, nonce=0),
+                        IDS[1]), height=2)
+    state.apply(sign_tx(Payment(network=NET, payer=PEERS[1], payee=PEERS[2], amount=UNIT,
+                                request_id="r", nonce=1), IDS[1]), height=2)
+    assert state.nonce(PEERS[1]) == 2 and state.unbonding_total(PEERS[1]) == 0

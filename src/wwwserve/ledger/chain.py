@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ..errors import InvalidBlockError, InvalidTransactionError
@@ -72,6 +72,7 @@ class Chain:
                  max_orphans: int = 256,
                  on_block: Callable[[Block], None] | None = None) -> None:
         self.genesis = genesis
+        self._genesis_stakes = {a.account: a.stake for a in genesis.allocations}
         self.network = genesis.network
         self.state: LedgerState = genesis.state()
         self.max_block_txs = max_block_txs
@@ -221,9 +222,17 @@ class Chain:
         return chosen
 
     # ---- proposing ----------------------------------------------------------------------
+    def _lottery_stakes(self) -> Mapping[str, int]:
+        """The weights of the proposer lottery: the current stakes, or the genesis' if
+        nobody stakes any more (penalties can take every stake at once: without this
+        fallback no block could ever be proposed again, not even one restaking)."""
+        if any(v > 0 for v in self.state.stakes.values()):
+            return self.state.stakes
+        return self._genesis_stakes
+
     def leader_of(self, slot: int) -> str | None:
         """Who may propose ``slot`` on top of the tip."""
-        return leader(self.tip, slot, self.state.stakes)
+        return leader(self.tip, slot, self._lottery_stakes())
 
     def propose(self, identity: Identity, slot: int) -> Block | None:
         """The block ``identity`` proposes for ``slot``, if it is that slot's proposer.
@@ -348,7 +357,7 @@ class Chain:
         """Validate ``entry`` against the tip's state and make it the tip."""
         block = entry.block
         assert block is not None
-        expected = leader(entry.parent, block.slot, self.state.stakes)
+        expected = leader(entry.parent, block.slot, self._lottery_stakes())
         if expected != block.proposer:
             raise InvalidBlockError(f"{block.proposer[-8:]} is not slot {block.slot}'s proposer")
         try:
@@ -422,7 +431,8 @@ class Chain:
         self._update_finality()
 
     def _update_finality(self) -> None:
-        total = self.state.total_stake()
+        stakes = self._lottery_stakes()
+        total = sum(stakes.values())
         seen: set[str] = set()
         weight = 0
         for h in range(self.height, self.finalized_height, -1):
@@ -431,7 +441,7 @@ class Chain:
             # blocks strictly above height h - 1 are [h, tip]: they can finalize h - 1
             if block.proposer not in seen:
                 seen.add(block.proposer)
-                weight += self.state.stake(block.proposer)
+                weight += stakes.get(block.proposer, 0)
             depth = self.height - (h - 1)
             if 3 * weight > 2 * total and depth >= self.genesis.finality_depth:
                 if h - 1 > self.finalized_height:

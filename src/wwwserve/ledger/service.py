@@ -42,6 +42,7 @@ from .block import Block
 from .chain import AddResult, Chain
 from .store import BlockStore
 from .tx import (
+    DuelSettlement,
     Payment,
     SignedTx,
     Stake,
@@ -399,9 +400,12 @@ class LedgerAccount:
         return max([self.service.chain.state.nonce(self.owner) - 1, *pending]) + 1
 
     def balance(self) -> float:
-        """Spendable credit: the tip's balance less pending outgoing payments and stakes."""
+        """Spendable credit: the tip's balance less pending payments, stakes and duel
+        rewards."""
         state = self.service.chain.state
         out = sum(s.tx.amount for s in self._pending() if isinstance(s.tx, Payment | Stake))
+        out += sum(s.tx.reward for s in self._pending()
+                   if isinstance(s.tx, DuelSettlement) and s.tx.winner)
         return credits(state.balance(self.owner) - out)
 
     def stake(self) -> float:

@@ -7,7 +7,8 @@ the same state and the same :meth:`~LedgerState.root`. Every change is recorded 
 Rules (each violation raises :class:`InvalidTransactionError` and changes nothing):
 
 - the transaction's ``network`` is this ledger's; its ``nonce`` is the signer's next one;
-- amounts are positive; nobody spends more than its balance (stake: than its stake);
+- amounts are positive; nobody spends more than its balance; an unstake moves up to its
+  amount (what is left of the stake after penalties);
 - a payment's payee is a valid peer id other than the payer; a payer pays for a given
   ``request_id`` at most once;
 - a join grant needs the network's ``join_grant`` > 0, nonce 0, and is granted once;
@@ -172,14 +173,16 @@ class LedgerState:
                 self._set(undo, self.balances, signer, self.balance(signer) - tx.amount)
                 self._set(undo, self.stakes, signer, self.stake(signer) + tx.amount)
             elif isinstance(tx, Unstake):
+                # up to ``amount``: a penalty may have taken stake since it was signed, and
+                # an unstake that could never apply would hold up every later transaction
+                # of the account (nonces apply in order)
                 self._positive(tx.amount)
-                if self.stake(signer) < tx.amount:
-                    raise InvalidTransactionError(
-                        f"unstake of {tx.amount} exceeds the stake {self.stake(signer)}")
-                self._set(undo, self.stakes, signer, self.stake(signer) - tx.amount)
-                release = height + self.rules.unbonding_blocks
-                self._set(undo, self.unbonding, signer,
-                          (*self.unbonding.get(signer, ()), (release, tx.amount)))
+                amount = min(tx.amount, self.stake(signer))
+                if amount:
+                    self._set(undo, self.stakes, signer, self.stake(signer) - amount)
+                    release = height + self.rules.unbonding_blocks
+                    self._set(undo, self.unbonding, signer,
+                              (*self.unbonding.get(signer, ()), (release, amount)))
             elif isinstance(tx, JoinGrant):
                 if self.rules.join_grant <= 0:
                     raise InvalidTransactionError("this network has no join grant")

@@ -14,9 +14,10 @@ transaction        signed by                    effect
 Payment            the payer                    ``amount`` from payer to payee, once per
                                                 (payer, ``request_id``)
 Stake              the account                  balance -> stake
-Unstake            the account                  stake -> unbonding, released to the balance
-                                                ``unbonding_blocks`` later (so stake cannot
-                                                escape a penalty that is on its way)
+Unstake            the account                  up to ``amount`` of stake -> unbonding,
+                                                released to the balance ``unbonding_blocks``
+                                                later (so stake cannot escape a penalty
+                                                that is on its way)
 JoinGrant          the new account              the network's ``join_grant`` (if any), once
                                                 per account, as its first transaction
 DuelSettlement     the duel's requester         defined here, evidence checked by the duel

@@ -27,6 +27,7 @@ import gzip
 import json
 import math
 import random
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -44,6 +45,7 @@ from ..config import (
     ModelConfig,
     NetworkParams,
     NodeConfig,
+    NodeParams,
     ServerParams,
     build_section,
 )
@@ -87,6 +89,18 @@ class NodeSpec:
     #: share of this node's offloaded requests it duels (the scheduling studies run
     #: without duels, like the paper's SLO experiments; duels need judges' engines too)
     p_inspect: float = 0.0
+    #: the class this provider belongs to in credit curves (default: its profile)
+    group: str = ""
+    #: False: its users' requests always go to the market (offloaded, or queued here when
+    #: no peer accepts) while it still takes peers' work (quality studies: every request
+    #: is then a candidate for a duel)
+    run_own: bool = True
+
+    @property
+    def label(self) -> str:
+        """The provider's class for per-class figures."""
+        return self.group or (self.profile if self.backend == "flashinfer"
+                              else f"{self.profile} ({self.backend})")
 
     def present(self, t: float) -> bool:
         """True if the provider is in the network at ``t``."""
@@ -141,8 +155,28 @@ class Scenario:
     drain: float = 1800.0
     nodes: tuple[NodeSpec, ...] = field(default_factory=tuple)
     sweep: Sweep | None = None
+    #: run the decentralized world on a private ledger (payments, stakes and duel
+    #: settlements on chain; timelines then show the chain's credit and stake)
+    ledger: bool = False
+    #: each provider's credit at genesis (a tenth of it staked) when ``ledger`` is set
+    initial_credit: float = 1000.0
+    #: the genesis' share of a duel loser's stake that goes to the winner (authors: 1.0)
+    #: and of a minority judge's stake that goes to the majority (authors: 0.2)
+    duel_loser_penalty: float = 1.0
+    duel_minority_penalty: float = 0.2
+    #: the strategies this scenario runs by default (empty: the command's)
+    strategies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        for st in self.strategies:
+            if st not in STRATEGIES:
+                raise ConfigError(f"strategies: unknown strategy {st!r}; one of "
+                                  f"{', '.join(STRATEGIES)}")
+        for name in ("duel_loser_penalty", "duel_minority_penalty"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
+        if not self.initial_credit > 0:
+            raise ConfigError(f"initial_credit: must be > 0, got {self.initial_credit}")
         if len(self.nodes) < 2:
             raise ConfigError("nodes: a scenario needs at least 2 nodes")
         if len({n.name for n in self.nodes}) != len(self.nodes):
@@ -423,6 +457,8 @@ async def _run(scenario: Scenario, strategy: str, seed: int,
                 users.start_soon(_serve, records, _request(scenario, a), start,
                                  submitters[a.origin])
         nursery.cancel_scope.cancel()
+    if network is not None:
+        network.close()
     for rec in records.values():
         rec.executor = executors.get(rec.request_id)
     return [records[a.request_id] for a in arrivals]
@@ -440,6 +476,10 @@ async def _sample(scenario: Scenario, engines: list[_Recorded], network: _SimNet
             node = network.nodes[k] if network is not None else None
             stake = node.credit.stake() if node is not None else 0.0
             credit = node.credit.balance() if node is not None else 0.0
+            if node is not None and node.ledger is not None:  # the chain's, not pending
+                st = node.ledger.chain.state
+                stake = st.stake(node.peer_id) / 1e6
+                credit = (st.balance(node.peer_id) + st.unbonding_total(node.peer_id)) / 1e6
             timelines[spec.name].append([round(now, 3), round(load.token_usage, 4),
                                          load.running, load.queued, round(stake, 3),
                                          round(credit, 3)])
@@ -459,6 +499,32 @@ class _SimNetwork:
         self.up = [trio.Event() for _ in engines]
         self.scopes: list[trio.CancelScope] = [trio.CancelScope() for _ in engines]
         self.book = CreditBook(shared=True)
+        self.genesis: Any = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if scenario.ledger:
+            from ..clock import SIM_EPOCH
+            from ..ledger import Allocation, Genesis, micro
+
+            credit = micro(scenario.initial_credit)
+            self.genesis = Genesis(
+                network="sim", time=SIM_EPOCH, slot_length=2.0,
+                duel_loser_ppm=round(scenario.duel_loser_penalty * 1e6),
+                duel_minority_ppm=round(scenario.duel_minority_penalty * 1e6),
+                allocations=tuple(Allocation(self.identity(k).peer_id, credit - credit // 10,
+                                             credit // 10) for k in range(len(engines))))
+            self._tmp = tempfile.TemporaryDirectory(prefix="wwwserve-sim-")
+
+    def identity(self, k: int) -> Any:
+        """Provider ``k``'s identity (deterministic for the seed)."""
+        from ..identity import Identity
+
+        name = self.scenario.nodes[k].name
+        return Identity.from_seed(random.Random(f"{self.seed}:id:{name}").randbytes(32))
+
+    def close(self) -> None:
+        """Remove the ledger's block files."""
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Start the network and the nodes that are in from the beginning."""
@@ -475,11 +541,10 @@ class _SimNetwork:
 
     async def join(self, k: int) -> None:
         """Create node ``k`` and start it (bootstrapping through node 0)."""
-        from ..identity import Identity
         from ..node import Node
 
         scenario, spec = self.scenario, self.scenario.nodes[k]
-        ident = Identity.from_seed(random.Random(f"{self.seed}:id:{spec.name}").randbytes(32))
+        ident = self.identity(k)
         boot = (self.nodes[0].addresses[0],) if k else ()
         cfg = NodeConfig(
             server_params=ServerParams(offload_frequency=spec.offload_frequency,
@@ -489,15 +554,30 @@ class _SimNetwork:
             network=NetworkParams(network_id="sim", bootstrap=boot),
             membership=MembershipParams(heartbeat_interval=1.0, suspect_timeout=3.0,
                                         peer_timeout=6.0),
-            gateway=GatewayParams(enabled=False), duel=DuelParams(p_inspect=spec.p_inspect))
+            gateway=GatewayParams(enabled=False), duel=DuelParams(p_inspect=spec.p_inspect),
+            node=NodeParams(name=spec.name, data_dir=Path(self._tmp.name) / spec.name)
+            if self._tmp is not None else NodeParams(name=spec.name))
         node = Node(cfg, identity=ident, overlay=self.net.node(ident),
                     engines={_node_model(scenario, spec): self.engines[k]},
-                    credit=self.book.open(ident.peer_id, 1e9, 0.0),
+                    credit=None if self.genesis is not None
+                    else self.book.open(ident.peer_id, 1e9, 0.0), genesis=self.genesis,
                     wall_clock=trio_wall_clock(),
                     rng=random.Random(f"{self.seed}:node:{spec.name}"))
         self.nodes[k] = node
         await self.nursery.start(self._run_node, k, node)
         node.dispatcher.models[0].target_token_usage = spec.target_token_usage
+        if not spec.run_own:
+            policy = node.dispatcher.policy
+            local = policy.run_locally
+
+            def accept(view: Any, rng: random.Random) -> str | None:
+                if view.own_waiting or rng.random() >= spec.accept_frequency:
+                    return None
+                name: str | None = local(view)
+                return name
+
+            policy.run_locally = lambda view: None  # type: ignore[method-assign]
+            policy.accept = accept  # type: ignore[method-assign]
         if spec.stake is not None:  # re-targeted within a second, before any user request
             fixed = spec.stake
             node.dispatcher.policy.target_stake = lambda view: fixed  # type: ignore[method-assign]
@@ -737,6 +817,49 @@ def write_timeline_plot(scenario: Scenario, timelines: Timelines, out: Path,
     top.grid(alpha=0.3)
     bottom.grid(alpha=0.3)
     return _save(fig, out / "timeline.png")
+
+
+def credit_by_group(scenario: Scenario, timelines: Timelines) -> dict[str, list[list[float]]]:
+    """Mean credit (balance + stake) of each provider class over time: ``[[t, credit]]``."""
+    groups: dict[str, list[list[list[float]]]] = {}
+    for spec in scenario.nodes:
+        rows = timelines.get(spec.name)
+        if rows:
+            groups.setdefault(spec.label, []).append(rows)
+    out = {}
+    for label, members in groups.items():
+        n = min(len(rows) for rows in members)
+        out[label] = [[members[0][i][0], sum(r[i][4] + r[i][5] for r in members) / len(members)]
+                      for i in range(n)]
+    return out
+
+
+def credit_markdown(scenario: Scenario, timelines: Timelines) -> str:
+    """A table of each class's mean credit at the start and the end of the run."""
+    rows = ["| class | providers | credit at start | credit at end | change |",
+            "|---|---|---|---|---|"]
+    counts: dict[str, int] = {}
+    for spec in scenario.nodes:
+        counts[spec.label] = counts.get(spec.label, 0) + 1
+    for label, curve in sorted(credit_by_group(scenario, timelines).items(),
+                               key=lambda kv: -kv[1][-1][1]):
+        a, b = curve[0][1], curve[-1][1]
+        rows.append(f"| {label} | {counts[label]} | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
+    return "\n".join(rows) + "\n"
+
+
+def write_credit_plot(scenario: Scenario, timelines: Timelines, out: Path) -> Path:
+    """Mean credit (balance + stake) per provider class over time."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, curve in credit_by_group(scenario, timelines).items():
+        ax.plot([p[0] for p in curve], [p[1] for p in curve], label=label)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("credit: balance + stake (mean per provider)")
+    ax.set_title(f"{scenario.name}: credit over time per class")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return _save(fig, out / "credit.png")
 
 
 def write_plots(scenario: Scenario, runs: dict[str, list[Record]], out: Path) -> list[Path]:
