@@ -18,6 +18,7 @@ from typing import Any
 
 import openai
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from wwwserve.identity import load_or_create_identity
 from wwwserve.ledger import UNIT, Allocation, Genesis
@@ -139,6 +140,12 @@ async def test_duels_are_judged_settled_and_agreed_on_by_every_node(tmp_path: Pa
             assert abs(total - N * 1000) < 1e-6
             ratings = [(await status(n))["ratings"] for n in nodes]
             assert ratings[0] and all(r == ratings[0] for r in ratings)
+            metrics = await client.get(nodes[3]["gateway"] + "/metrics", cast_to=str)
+            samples = [s for f in text_string_to_metric_families(metrics) for s in f.samples]
+            rated = {s.labels["peer"]: s.value for s in samples
+                     if s.name == "wwwserve_peer_rating"}
+            assert rated == {p: r["rating"] for p, r in ratings[0].items()}
+            assert any(s.name == "wwwserve_duel_events_total" for s in samples)
         finally:
             await client.close()
             if users is not None:
