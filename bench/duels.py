@@ -3,7 +3,8 @@
 For each study (model size: Qwen3-8B / 4B / 0.6B; quantization: fp8 / int4-128 / int4-32)
 and each seed, a virtual-time network of 9 providers (3 per class) and 3 user-only nodes on
 a private ledger runs ``--seconds`` of load with every offloaded request duelled
-(``p_inspect`` 1.0, 3 judges, a 1% loser penalty so no class is priced out of the draw).
+(``p_inspect`` 1.0, 3 judges; 1% loser and minority-judge penalties, so no class is priced
+out of the draw and judges' noise does not drown the duels' outcomes in credit).
 Printed per study: each class's measured win rate (per pair of classes, over cross-class
 duels, ties half, averaged over the opponents), its error against the paper's rate, the
 model's expected rate (:func:`wwwserve.duel.judge.class_win_rates`, the baseline computed in
@@ -50,7 +51,8 @@ async def run(classes: dict[str, str], seed: int, seconds: float, data: Path
     specs += [Spec("user", credit=100_000) for _ in range(3)]
     async with MemoryNetwork(seed=seed, latency=0.005) as net, trio.open_nursery() as nursery:
         network = await start(nursery, net, specs, data, seed,
-                              duel=DuelParams(p_inspect=1.0), duel_loser_ppm=10_000)
+                              duel=DuelParams(p_inspect=1.0), duel_loser_ppm=10_000,
+                              duel_minority_ppm=10_000)
         for n in network.nodes:
             n.dispatcher.reward = 0.0  # only quality moves credit
         await network.drive(seconds, 3.0, seed)
@@ -85,6 +87,9 @@ def main(seeds: list[int], seconds: float) -> dict[str, float]:
                 print(f"  {c:>9}: win rate {rates[c]:.3f} (paper {target:.2f}, error "
                       f"{err:+.3f}; model {exp:.3f})  credit {credit[c]:8.1f}", file=sys.stderr)
                 out[f"{study}_{c}_win_rate_seed{seed}"] = round(rates[c], 4)
+            ordered = [credit[c] for c in classes]
+            out[f"{study}_credit_in_quality_order_seed{seed}"] = float(
+                ordered == sorted(ordered, reverse=True))
         out[f"{study}_max_abs_error_vs_paper"] = round(max(errors), 4)
         out[f"{study}_mean_abs_error_vs_paper"] = round(statistics.mean(errors), 4)
         out[f"{study}_duels_settled_per_wall_s"] = round(settled_total / wall_total, 2)

@@ -306,7 +306,8 @@ class Node:
             self._dispatcher = Dispatcher(
                 overlay=overlay, peer_id=self.peer_id, peers=lambda: self.membership.peers,
                 models=models, policy=get_policy(self.config.server_params),
-                credit=self.credit, rng=self.rng, stakes=stakes, duels=self._duels)
+                credit=self.credit, rng=self.rng, stakes=stakes, duels=self._duels,
+                identity=self.identity)
             await nursery.start(self._dispatcher.run)
             await nursery.start(self._membership.run)
             nursery.start_soon(self._notify_on_membership)

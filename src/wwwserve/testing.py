@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 from .duel.evidence import (
+    AnswerReceipt,
     DuelEvidence,
     DuelRecord,
     VoteCommit,
@@ -113,7 +114,7 @@ class ChildProcess:
 
 def signed_duel(
     requester: Identity,
-    executors: tuple[str, str],
+    executors: tuple[Identity, Identity],
     judges: Sequence[Identity],
     verdicts: Sequence[str | None],
     *,
@@ -127,14 +128,15 @@ def signed_duel(
     """A duel settlement with real signed evidence, for tests.
 
     ``verdicts[i]`` is judge ``i``'s vote as it saw the answers (``A``, ``B``, ``tie``,
-    ``abstain``), or None for a judge that committed but never revealed. Winner, loser and
+    ``abstain``), or None for a judge that committed but never revealed. Each answer
+    (None: missing) comes with its executor's signed receipt. Winner, loser and
     judge groups are what the evidence implies (so the settlement is valid unless the
     test changes it); amounts are ``rules``' (default: the authors').
     """
     rules = rules or Rules(network)
     order = tuple(x_first) if x_first is not None else (True,) * len(judges)
     record = DuelRecord(network=network, duel_id=duel_id, requester=requester.peer_id,
-                        executors=executors,
+                        executors=(executors[0].peer_id, executors[1].peer_id),
                         answers=tuple(digest(a) if a is not None else b"" for a in answers),
                         judges=tuple(j.peer_id for j in judges), x_first=order)
     record_env = encode(seal(record, requester))
@@ -152,8 +154,12 @@ def signed_duel(
                 judge=judge.peer_id, verdict=verdict, salt=salt), judge)))
             votes[judge.peer_id] = verdict
     outcome = tally(record, votes)
-    evidence = encode(DuelEvidence(record=record_env, commits=tuple(commits),
-                                   reveals=tuple(reveals)))
+    receipts = tuple(encode(seal(AnswerReceipt(
+        requester=requester.peer_id, request_id=f"{duel_id}-{k}", digest=digest(answer)),
+        executor)) for k, (executor, answer) in enumerate(zip(executors, answers, strict=True))
+        if answer is not None)
+    evidence = encode(DuelEvidence(record=record_env, receipts=receipts,
+                                   commits=tuple(commits), reveals=tuple(reveals)))
     return DuelSettlement(
         network=network, requester=requester.peer_id, duel_id=duel_id,
         winner=outcome.winner, loser=outcome.loser, reward=rules.duel_reward,

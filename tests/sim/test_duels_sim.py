@@ -69,10 +69,13 @@ async def test_win_rates_match_the_paper_and_credit_follows_quality(study, autoj
     specs = [Spec(c, p) for c, p in classes.items() for _ in range(3)]
     specs += [Spec("user", credit=100_000) for _ in range(3)]
     async with MemoryNetwork(seed=seed, latency=0.005) as net, trio.open_nursery() as nursery:
-        # a gentle loser penalty (1% of stake): with the authors' 100% a weak class soon has
-        # no stake left, is no longer drawn, and stops being measured
+        # gentle penalties (1% of stake): with the authors' 100% a weak class soon has no
+        # stake left, is no longer drawn, and stops being measured; and the authors' 20% for
+        # a minority judge (honest judges are sometimes outvoted) moves more credit at
+        # random than the duels' outcomes do
         network = await start(nursery, net, specs, tmp_path, seed,
-                              duel=DuelParams(p_inspect=1.0), duel_loser_ppm=10_000)
+                              duel=DuelParams(p_inspect=1.0), duel_loser_ppm=10_000,
+                              duel_minority_ppm=10_000)
         for n in network.nodes:  # no payments for serving: the classes' speeds differ, and
             n.dispatcher.reward = 0.0  # here only quality should move credit
         await network.drive(400, 3.0, seed)

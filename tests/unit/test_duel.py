@@ -34,6 +34,7 @@ NET = "t"
 IDS = [Identity.from_seed(bytes([40 + i]) * 32) for i in range(8)]
 P = [i.peer_id for i in IDS]
 REQ, X, Y = IDS[0], P[1], P[2]
+XY = (IDS[1], IDS[2])
 JUDGES = IDS[3:6]
 
 
@@ -44,7 +45,7 @@ def state():
 
 
 def duel(verdicts, **kw):
-    return signed_duel(REQ, (X, Y), JUDGES, verdicts, network=NET, **kw)
+    return signed_duel(REQ, XY, JUDGES, verdicts, network=NET, **kw)
 
 
 # ---- the tally ----------------------------------------------------------------------------
@@ -76,7 +77,7 @@ def test_a_missing_answer_loses_without_judges():
     rec = DuelRecord(network=NET, duel_id="d", requester=REQ.peer_id, executors=(X, Y),
                      answers=(b"", b"h" * 32), judges=(), x_first=())
     assert tally(rec, {}) .winner == Y
-    t = signed_duel(REQ, (X, Y), [], [], network=NET, answers=("done", None))
+    t = signed_duel(REQ, XY, [], [], network=NET, answers=("done", None))
     assert (t.winner, t.loser) == (X, Y)
     st_ = state()
     st_.apply(sign_tx(t, REQ), 1)
@@ -133,10 +134,10 @@ def evidence_of(t):
 
 def test_votes_from_anyone_not_selected_are_rejected():
     t = duel(["A", "A", "B"])
-    outsider = signed_duel(REQ, (X, Y), [IDS[3], IDS[4], IDS[7]], ["B", "B", "B"],
+    outsider = signed_duel(REQ, XY, [IDS[3], IDS[4], IDS[7]], ["B", "B", "B"],
                            network=NET)
     ev = evidence_of(t)
-    forged = DuelEvidence(record=ev.record,
+    forged = DuelEvidence(record=ev.record, receipts=ev.receipts,
                           commits=(*ev.commits, evidence_of(outsider).commits[2]),
                           reveals=ev.reveals)
     with pytest.raises(InvalidTransactionError, match="not a judge"):
@@ -147,7 +148,7 @@ def test_a_reveal_must_open_its_commitment():
     honest, flipped = duel(["A", "A", "B"]), duel(["A", "A", "A"])
     ev = evidence_of(honest)
     # judge 5 committed to B but "reveals" A (a reveal signed by it, from another duel copy)
-    swapped = DuelEvidence(record=ev.record, commits=ev.commits,
+    swapped = DuelEvidence(record=ev.record, receipts=ev.receipts, commits=ev.commits,
                            reveals=(*ev.reveals[:2], evidence_of(flipped).reveals[2]))
     with pytest.raises(InvalidTransactionError, match=r"does not open|another"):
         outcome_of(encode(swapped), network=NET, requester=REQ.peer_id, duel_id="duel-1")
@@ -157,21 +158,21 @@ def test_tampered_or_malformed_evidence_is_rejected():
     t = duel(["A", "A", "B"])
     ev = evidence_of(t)
     for bad in (b"", b"\x00junk", encode(DuelEvidence(record=ev.record[:-1])),
-                encode(DuelEvidence(record=ev.record, commits=ev.commits * 2,
-                                    reveals=ev.reveals))):
+                encode(DuelEvidence(record=ev.record, receipts=ev.receipts,
+                                    commits=ev.commits * 2, reveals=ev.reveals))):
         with pytest.raises(InvalidTransactionError):
             outcome_of(bad, network=NET, requester=REQ.peer_id, duel_id=t.duel_id)
 
 
 def test_executors_and_requester_never_judge_and_nobody_duels_itself():
     with pytest.raises(InvalidTransactionError, match="differ"):
-        state().apply(sign_tx(signed_duel(REQ, (X, Y), [IDS[1], IDS[3], IDS[4]],
+        state().apply(sign_tx(signed_duel(REQ, XY, [IDS[1], IDS[3], IDS[4]],
                                           ["A", "A", "A"], network=NET), REQ), 1)
     with pytest.raises(InvalidTransactionError, match="differ"):
-        state().apply(sign_tx(signed_duel(REQ, (X, X), JUDGES, ["A", "A", "A"],
+        state().apply(sign_tx(signed_duel(REQ, (IDS[1], IDS[1]), JUDGES, ["A", "A", "A"],
                                           network=NET), REQ), 1)
     with pytest.raises(InvalidTransactionError, match="differ"):
-        state().apply(sign_tx(signed_duel(REQ, (REQ.peer_id, Y), JUDGES, ["A", "A", "A"],
+        state().apply(sign_tx(signed_duel(REQ, (REQ, IDS[2]), JUDGES, ["A", "A", "A"],
                                           network=NET), REQ), 1)
 
 
@@ -273,3 +274,22 @@ def test_genesis_duel_rules_load_from_yaml_and_bad_values_are_clear(tmp_path):
     doc["duel"] = {"bonus": 1}
     with pytest.raises(ConfigError, match="duel"):
         Genesis.from_dict(doc, "g.yaml")
+
+
+def test_every_recorded_answer_needs_its_executors_receipt():
+    t = duel(["A", "A", "B"])
+    ev = evidence_of(t)
+    for receipts in ((), ev.receipts[:1], (ev.receipts[0], ev.receipts[0])):
+        bad = DuelEvidence(record=ev.record, receipts=receipts, commits=ev.commits,
+                           reveals=ev.reveals)
+        with pytest.raises(InvalidTransactionError, match="receipt"):
+            outcome_of(encode(bad), network=NET, requester=REQ.peer_id, duel_id=t.duel_id)
+    # a receipt for another answer (the requester shows judges words the executor never
+    # said): rejected
+    other = signed_duel(REQ, XY, JUDGES, ["A", "A", "B"], network=NET,
+                        answers=("something else", "answer y"))
+    swapped = DuelEvidence(record=ev.record, receipts=(evidence_of(other).receipts[0],
+                                                       ev.receipts[1]),
+                           commits=ev.commits, reveals=ev.reveals)
+    with pytest.raises(InvalidTransactionError, match="not for its recorded answer"):
+        outcome_of(encode(swapped), network=NET, requester=REQ.peer_id, duel_id=t.duel_id)

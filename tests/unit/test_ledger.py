@@ -128,7 +128,7 @@ def test_unstaked_credit_is_released_after_the_unbonding_delay_and_can_be_slashe
     assert state.stake(PEERS[1]) == 6 * UNIT and state.unbonding_total(PEERS[1]) == 4 * UNIT
     # a duel lost while unbonding: the penalty reaches the unbonding credit too
     # judges 3 and 5 say x (PEERS[2]) is better, judge 4 says y: 4 is the minority
-    duel = signed_duel(IDS[0], (PEERS[2], PEERS[1]), [IDS[3], IDS[4], IDS[5]],
+    duel = signed_duel(IDS[0], (IDS[2], IDS[1]), [IDS[3], IDS[4], IDS[5]],
                        ["A", "B", "A"], network=NET, rules=g.rules, duel_id="d1")
     assert (duel.winner, duel.loser, duel.minority) == (PEERS[2], PEERS[1], (PEERS[4],))
     state.apply(sign_tx(duel, IDS[0]), height=2)
@@ -146,7 +146,7 @@ def test_unstaked_credit_is_released_after_the_unbonding_delay_and_can_be_slashe
 def test_duel_parties_must_differ():
     state = genesis(4).state()
     # an executor judging its own duel
-    duel = signed_duel(IDS[0], (PEERS[1], PEERS[2]), [IDS[1], IDS[3], IDS[4]],
+    duel = signed_duel(IDS[0], (IDS[1], IDS[2]), [IDS[1], IDS[3], IDS[4]],
                        ["A", "A", "A"], network=NET, duel_id="d")
     with pytest.raises(InvalidTransactionError, match="differ"):
         state.apply(sign_tx(duel, IDS[0]), 1)
@@ -460,7 +460,7 @@ def test_an_unstake_overtaken_by_a_penalty_still_applies_with_what_is_left():
     g = genesis(6)
     state = g.state()
     # PEERS[1] loses a duel: its whole stake (10) goes to the winner
-    state.apply(sign_tx(signed_duel(IDS[0], (PEERS[2], PEERS[1]), IDS[3:6], ["A", "A", "A"],
+    state.apply(sign_tx(signed_duel(IDS[0], (IDS[2], IDS[1]), IDS[3:6], ["A", "A", "A"],
                                     network=NET, rules=g.rules), IDS[0]), height=1)
     assert state.stake(PEERS[1]) == 0
     # its unstake of 10, signed before it knew, applies (moving nothing), and so does the

@@ -5,7 +5,9 @@ evidence (:func:`outcome_of`) and rejects a settlement that claims anything else
 
 - The **record** (:class:`DuelRecord`, signed by the requester) names the duel, its two
   executors, the SHA-256 of each one's answer (empty: it did not answer in time), the judges
-  and, per judge, which answer it was shown first.
+  and, per judge, which answer it was shown first. Every answer in the record comes with
+  its executor's signed :class:`AnswerReceipt` for that digest, so a requester cannot put
+  words in an executor's mouth (an answer without a receipt counts as no answer).
 - Each judge **commits** (:class:`VoteCommit`, signed by the judge) to
   ``commitment(duel_id, judge, verdict, salt)`` over the record's digest, then **reveals**
   (:class:`VoteReveal`) the verdict and salt. A commit cannot be changed after the judge
@@ -33,6 +35,7 @@ from ..wire import Message, Signed, decode, message, unseal
 
 __all__ = [
     "VERDICTS",
+    "AnswerReceipt",
     "DuelEvidence",
     "DuelRecord",
     "Outcome",
@@ -91,12 +94,25 @@ class VoteReveal(Message):
     salt: bytes
 
 
+@message("answer-receipt", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AnswerReceipt(Message):
+    """An executor's signed word that it answered ``request_id`` for ``requester`` with a
+    text of SHA-256 ``digest`` (sent after every offloaded answer, duelled or not)."""
+
+    requester: str
+    request_id: str
+    digest: bytes
+
+
 @message("duel-evidence", 1)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DuelEvidence(Message):
-    """What a settlement carries: the signed record, commits and reveals (envelopes)."""
+    """What a settlement carries: the signed record, the executors' answer receipts, the
+    judges' commits and reveals (all signed envelopes)."""
 
     record: bytes
+    receipts: tuple[bytes, ...] = ()
     commits: tuple[bytes, ...] = ()
     reveals: tuple[bytes, ...] = ()
 
@@ -213,6 +229,22 @@ def _outcome_of(evidence: bytes, network: str, requester: str, duel_id: str) -> 
         raise _bad("neither executor answered: there is nothing to settle")
     if missing and (record.judges or ev.commits or ev.reveals):
         raise _bad("a duel with a missing answer is not judged")
+    receipted = set()
+    for raw in ev.receipts:
+        try:
+            envelope_r = decode(raw, expect=Signed)
+            receipt = unseal(envelope_r, expect=AnswerReceipt)
+        except ProtocolError as exc:
+            raise _bad(f"malformed or badly signed answer receipt: {exc}") from None
+        if envelope_r.signer not in record.executors or receipt.requester != requester:
+            raise _bad("an answer receipt from someone else than an executor, or for "
+                       "another requester")
+        i = record.executors.index(envelope_r.signer)
+        if receipt.digest != record.answers[i] or i in receipted:
+            raise _bad(f"{envelope_r.signer[-8:]}'s receipt is not for its recorded answer")
+        receipted.add(i)
+    if any(a and i not in receipted for i, a in enumerate(record.answers)):
+        raise _bad("an answer in the record has no receipt from its executor")
     record_digest = digest(ev.record)
     commits: dict[str, VoteCommit] = {}
     for raw in ev.commits:

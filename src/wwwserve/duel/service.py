@@ -47,6 +47,7 @@ from ..overlay import Overlay, ResponseSender
 from ..wire import Message, Signed, decode, encode, message, seal, unseal
 from .evidence import (
     VERDICTS,
+    AnswerReceipt,
     DuelEvidence,
     DuelRecord,
     Outcome,
@@ -95,10 +96,12 @@ class RevealRequest(Message):
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """One executor's part in a duel: who, and its answer (None if it never completed)."""
+    """One executor's part in a duel: who, its answer (None if it never completed) and its
+    signed :class:`~.evidence.AnswerReceipt` (an answer without a valid one counts as none)."""
 
     executor: str
     text: str | None
+    receipt: bytes = b""
 
 
 #: Settle a duel on the ledger: (duel id, outcome, evidence) -> submitted?
@@ -181,6 +184,7 @@ class DuelService:
         Returns the outcome, or None if the duel was void (no answer at all, not enough
         judges).
         """
+        x, y = self._receipted(x), self._receipted(y)
         if x.text is None and y.text is None:
             self.stats["void_no_answer"] += 1
             return None
@@ -217,6 +221,8 @@ class DuelService:
         else:
             self.local_ratings.record(outcome.winner, outcome.loser)
         evidence = encode(DuelEvidence(record=record_env,
+                                       receipts=tuple(a.receipt for a in (x, y)
+                                                      if a.text is not None),
                                        commits=tuple(commits[j] for j in judges if j in commits),
                                        reveals=tuple(reveals[j] for j in judges if j in reveals)))
         if self.settle is not None:
@@ -226,6 +232,21 @@ class DuelService:
                      outcome.winner[-8:] or "tie", outcome.loser[-8:] or "tie",
                      len(outcome.majority), len(outcome.minority), len(outcome.silent))
         return outcome
+
+    def _receipted(self, answer: Answer) -> Answer:
+        """``answer``, or no answer if its receipt is missing or does not match it."""
+        if answer.text is None:
+            return answer
+        try:
+            envelope = decode(answer.receipt, expect=Signed)
+            receipt = unseal(envelope, expect=AnswerReceipt)
+        except ProtocolError:
+            receipt = None
+        if receipt is None or envelope.signer != answer.executor or \
+                receipt.requester != self.peer_id or receipt.digest != digest(answer.text):
+            self.stats["no_receipt"] += 1
+            return Answer(answer.executor, None)
+        return answer
 
     async def _collect_commits(self, request: CompletionRequest, record: DuelRecord,
                                record_env: bytes, text_x: str, text_y: str,

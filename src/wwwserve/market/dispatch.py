@@ -15,6 +15,7 @@ A request is paid for once, only after it completed, by request id.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from collections import Counter, deque
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 from .._compat import TaskStatus
+from ..duel.evidence import AnswerReceipt
 from ..engines import Chunk, CompletionRequest, Emit, Engine, Usage
 from ..errors import (
     DeadlineExceededError,
@@ -36,9 +38,10 @@ from ..errors import (
     StreamBrokenError,
     WWWServeError,
 )
+from ..identity import Identity
 from ..membership import PeerInfo, PeerStatus
 from ..overlay import Overlay, ResponseSender
-from ..wire import decode, encode
+from ..wire import Signed, decode, encode, seal
 from .credit import CreditAccount
 from .messages import OFFLOAD_PROTOCOL, PROBE_PROTOCOL, Offload, Probe, ProbeReply
 from .policy import ModelView, NodeView, Policy
@@ -83,6 +86,9 @@ class _Sink:
             await self._emit(chunk)
         self._buffer.clear()
 
+    def receipt(self, envelope: bytes) -> None:
+        pass  # only duels keep receipts
+
     def failed(self, why: str) -> None:
         self._buffer.clear()
         if self.committed:
@@ -95,6 +101,7 @@ class _SinkLike(Protocol):
     async def send(self, chunk: Chunk) -> None: ...
     async def finish(self) -> None: ...
     def failed(self, why: str) -> None: ...
+    def receipt(self, envelope: bytes) -> None: ...
 
 
 class _Race:
@@ -133,6 +140,10 @@ class _Tap:
         self.executor: str | None = None
         self.usage: Usage | None = None
         self.settled = False
+        self.receipt_envelope = b""
+
+    def receipt(self, envelope: bytes) -> None:
+        self.receipt_envelope = envelope
 
     @property
     def text(self) -> str | None:
@@ -194,6 +205,7 @@ class Dispatcher:
         stall_timeout: float = 30.0,
         stakes: Callable[[], Mapping[str, float]] | None = None,
         duels: DuelService | None = None,
+        identity: Identity | None = None,
     ) -> None:
         self.overlay = overlay
         self.peer_id = peer_id
@@ -211,6 +223,8 @@ class Dispatcher:
         self.stakes = stakes
         #: duel-and-judge (None: never duel)
         self.duels = duels
+        #: signs a receipt for every answer given to a peer (None: no receipts)
+        self.identity = identity
         self.stats: Counter[str] = Counter()
         #: seconds from a request's arrival to its dispatch to a peer (the last 1024)
         self.offload_delays: deque[float] = deque(maxlen=1024)
@@ -445,8 +459,9 @@ class Dispatcher:
             if first.executor is None or second.executor is None:
                 self.stats["duels_unmatched"] += 1
                 return
-            await duels.judge(request, Answer(first.executor, first.text),
-                              Answer(second.executor, second.text), route)
+            await duels.judge(request, Answer(first.executor, first.text, first.receipt_envelope),
+                              Answer(second.executor, second.text, second.receipt_envelope),
+                              route)
 
         duels.spawn(duel)
         try:
@@ -492,10 +507,15 @@ class Dispatcher:
                     on_accept(executor)
                     self.offload_delays.append(sent - arrived)
                     async for data in frames:
-                        chunk = decode(data, expect=Chunk)
-                        await sink.send(chunk)
-                        if chunk.finish_reason is not None:
-                            usage = chunk.usage or Usage()
+                        msg = decode(data)
+                        if isinstance(msg, Signed) and usage is not None:
+                            sink.receipt(data)  # the executor's signed word on its answer
+                            continue
+                        if not isinstance(msg, Chunk) or usage is not None:
+                            raise ProtocolError(f"unexpected {msg.TYPE!r} in an answer")
+                        await sink.send(msg)
+                        if msg.finish_reason is not None:
+                            usage = msg.usage or Usage()
         except StopAsyncIteration:
             return _REFUSED  # the executor closed the stream without answering
         except (OverlayError, ProtocolError) as exc:
@@ -555,13 +575,20 @@ class Dispatcher:
             name = min(candidates, key=lambda m: (m.load.queued, m.load.token_usage)).name
         await sender.send(encode(ProbeReply(accept=True, model=name)))
 
+        answer = hashlib.sha256()
+
         async def forward(chunk: Chunk) -> None:
+            answer.update(chunk.text.encode())
             await sender.send(encode(chunk))
 
         try:
             await self._by_name(name).engine.generate(request, forward)
         finally:
             self.notify()
+        if self.identity is not None:
+            receipt = AnswerReceipt(requester=peer, request_id=request.request_id,
+                                    digest=answer.digest())
+            await sender.send(encode(seal(receipt, self.identity)))
         self.stats["accepted"] += 1
         self.credit.earn(peer, self.reward, request.request_id)
 
