@@ -8,10 +8,14 @@ out of the draw and judges' noise does not drown the duels' outcomes in credit).
 Printed per study: each class's measured win rate (per pair of classes, over cross-class
 duels, ties half, averaged over the opponents), its error against the paper's rate, the
 model's expected rate (:func:`wwwserve.duel.judge.class_win_rates`, the baseline computed in
-the same run), mean credit per class, and duels settled per wall-clock second. Ends with one
+the same run), mean credit per class (and whether it is in quality order), and cross-class
+duels settled per wall-clock second. Ends with one
 JSON line.
 
-Targets (issue 5): every class within 0.03 of 0.57 / 0.53 / 0.39 and 0.54 / 0.49 / 0.47.
+Targets (issue 5): every class within 0.03 of 0.57 / 0.53 / 0.39 and 0.54 / 0.49 / 0.47
+"over enough duels": checked on the duels of all seeds pooled (about 2,700 per study with
+the defaults; one run of ~900 has a standard error of about 0.02 per class, so single runs
+are reported too but may stray past 0.03).
 
     python bench/duels.py [--seeds 1 2 3] [--seconds 400]
 """
@@ -19,6 +23,7 @@ Targets (issue 5): every class within 0.03 of 0.57 / 0.53 / 0.39 and 0.54 / 0.49
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -29,12 +34,10 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from wwwserve.config import DuelParams
 from wwwserve.duel.judge import class_win_rates
 from wwwserve.engines import get_profile
-from wwwserve.overlay import MemoryNetwork
 from wwwserve.sim import seed_trio_scheduler
-from wwwserve.sim.duels import Spec, start
+from wwwserve.sim.duels import class_study, rates_from_pairs
 
 STUDIES = {
     "size": ({"8b": "a100-80g/qwen3-8b", "4b": "a100-80g/qwen3-4b",
@@ -44,41 +47,26 @@ STUDIES = {
 }
 
 
-async def run(classes: dict[str, str], seed: int, seconds: float, data: Path
-              ) -> tuple[dict[str, float], int, dict[str, float], int]:
-    seed_trio_scheduler(seed)
-    specs = [Spec(c, p) for c, p in classes.items() for _ in range(3)]
-    specs += [Spec("user", credit=100_000) for _ in range(3)]
-    async with MemoryNetwork(seed=seed, latency=0.005) as net, trio.open_nursery() as nursery:
-        network = await start(nursery, net, specs, data, seed,
-                              duel=DuelParams(p_inspect=1.0), duel_loser_ppm=10_000,
-                              duel_minority_ppm=10_000)
-        for n in network.nodes:
-            n.dispatcher.reward = 0.0  # only quality moves credit
-        await network.drive(seconds, 3.0, seed)
-        await trio.sleep(30)
-        rates, duels = network.win_rates(list(classes))
-        credit = {c: statistics.mean(network.credit(n) for n in network.of(c))
-                  for c in classes}
-        settled = len(network.settlements())
-        nursery.cancel_scope.cancel()
-    return rates, duels, credit, settled
-
-
 def main(seeds: list[int], seconds: float) -> dict[str, float]:
     out: dict[str, float] = {}
     for study, (classes, targets) in STUDIES.items():
         expected = class_win_rates([get_profile(p).quality for p in classes.values()])
         errors = []
         settled_total, wall_total = 0, 0.0
+        pooled: dict[tuple[str, str], tuple[float, int]] = {}
         for seed in seeds:
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
-                rates, duels, credit, settled = trio.run(
-                    run, classes, seed, seconds, Path(tmp),
-                    clock=trio.testing.MockClock(autojump_threshold=0))
+                seed_trio_scheduler(seed)
+                result = trio.run(functools.partial(class_study, classes, seed, Path(tmp),
+                                                    seconds=seconds),
+                                  clock=trio.testing.MockClock(autojump_threshold=0))
                 wall_total += time.perf_counter() - t0
-            settled_total += settled
+            rates, duels, credit = result.rates, result.duels, result.credit
+            settled_total += duels
+            for pair, (w, g) in result.pairs.items():
+                pw, pg = pooled.get(pair, (0.0, 0))
+                pooled[pair] = (pw + w, pg + g)
             print(f"{study} seed {seed}: {duels} cross-class duels", file=sys.stderr)
             for (c, target), exp in zip(zip(classes, targets, strict=True), expected,
                                         strict=True):
@@ -90,9 +78,20 @@ def main(seeds: list[int], seconds: float) -> dict[str, float]:
             ordered = [credit[c] for c in classes]
             out[f"{study}_credit_in_quality_order_seed{seed}"] = float(
                 ordered == sorted(ordered, reverse=True))
-        out[f"{study}_max_abs_error_vs_paper"] = round(max(errors), 4)
-        out[f"{study}_mean_abs_error_vs_paper"] = round(statistics.mean(errors), 4)
-        out[f"{study}_duels_settled_per_wall_s"] = round(settled_total / wall_total, 2)
+        out[f"{study}_max_abs_error_vs_paper_one_run"] = round(max(errors), 4)
+        out[f"{study}_mean_abs_error_vs_paper_one_run"] = round(statistics.mean(errors), 4)
+        # over every seed's duels together (the acceptance's "enough duels")
+        total = rates_from_pairs(pooled, list(classes))
+        print(f"{study}, {settled_total} cross-class duels over all seeds:", file=sys.stderr)
+        pooled_errors = []
+        for c, target in zip(classes, targets, strict=True):
+            pooled_errors.append(abs(total[c] - target))
+            print(f"  {c:>9}: win rate {total[c]:.3f} (paper {target:.2f}, error "
+                  f"{total[c] - target:+.3f})", file=sys.stderr)
+            out[f"{study}_{c}_win_rate_pooled"] = round(total[c], 4)
+        out[f"{study}_max_abs_error_vs_paper_pooled"] = round(max(pooled_errors), 4)
+        out[f"{study}_cross_class_duels_pooled"] = settled_total
+        out[f"{study}_cross_class_duels_per_wall_s"] = round(settled_total / wall_total, 2)
     return out
 
 

@@ -18,7 +18,7 @@ from wwwserve.errors import RemoteError
 from wwwserve.node import Node
 from wwwserve.overlay import MemoryNetwork
 from wwwserve.sim import seed_trio_scheduler
-from wwwserve.sim.duels import Spec, start
+from wwwserve.sim.duels import Spec, class_study, start
 from wwwserve.wire import encode, seal
 
 
@@ -64,40 +64,21 @@ STUDIES = {
 async def test_win_rates_match_the_paper_and_credit_follows_quality(study, autojump_clock,
                                                                     tmp_path):
     classes, targets = STUDIES[study]
-    seed = 2
-    seed_trio_scheduler(seed)
-    specs = [Spec(c, p) for c, p in classes.items() for _ in range(3)]
-    specs += [Spec("user", credit=100_000) for _ in range(3)]
-    async with MemoryNetwork(seed=seed, latency=0.005) as net, trio.open_nursery() as nursery:
-        # gentle penalties (1% of stake): with the authors' 100% a weak class soon has no
-        # stake left, is no longer drawn, and stops being measured; and the authors' 20% for
-        # a minority judge (honest judges are sometimes outvoted) moves more credit at
-        # random than the duels' outcomes do
-        network = await start(nursery, net, specs, tmp_path, seed,
-                              duel=DuelParams(p_inspect=1.0), duel_loser_ppm=10_000,
-                              duel_minority_ppm=10_000)
-        for n in network.nodes:  # no payments for serving: the classes' speeds differ, and
-            n.dispatcher.reward = 0.0  # here only quality should move credit
-        await network.drive(400, 3.0, seed)
-        await trio.sleep(30)  # the last settlements land
-        assert network.done == {"ok": network.done["ok"]} and network.done["ok"] > 1000
-        rates, duels = network.win_rates(list(classes))
-        print(study, duels, {c: round(r, 3) for c, r in rates.items()})
-        assert duels > 800  # between different classes (about a third are same-class)
-        for c, target in zip(classes, targets, strict=True):
-            assert rates[c] == pytest.approx(target, abs=0.03), (c, rates)
-        credit = {c: sum(network.credit(n) for n in network.of(c)) / 3 for c in classes}
-        print({c: round(v, 1) for c, v in credit.items()})
-        if study == "model size":  # quantization's win rates are too close for credit
-            best, mid, worst = (credit[c] for c in classes)  # to separate in 400 s
-            assert best > mid > worst
-        # every replica agrees on the ratings and they rank the classes the same way
-        tables = [n.ratings() for n in network.nodes]
-        assert all(t == tables[0] for t in tables)
-        mean = {c: sum(tables[0][n.peer_id].rating for n in network.of(c)) / 3 for c in classes}
-        first, *_, last = classes
-        assert mean[first] > mean[last]
-        nursery.cancel_scope.cancel()
+    seed_trio_scheduler(2)
+    result = await class_study(classes, 2, tmp_path)
+    print(study, result.duels, {c: round(r, 3) for c, r in result.rates.items()},
+          {c: round(v, 1) for c, v in result.credit.items()})
+    assert result.done == {"ok": result.done["ok"]} and result.done["ok"] > 1000
+    assert result.duels > 800  # between different classes (about a third are same-class)
+    for c, target in zip(classes, targets, strict=True):
+        assert result.rates[c] == pytest.approx(target, abs=0.03), (c, result.rates)
+    if study == "model size":  # quantization's win rates are too close for credit
+        best, mid, worst = (result.credit[c] for c in classes)  # to separate in 400 s
+        assert best > mid > worst
+    # every replica agrees on the ratings, and they rank the best class above the worst
+    assert result.ratings_agree
+    first, *_, last = classes
+    assert result.ratings[first] > result.ratings[last]
 
 
 async def test_a_colluding_judge_ends_in_the_minority_and_loses_stake(autojump_clock, tmp_path):

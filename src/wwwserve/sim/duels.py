@@ -4,8 +4,8 @@
 :class:`~wwwserve.overlay.MemoryNetwork` with simulated engines and a private ledger;
 :class:`Network` drives user load from user-only nodes and reads the duels settled on the
 chain: per-class win rates (measured as calibrated: per pair of classes, over duels between
-different classes, ties half, averaged over the opponent classes) and credit. Used by the
-tests and ``bench/duels.py``.
+different classes, ties half, averaged over the opponent classes) and credit.
+:func:`class_study` is the whole quality study, shared by the tests and ``bench/duels.py``.
 """
 
 from __future__ import annotations
@@ -39,9 +39,22 @@ from ..ledger import UNIT, Allocation, DuelSettlement, Genesis, decode_tx
 from ..node import Node
 from ..overlay import MemoryNetwork
 
-__all__ = ["MODEL", "Network", "Spec", "start"]
+__all__ = ["MODEL", "Network", "PairResults", "Spec", "StudyResult", "class_study",
+           "rates_from_pairs", "start"]
 
 MODEL = "Qwen/Qwen3-8B"
+#: (class, other class) -> (wins of the class with ties half, games)
+PairResults = dict[tuple[str, str], tuple[float, int]]
+
+
+def rates_from_pairs(pairs: PairResults, classes: list[str]) -> dict[str, float]:
+    """Each class's win rate: its rate against each other class, averaged."""
+    def rate(c: str, d: str) -> float:
+        wins, games = pairs.get((c, d), (0.0, 0))
+        return wins / games if games else 0.5
+
+    return {c: sum(rate(c, d) for d in classes if d != c) / (len(classes) - 1)
+            for c in classes}
 PARAMS = MembershipParams(heartbeat_interval=1.0, suspect_timeout=2.5, peer_timeout=5.0)
 
 
@@ -104,8 +117,8 @@ class Network:
                     out.append((tx, unseal_record(tx.evidence)))
         return out
 
-    def win_rates(self, classes: list[str]) -> tuple[dict[str, float], int]:
-        """Each class's win rate (see the module docs) and the cross-class duel count."""
+    def pair_results(self) -> PairResults:
+        """Per ordered pair of different classes: (wins of the first, ties half; games)."""
         wins: defaultdict[tuple[str, str], float] = defaultdict(float)
         games: Counter[tuple[str, str]] = Counter()
         for tx, rec in self.settlements():
@@ -116,9 +129,12 @@ class Network:
                 games[self.cls[a], self.cls[b]] += 1
                 wins[self.cls[a], self.cls[b]] += (1.0 if tx.winner == a
                                                    else 0.5 if not tx.winner else 0.0)
-        rates = {c: sum(wins[c, d] / games[c, d] for d in classes if d != c)
-                 / (len(classes) - 1) for c in classes}
-        return rates, sum(games.values()) // 2
+        return {pair: (wins[pair], n) for pair, n in games.items()}
+
+    def win_rates(self, classes: list[str]) -> tuple[dict[str, float], int]:
+        """Each class's win rate (see the module docs) and the cross-class duel count."""
+        pairs = self.pair_results()
+        return rates_from_pairs(pairs, classes), sum(n for _, n in pairs.values()) // 2
 
     def credit(self, node: Node) -> float:
         """``node``'s balance, stake and unbonding credit on node 0's chain (credits)."""
@@ -160,3 +176,57 @@ async def start(nursery: trio.Nursery, net: MemoryNetwork, specs: list[Spec], da
         nodes.append(node)
     await trio.sleep(10)
     return Network(nodes, {n.peer_id: s.cls for n, s in zip(nodes, specs, strict=True)})
+
+
+@dataclass
+class StudyResult:
+    """What :func:`class_study` measured."""
+
+    #: each class's win rate (see the module docs), the cross-class duels behind them and
+    #: the per-pair results (to pool several runs with :func:`rates_from_pairs`)
+    rates: dict[str, float]
+    duels: int
+    pairs: PairResults
+    #: mean credit (balance + stake + unbonding) per provider of each class at the end
+    credit: dict[str, float]
+    #: mean Bradley-Terry rating per class, and whether every replica's ratings agree
+    ratings: dict[str, float]
+    ratings_agree: bool
+    #: user requests by outcome (``ok`` or an error's name)
+    done: Counter[str]
+
+
+async def class_study(classes: dict[str, str], seed: int, data_dir: Path, *,
+                      seconds: float = 400.0, rate: float = 3.0,
+                      per_class: int = 3) -> StudyResult:
+    """A quality study in virtual time (run it under ``trio.testing.MockClock``).
+
+    ``per_class`` providers of each class (name -> profile) and 3 user-only nodes on a
+    private ledger; users send ``rate`` requests/s for ``seconds``; every offloaded request
+    is duelled. Penalties are gentle (1% of stake for a loser and a minority judge: with the
+    authors' 100% a weak class soon has no stake, is no longer drawn and stops being
+    measured, and 20% for an outvoted judge moves more credit at random than the duels'
+    outcomes do) and serving is free, so only quality moves credit.
+    """
+    specs = [Spec(c, p) for c, p in classes.items() for _ in range(per_class)]
+    specs += [Spec("user", credit=100_000) for _ in range(3)]
+    async with MemoryNetwork(seed=seed, latency=0.005) as net, trio.open_nursery() as nursery:
+        network = await start(nursery, net, specs, data_dir, seed,
+                              duel=DuelParams(p_inspect=1.0), duel_loser_ppm=10_000,
+                              duel_minority_ppm=10_000)
+        for n in network.nodes:
+            n.dispatcher.reward = 0.0
+        await network.drive(seconds, rate, seed)
+        await trio.sleep(30)  # the last settlements land
+        pairs = network.pair_results()
+        rates = rates_from_pairs(pairs, list(classes))
+        duels = sum(n for _, n in pairs.values()) // 2
+        credit = {c: sum(network.credit(n) for n in network.of(c)) / per_class
+                  for c in classes}
+        tables = [n.ratings() for n in network.nodes]
+        ratings = {c: sum(tables[0][n.peer_id].rating for n in network.of(c)
+                          if n.peer_id in tables[0]) / per_class for c in classes}
+        result = StudyResult(rates, duels, pairs, credit, ratings,
+                             all(t == tables[0] for t in tables), network.done)
+        nursery.cancel_scope.cancel()
+    return result
