@@ -168,8 +168,8 @@ class Node:
         view = self._dispatcher.view()
         if not view.models:
             return None
-        best = min(view.models, key=lambda m: (m.load.token_usage, m.load.queued))
-        return best.name, self._dispatcher._by_name(best.name).engine
+        best = min(view.models, key=lambda m: (m.load.token_usage, m.load.queued)).name
+        return best, next(m.engine for m in self._dispatcher.models if m.name == best)
 
     def _settle_duel(self, duel_id: str, outcome: Outcome, evidence: bytes) -> bool:
         ledger = self._ledger

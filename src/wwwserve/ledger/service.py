@@ -402,11 +402,13 @@ class LedgerAccount:
     def balance(self) -> float:
         """Spendable credit: the tip's balance less pending payments, stakes and duel
         rewards."""
-        state = self.service.chain.state
-        out = sum(s.tx.amount for s in self._pending() if isinstance(s.tx, Payment | Stake))
-        out += sum(s.tx.reward for s in self._pending()
-                   if isinstance(s.tx, DuelSettlement) and s.tx.winner)
-        return credits(state.balance(self.owner) - out)
+        out = 0
+        for s in self._pending():
+            if isinstance(s.tx, Payment | Stake):
+                out += s.tx.amount
+            elif isinstance(s.tx, DuelSettlement) and s.tx.winner:
+                out += s.tx.reward
+        return credits(self.service.chain.state.balance(self.owner) - out)
 
     def stake(self) -> float:
         """Staked credit at the tip."""
@@ -422,12 +424,9 @@ class LedgerAccount:
                 isinstance(s.tx, Stake | Unstake) for s in self._pending()):
             return current
         cls = Stake if target > current else Unstake
-        tx = cls(network=self.service.network, account=self.owner,
-                 amount=micro(abs(target - current)), nonce=self._next_nonce())
-        try:
-            self.service.submit(sign_tx(tx, self.service.identity))
-        except InvalidTransactionError as exc:
-            logger.debug("stake change not submitted: %s", exc)
+        change = micro(abs(target - current))
+        if not self.submit(lambda nonce: cls(network=self.service.network,
+                                             account=self.owner, amount=change, nonce=nonce)):
             return current
         return target
 
@@ -436,14 +435,9 @@ class LedgerAccount:
         value = micro(amount)
         if value <= 0 or micro(self.balance()) < value:
             return False
-        tx = Payment(network=self.service.network, payer=self.owner, payee=payee,
-                     amount=value, request_id=request_id, nonce=self._next_nonce())
-        try:
-            self.service.submit(sign_tx(tx, self.service.identity))
-        except InvalidTransactionError as exc:
-            logger.warning("payment for %s not submitted: %s", request_id, exc)
-            return False
-        return True
+        return self.submit(lambda nonce: Payment(
+            network=self.service.network, payer=self.owner, payee=payee, amount=value,
+            request_id=request_id, nonce=nonce))
 
     def earn(self, payer: str, amount: float, request_id: str) -> bool:
         """Nothing to do: the payer's signed payment is the record."""
@@ -452,9 +446,10 @@ class LedgerAccount:
     def submit(self, make: Callable[[int], Transaction]) -> bool:
         """Sign and gossip ``make(nonce)`` with this account's next nonce; False (logged)
         if the ledger rejects it."""
+        tx = make(self._next_nonce())
         try:
-            self.service.submit(sign_tx(make(self._next_nonce()), self.service.identity))
+            self.service.submit(sign_tx(tx, self.service.identity))
         except InvalidTransactionError as exc:
-            logger.warning("transaction not submitted: %s", exc)
+            logger.warning("%s not submitted: %s", type(tx).__name__, exc)
             return False
         return True
