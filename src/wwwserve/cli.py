@@ -34,6 +34,7 @@ EPILOG = """examples:
   wwwserve demo                                   # 4 nodes, a burst offloaded, live view
   wwwserve node node_configs/node1.yaml           # run one node from its config
   wwwserve sim-engine --port 30000                # a simulated SGLang server (no GPU)
+  wwwserve testnet --nodes 5                      # 5 node processes, a workload, a report
   wwwserve status node_configs/node1.yaml         # peers, load, credit of a running node
   wwwserve simulate fluctuating                   # the paper's experiment, virtual time
   wwwserve genesis node_configs/*.yaml -o genesis.yaml   # a private network's genesis
@@ -263,6 +264,157 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise ConfigError(f"--burst: must be >= 0, got {args.burst}")
     trio.run(_demo, args.nodes, args.duration, args.burst)
     return 0
+
+
+# ---- testnet ----------------------------------------------------------------------------
+
+
+async def _testnet(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .testnet import (
+        ProcessTestnet,
+        RequestResult,
+        Workload,
+        default_profiles,
+        default_targets,
+        environment,
+        report,
+        run_workload,
+    )
+
+    console = Console(stderr=True, quiet=args.quiet)
+    workload = Workload(kind=args.workload, rate=args.rate, duration=args.duration,
+                        requests=args.requests, prompt_tokens=args.prompt_tokens,
+                        max_tokens=args.max_tokens, timeout=args.timeout, seed=args.seed)
+    n = args.nodes
+    engines = list(args.engine or ())
+    profiles: str | list[str] = args.profile or default_profiles(n)
+    model = args.model or (await _served_model(engines[0]) if engines else "Qwen/Qwen3-8B")
+    what = (f"{len(engines)} engine URL(s)" if engines
+            else "one simulated engine process each")
+    console.print(f"[bold]wwwserve testnet[/]: {n} node processes on loopback with {what}, "
+                  f"a private genesis, files in {root}")
+    started = trio.current_time()
+    async with ProcessTestnet(n, root=root, engines=engines, profiles=profiles, model=model,
+                              target_token_usage=default_targets(n),
+                              p_inspect=args.p_inspect,
+                              start_within=max(60.0, 4.0 * n)) as net:
+        console.print(f"all {n} nodes up and see each other after "
+                      f"{trio.current_time() - started:.0f} s; bootstrap "
+                      f"{net.nodes[0].addresses[0]}")
+        total = len(workload.arrivals(n))
+        with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                      MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                      transient=False) as progress:
+            task = progress.add_task(f"{workload.kind} workload", total=total)
+            failed = 0
+
+            def done(result: RequestResult) -> None:
+                nonlocal failed
+                failed += not result.ok
+                progress.update(task, advance=1, description=(
+                    f"{workload.kind} workload ({failed} failed)" if failed
+                    else f"{workload.kind} workload"))
+
+            results = await run_workload(net, workload, on_result=done)
+        rep = await report(net, results)
+    out = rep.to_json()
+    out["environment"] = {**environment(), "nodes": n, "engines": engines or "sim",
+                          "workload": workload.kind}
+    return out
+
+
+async def _served_model(url: str) -> str:
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            resp = await client.get(url.rstrip("/").removesuffix("/v1") + "/v1/models")
+            resp.raise_for_status()
+            return str(resp.json()["data"][0]["id"])
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ConfigError(f"--engine {url}: cannot read its model list ({exc}); "
+                          "give the model with --model") from None
+
+
+def _print_testnet_report(rep: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    lat, ttft = rep["latency_s"], rep["ttft_s"]
+
+    def s(x: float | None) -> str:
+        return f"{x:.2f}" if x is not None else "-"
+
+    share = rep["offloaded_share"]
+    console.print(f"\n[bold]{rep['ok']}/{rep['requests']} requests served[/] "
+                  f"({rep['failed']} failed); latency p50/p90/p99 {s(lat['p50'])} / "
+                  f"{s(lat['p90'])} / {s(lat['p99'])} s; TTFT p50/p99 {s(ttft['p50'])} / "
+                  f"{s(ttft['p99'])} s; offloaded "
+                  f"{f'{share:.0%}' if share is not None else '-'}")
+    console.print("SLO attainment (latency at or under): " + ", ".join(
+        f"{k} {v:.0%}" for k, v in rep["slo_attainment"].items()))
+    if rep["errors"]:
+        console.print("errors: " + ", ".join(f"{k} x{v}" for k, v in rep["errors"].items()))
+    table = Table(caption="sent: by its users; local / out: served by its engine / "
+                  "offloaded; in: accepted from peers; RSS: the node process")
+    for col in ("node", "engine", "peers", "sent", "local", "out", "in", "credit", "stake",
+                "RSS MB"):
+        table.add_column(col, justify="left" if col in ("node", "engine") else "right")
+    for row in rep["nodes"]:
+        engine = str(row["profile"])
+        table.add_row(row["name"], engine.split("/")[0] if "://" not in engine else engine,
+                      str(row.get("peers", "?")),
+                      str(row["sent"]), str(row.get("local", "?")),
+                      str(row.get("offloaded", "?")), str(row.get("accepted", "?")),
+                      f"{row.get('credit', 0):.1f}", f"{row.get('stake', 0):.1f}",
+                      str(row["rss_mb"]))
+    console.print(table)
+    rss = [r["rss_mb"] for r in rep["nodes"] if r["rss_mb"] is not None]
+    if rss:
+        console.print(f"RSS per node process: max {max(rss):.0f} MB, mean "
+                      f"{sum(rss) / len(rss):.0f} MB")
+
+
+def cmd_testnet(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    from .testnet import WORKLOADS
+
+    if not 1 <= args.nodes <= 64:
+        raise ConfigError(f"--nodes: must be between 1 and 64, got {args.nodes}")
+    if args.engine and len(args.engine) not in (1, args.nodes):
+        raise ConfigError(f"--engine: give one URL for all nodes or one per node "
+                          f"({args.nodes}), got {len(args.engine)}")
+    if args.workload not in WORKLOADS:
+        raise ConfigError(f"--workload: must be one of {', '.join(WORKLOADS)}")
+    if args.out:
+        root = Path(args.out)
+        if root.exists() and any(root.iterdir()):
+            raise ConfigError(f"--out {root}: exists and is not empty (keys and chains of "
+                              "an earlier testnet would be reused); pick a new folder")
+        cleanup = False
+    else:
+        root = Path(tempfile.mkdtemp(prefix="wwwserve-testnet-"))
+        cleanup = True
+    try:
+        rep = trio.run(_testnet, args, root)
+    finally:
+        if cleanup:
+            shutil.rmtree(root, ignore_errors=True)
+    if args.out:
+        (root / "report.json").write_text(json.dumps(rep, indent=1) + "\n")
+    if args.json:
+        _print_json(rep)
+    else:
+        _print_testnet_report(rep)
+        if args.out:
+            print(f"report, configs, genesis and logs in {root}")
+    return 0 if rep["failed"] == 0 else 1
 
 
 # ---- status -----------------------------------------------------------------------------
@@ -651,6 +803,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the start event as JSON")
     p.add_argument("--list", action="store_true", help="list the profiles and exit")
     p.set_defaults(func=cmd_sim_engine)
+
+    p = add("testnet", "N node processes on loopback, each with an engine, a private "
+            "genesis, a workload through the gateways, and a report",
+            "wwwserve testnet --nodes 5 --rate 2 --duration 20   # or: --engine URL ...")
+    p.add_argument("--nodes", type=int, default=4, help="number of node processes (default 4)")
+    p.add_argument("--engine", nargs="+", metavar="URL", default=None,
+                   help="engine base URLs (one for all nodes, or one per node); default: a "
+                        "`wwwserve sim-engine` process per node")
+    p.add_argument("--profile", default=None,
+                   help="sim-engine profile for every node (default: the first quarter "
+                        "rtx3090, the rest h100 / a100-80g)")
+    p.add_argument("--model", default=None,
+                   help="model name (default Qwen/Qwen3-8B, or the first --engine's model)")
+    p.add_argument("--workload", default="hot",
+                   help="hot (the first quarter of the nodes gets 4x the traffic), uniform, "
+                        "or burst (--requests at once on node0); default hot")
+    p.add_argument("--rate", type=float, default=3.0,
+                   help="requests per second over the whole network (default 3)")
+    p.add_argument("--duration", type=float, default=30.0,
+                   help="seconds of arrivals (default 30)")
+    p.add_argument("--requests", type=int, default=0,
+                   help="cap on the number of requests (burst: the count; default no cap)")
+    p.add_argument("--prompt-tokens", type=int, default=2000, help="prompt length (default 2000)")
+    p.add_argument("--max-tokens", type=int, default=128, help="output length (default 128)")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="per-request limit in seconds (default 120)")
+    p.add_argument("--p-inspect", type=float, default=0.1,
+                   help="share of offloaded requests duelled (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="workload random seed (default 0)")
+    p.add_argument("--out", default=None,
+                   help="keep configs, keys, chains, logs and report.json in this new folder "
+                        "(default: a temporary folder, removed at the end)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_testnet)
 
     p = add("status", "show a running node's peers, load, credit, stake, duels and ratings "
             "(via its gateway)",

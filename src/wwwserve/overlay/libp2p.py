@@ -15,6 +15,8 @@ times the round trip itself.
 from __future__ import annotations
 
 import logging
+import os
+import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
@@ -30,12 +32,14 @@ from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub import gossipsub as _gossipsub_module
 from libp2p.pubsub import pubsub as _pubsub_module
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux import yamux as _yamux_module
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
@@ -73,10 +77,74 @@ class _DeepRpcQueue(RpcQueue):
         super().__init__(max_size=max_size, **kwargs)
 
 
+#: how long a host's own signed peer record is reused before its addresses are re-read
+SPR_REUSE_S = 10.0
+_spr_out: weakref.WeakKeyDictionary[Any, tuple[float, bytes]] = weakref.WeakKeyDictionary()
+_spr_in: weakref.WeakKeyDictionary[Any, set[tuple[str, bytes]]] = weakref.WeakKeyDictionary()
+_SPR_IN_MAX = 4096
+
+
+def _env_to_send(host: Any) -> tuple[bytes, bool]:
+    """py-libp2p's ``env_to_send_in_RPC``, re-reading the host's addresses every 10 s.
+
+    py-libp2p 0.8.1 attaches its signed peer record to every pubsub RPC and, each time,
+    rebuilds the host's multiaddrs to see whether the cached record is current: 14% of an
+    idle node's CPU at 20 peers. Our hosts never change their listen addresses after start.
+    """
+    now = time.monotonic()
+    hit = _spr_out.get(host)
+    if hit is not None and now < hit[0]:
+        return hit[1], False
+    envelope, fresh = _orig_env_to_send(host)
+    _spr_out[host] = (now + SPR_REUSE_S, envelope)
+    return envelope, fresh
+
+
+def _consume_record(msg: Any, host: Any, peer_id: Any) -> bool:
+    """py-libp2p's ``maybe_consume_signed_record``, skipping records already verified.
+
+    Every RPC carries the sender's signed peer record, and 0.8.1 verifies its Ed25519
+    signature on each one (the largest single cost of receiving gossip). The same bytes
+    from the same peer verify the same way, so an accepted record is remembered.
+    """
+    if not msg.HasField("senderRecord"):
+        return True
+    key = (str(peer_id), bytes(msg.senderRecord))
+    seen = _spr_in.setdefault(host, set())
+    if key in seen:
+        return True
+    ok = bool(_orig_consume_record(msg, host, peer_id))
+    if ok:
+        if len(seen) >= _SPR_IN_MAX:
+            seen.clear()
+        seen.add(key)
+    return ok
+
+
+_orig_env_to_send = getattr(_pubsub_module, "env_to_send_in_RPC")  # noqa: B009
+_orig_consume_record = getattr(_pubsub_module, "maybe_consume_signed_record")  # noqa: B009
+
+
 def _patch_pubsub_queues() -> None:
     # Module-level knobs of py-libp2p 0.8.1 (see LIBP2P_NOTES.md, trap 5); idempotent.
     setattr(_pubsub_module, "RpcQueue", _DeepRpcQueue)  # noqa: B010
     _pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = SUBSCRIPTION_BUFFER
+    # per-RPC signed peer record costs (see _env_to_send and _consume_record)
+    for module in (_pubsub_module, _gossipsub_module):
+        setattr(module, "env_to_send_in_RPC", _env_to_send)  # noqa: B010
+        setattr(module, "maybe_consume_signed_record", _consume_record)  # noqa: B010
+    # Yamux: 0.8.1 answers every read with a WINDOW_UPDATE frame by default (an encrypted
+    # write per gossip message received, 12% of an idle node's CPU at 10 peers); credit is
+    # released in batches of half a window instead, as go-yamux does. The debug switch is
+    # read from the environment on every frame. PY_YAMUX_* set by the user still win.
+    if "PY_YAMUX_RELEASE_ON_READ" not in os.environ:
+        setattr(_yamux_module, "_yamux_release_on_read", _false)  # noqa: B010
+    if "PY_YAMUX_DEBUG" not in os.environ:
+        setattr(_yamux_module, "_perf_yamux_debug_enabled", _false)  # noqa: B010
+
+
+def _false() -> bool:
+    return False
 
 
 def _tame_libp2p_logging() -> None:
