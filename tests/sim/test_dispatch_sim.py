@@ -8,25 +8,16 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from wwwserve.clock import trio_wall_clock
 from wwwserve.config import (
-    DuelParams,
-    GatewayParams,
     MembershipParams,
-    ModelConfig,
-    NetworkParams,
-    NodeConfig,
-    ServerParams,
 )
-from wwwserve.engines import Chunk, CompletionRequest, SimEngine, get_profile
+from wwwserve.engines import Chunk, CompletionRequest
 from wwwserve.errors import DeadlineExceededError, ModelNotFoundError
-from wwwserve.identity import Identity
-from wwwserve.market import CreditBook, weighted_sample
+from wwwserve.market import weighted_sample
 from wwwserve.node import Node
-from wwwserve.overlay import MemoryNetwork
-from wwwserve.sim import seed_trio_scheduler
 
 MODEL = "Qwen/Qwen3-8B"
+ONE_WAY = 0.002  # the network's link latency
 PARAMS = MembershipParams(heartbeat_interval=1.0, suspect_timeout=2.5, peer_timeout=5.0)
 
 
@@ -36,39 +27,15 @@ def request(i: int, out: int = 200, **kw) -> CompletionRequest:
 
 
 @asynccontextmanager
-async def network(accept: list[float], *, seed: int = 1, stake: list[float] | None = None,
-                  profile: str = "rtx4090/qwen3-8b", credits: list[float] | None = None):
+async def network(memory_testnet, accept: list[float], *, seed: int = 1,
+                  stake: list[float] | None = None, profile: str = "rtx4090/qwen3-8b",
+                  credits: list[float] | None = None):
     """Nodes with one simulated engine each, a shared credit book, virtual time."""
-    seed_trio_scheduler(seed)
-    book = CreditBook(shared=True)
-    async with MemoryNetwork(seed=seed, latency=0.002) as net, trio.open_nursery() as nursery:
-        nodes: list[Node] = []
-        engines: list[SimEngine] = []
-        for i, acc in enumerate(accept):
-            ident = Identity.from_seed(random.Random(seed * 100 + i).randbytes(32))
-            boot = (nodes[0].addresses[0],) if nodes else ()
-            cfg = NodeConfig(
-                server_params=ServerParams(offload_frequency=1.0, queue_frequency=0.5,
-                                           accept_frequency=acc),
-                models=(ModelConfig(model_path=MODEL, engine="sim"),),
-                network=NetworkParams(network_id="sim", bootstrap=boot),
-                membership=PARAMS, gateway=GatewayParams(enabled=False),
-                duel=DuelParams(p_inspect=0.0))  # duels: tests/sim/test_duels_sim.py
-            engine = SimEngine(get_profile(profile), models=(MODEL,), seed=i, stream_interval=8)
-            credit = book.open(ident.peer_id, credits[i] if credits else 100.0, 0.0)
-            node = Node(cfg, identity=ident, overlay=net.node(ident), engines={MODEL: engine},
-                        credit=credit, wall_clock=trio_wall_clock(), rng=random.Random(seed + i))
-            await nursery.start(node.run)
-            nodes.append(node)
-            engines.append(engine)
-        await trio.sleep(6)  # heartbeats spread, stakes re-targeted
-        if stake is not None:
-            for node, s in zip(nodes, stake, strict=True):
-                node.dispatcher.policy.target_stake = (lambda view, s=s: s)  # type: ignore[method-assign]
-            await trio.sleep(3)
-        assert all(len(n.peers) == len(accept) - 1 for n in nodes)
-        yield nodes, engines, book, net
-        nursery.cancel_scope.cancel()
+    async with memory_testnet(len(accept), accept_frequency=accept, seed=seed, stake=stake,
+                              profile=profile, credit=credits or 100.0,
+                              target_token_usage=0.6, latency=ONE_WAY) as net:
+        assert all(len(n.peers) == len(accept) - 1 for n in net.nodes)
+        yield net.nodes, net.engines, net.book, net.network
 
 
 async def burst(node: Node, n: int, **kw) -> list[str]:
@@ -85,8 +52,9 @@ async def burst(node: Node, n: int, **kw) -> list[str]:
     return texts
 
 
-async def test_overloaded_node_offloads_and_credits_move_by_served_count(autojump_clock):
-    async with network([0.0, 1.0, 1.0, 1.0]) as (nodes, engines, book, _net):
+async def test_overloaded_node_offloads_and_credits_move_by_served_count(memory_testnet,
+                                                                         autojump_clock):
+    async with network(memory_testnet, [0.0, 1.0, 1.0, 1.0]) as (nodes, engines, book, _net):
         total = book.total()
         busy = nodes[0]
         credit0 = busy.credit.balance() + busy.credit.stake()
@@ -103,9 +71,9 @@ async def test_overloaded_node_offloads_and_credits_move_by_served_count(autojum
         assert sum(e.completed for e in engines) == 40
 
 
-async def test_a_node_without_credit_serves_its_users_itself(autojump_clock):
-    async with network([0.0, 1.0, 1.0, 1.0], credits=[0.0, 100.0, 100.0, 100.0]) as (
-            nodes, engines, book, _net):
+async def test_a_node_without_credit_serves_its_users_itself(memory_testnet, autojump_clock):
+    async with network(memory_testnet, [0.0, 1.0, 1.0, 1.0],
+                       credits=[0.0, 100.0, 100.0, 100.0]) as (nodes, engines, book, _net):
         broke = nodes[0]
         texts = await burst(broke, 20)
         assert len(texts) == 20
@@ -116,9 +84,9 @@ async def test_a_node_without_credit_serves_its_users_itself(autojump_clock):
         assert engines[0].completed == 20
 
 
-async def test_zero_stake_and_zero_accept_peers_are_never_used(autojump_clock):
+async def test_zero_stake_and_zero_accept_peers_are_never_used(memory_testnet, autojump_clock):
     # node 2 stakes nothing (never drawn); node 3 never accepts (stakes nothing either)
-    async with network([0.0, 1.0, 1.0, 0.0], stake=[0.0, 30.0, 0.0, 0.0]) as (
+    async with network(memory_testnet, [0.0, 1.0, 1.0, 0.0], stake=[0.0, 30.0, 0.0, 0.0]) as (
             nodes, engines, _book, _net):
         await burst(nodes[0], 40)
         assert engines[2].completed == 0
@@ -127,8 +95,9 @@ async def test_zero_stake_and_zero_accept_peers_are_never_used(autojump_clock):
         assert nodes[1].dispatcher.stats["accepted"] > 0
 
 
-async def test_executor_crash_mid_request_completes_elsewhere_billed_once(autojump_clock):
-    async with network([0.0, 1.0, 1.0, 1.0]) as (nodes, engines, book, net):
+async def test_executor_crash_mid_request_completes_elsewhere_billed_once(memory_testnet,
+                                                                          autojump_clock):
+    async with network(memory_testnet, [0.0, 1.0, 1.0, 1.0]) as (nodes, engines, book, net):
         busy = nodes[0]
         done: list[str] = []
 
@@ -150,8 +119,8 @@ async def test_executor_crash_mid_request_completes_elsewhere_billed_once(autoju
         assert len(set(book.settled)) == len(book.settled)
 
 
-async def test_unknown_model_is_404_and_deadline_is_504(autojump_clock):
-    async with network([0.0, 0.0]) as (nodes, _engines, _book, _net):
+async def test_unknown_model_is_404_and_deadline_is_504(memory_testnet, autojump_clock):
+    async with network(memory_testnet, [0.0, 0.0]) as (nodes, _engines, _book, _net):
         with pytest.raises(ModelNotFoundError):
             await nodes[0].complete(CompletionRequest(request_id="x", model="nope", prompt="p"))
         # nobody accepts and the local queue is refused half the time: a tiny budget runs out
@@ -159,8 +128,8 @@ async def test_unknown_model_is_404_and_deadline_is_504(autojump_clock):
             await nodes[0].complete(request(99, out=5000, timeout=0.5))
 
 
-async def test_streamed_chunks_arrive_in_order_from_a_peer(autojump_clock):
-    async with network([0.0, 1.0]) as (nodes, _engines, _book, _net):
+async def test_streamed_chunks_arrive_in_order_from_a_peer(memory_testnet, autojump_clock):
+    async with network(memory_testnet, [0.0, 1.0]) as (nodes, _engines, _book, _net):
         # fill the busy node so the next request goes to the peer
         chunks: list[Chunk] = []
 
@@ -192,11 +161,9 @@ async def _ttft(submit, req: CompletionRequest) -> float:
     return first[0] - start
 
 
-ONE_WAY = 0.002  # the network helper's link latency
-
-
-async def test_an_accepted_offer_starts_one_round_trip_sooner_than_a_probe(autojump_clock):
-    async with network([0.0, 1.0]) as (nodes, engines, _book, _net):
+async def test_an_accepted_offer_starts_one_round_trip_sooner_than_a_probe(memory_testnet,
+                                                                           autojump_clock):
+    async with network(memory_testnet, [0.0, 1.0]) as (nodes, engines, _book, _net):
         nodes[0].dispatcher.models[0].target_token_usage = -1.0  # never run locally
         offloaded = await _ttft(nodes[0].submit, request(1, out=64, stream=True))
         direct = await _ttft(engines[1].generate, request(2, out=64, stream=True))
@@ -205,9 +172,9 @@ async def test_an_accepted_offer_starts_one_round_trip_sooner_than_a_probe(autoj
         assert offloaded - direct == pytest.approx(2 * ONE_WAY)
 
 
-async def test_a_refused_offer_falls_back_to_a_probed_peer(autojump_clock):
+async def test_a_refused_offer_falls_back_to_a_probed_peer(memory_testnet, autojump_clock):
     # node 1 stakes most, so it is offered nearly every request, but never accepts
-    async with network([0.0, 0.0, 1.0], stake=[0.0, 90.0, 1.0]) as (
+    async with network(memory_testnet, [0.0, 0.0, 1.0], stake=[0.0, 90.0, 1.0]) as (
             nodes, engines, _book, _net):
         nodes[0].dispatcher.models[0].target_token_usage = -1.0
         ttfts = [await _ttft(nodes[0].submit, request(i, out=64, stream=True))

@@ -1,0 +1,30 @@
+"""Test helpers for integrators and for wwwserve's own tests.
+
+- :class:`MemoryTestnet`: real nodes with simulated engines over an in-memory network, in
+  trio's virtual time (deterministic for a seed; a minute of traffic in milliseconds).
+- :class:`ProcessTestnet`: node processes with sim-engine processes on loopback, a private
+  genesis, real libp2p (what ``wwwserve testnet`` runs).
+- :class:`ChildProcess`: one ``python -m wwwserve ...`` child speaking JSON lines.
+- :func:`signed_duel`: a duel settlement with real signed evidence.
+
+Installing wwwserve registers a pytest plugin (:mod:`wwwserve.testing.pytest_plugin`)
+with two fixtures: ``memory_testnet`` (virtual time) and ``process_testnet`` (real
+processes), each a factory used as ``async with memory_testnet(4, ...) as net:``.
+"""
+
+from __future__ import annotations
+
+from ..testnet import ChildProcess, ProcessTestnet, TestnetNode, rss_bytes
+from ._duels import signed_duel
+from ._memory import DEFAULT_MODEL, FAST_MEMBERSHIP, MemoryTestnet
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "FAST_MEMBERSHIP",
+    "ChildProcess",
+    "MemoryTestnet",
+    "ProcessTestnet",
+    "TestnetNode",
+    "rss_bytes",
+    "signed_duel",
+]

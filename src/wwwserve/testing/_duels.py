@@ -1,0 +1,79 @@
+"""Signed duel evidence for tests of the ledger and of duel settlements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..duel.evidence import (
+    AnswerReceipt,
+    DuelEvidence,
+    DuelRecord,
+    VoteCommit,
+    VoteReveal,
+    commitment,
+    digest,
+    tally,
+)
+from ..identity import Identity
+from ..ledger.state import Rules
+from ..ledger.tx import DuelSettlement
+from ..wire import encode, seal
+
+__all__ = ["signed_duel"]
+
+
+def signed_duel(
+    requester: Identity,
+    executors: tuple[Identity, Identity],
+    judges: Sequence[Identity],
+    verdicts: Sequence[str | None],
+    *,
+    network: str,
+    rules: Rules | None = None,
+    duel_id: str = "duel-1",
+    answers: tuple[str | None, str | None] = ("answer x", "answer y"),
+    x_first: Sequence[bool] | None = None,
+    nonce: int = 0,
+) -> DuelSettlement:
+    """A duel settlement with real signed evidence, for tests.
+
+    ``verdicts[i]`` is judge ``i``'s vote as it saw the answers (``A``, ``B``, ``tie``,
+    ``abstain``), or None for a judge that committed but never revealed. Each answer
+    (None: missing) comes with its executor's signed receipt. Winner, loser and
+    judge groups are what the evidence implies (so the settlement is valid unless the
+    test changes it); amounts are ``rules``' (default: the authors').
+    """
+    rules = rules or Rules(network)
+    order = tuple(x_first) if x_first is not None else (True,) * len(judges)
+    record = DuelRecord(network=network, duel_id=duel_id, requester=requester.peer_id,
+                        executors=(executors[0].peer_id, executors[1].peer_id),
+                        answers=tuple(digest(a) if a is not None else b"" for a in answers),
+                        judges=tuple(j.peer_id for j in judges), x_first=order)
+    record_env = encode(seal(record, requester))
+    commits, reveals, votes = [], [], {}
+    for judge, verdict in zip(judges, verdicts, strict=True):
+        salt = judge.peer_id.encode()[:16]
+        shown = verdict or "abstain"
+        commits.append(encode(seal(VoteCommit(
+            network=network, duel_id=duel_id, requester=requester.peer_id,
+            judge=judge.peer_id, record=digest(record_env),
+            commitment=commitment(duel_id, judge.peer_id, shown, salt)), judge)))
+        if verdict is not None:
+            reveals.append(encode(seal(VoteReveal(
+                network=network, duel_id=duel_id, requester=requester.peer_id,
+                judge=judge.peer_id, verdict=verdict, salt=salt), judge)))
+            votes[judge.peer_id] = verdict
+    outcome = tally(record, votes)
+    receipts = tuple(encode(seal(AnswerReceipt(
+        requester=requester.peer_id, request_id=f"{duel_id}-{k}", digest=digest(answer)),
+        executor)) for k, (executor, answer) in enumerate(zip(executors, answers, strict=True))
+        if answer is not None)
+    evidence = encode(DuelEvidence(record=record_env, receipts=receipts,
+                                   commits=tuple(commits), reveals=tuple(reveals)))
+    return DuelSettlement(
+        network=network, requester=requester.peer_id, duel_id=duel_id,
+        winner=outcome.winner, loser=outcome.loser, reward=rules.duel_reward,
+        loser_penalty_ppm=rules.duel_loser_ppm, majority=outcome.majority,
+        minority=outcome.minority, silent=outcome.silent,
+        minority_penalty_ppm=rules.duel_minority_ppm,
+        silent_penalty_ppm=rules.duel_silent_ppm, evidence=evidence, nonce=nonce)
