@@ -12,6 +12,7 @@ from typing import Any, Self
 import trio
 from trio.testing import MockClock
 
+from .._compat import TaskStatus
 from ..clock import SIM_EPOCH, trio_wall_clock
 from ..config import (
     DispatchParams,
@@ -211,7 +212,7 @@ class MemoryTestnet:
         return node
 
     async def _run(self, k: int, node: Node, *,
-                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                   task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.CancelScope() as scope:
             self._scopes[k] = scope
             await node.run(task_status=task_status)
