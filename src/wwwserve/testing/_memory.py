@@ -79,6 +79,7 @@ class MemoryTestnet:
         offload_frequency: float | Sequence[float] = 1.0,
         queue_frequency: float | Sequence[float] = 0.5,
         target_token_usage: float | Sequence[float] = 0.5,
+        policy: str | Sequence[str] = "default_sglang",
         credit: float | Sequence[float] = 100.0,
         stake: float | Sequence[float] | None = None,
         ledger: bool = False,
@@ -103,6 +104,7 @@ class MemoryTestnet:
         self.offload = _each(offload_frequency, n, "offload_frequency")
         self.queue = _each(queue_frequency, n, "queue_frequency")
         self.targets = _each(target_token_usage, n, "target_token_usage")
+        self.policies = _each(policy, n, "policy")
         self.credits = _each(credit, n, "credit")
         self.stakes = _each(stake, n, "stake") if stake is not None else None
         self.use_ledger = ledger
@@ -175,7 +177,8 @@ class MemoryTestnet:
         """Node ``k``'s config (bootstrap through node 0)."""
         boot = (self.nodes[0].addresses[0],) if k and self.nodes else ()
         return NodeConfig(
-            server_params=ServerParams(offload_frequency=self.offload[k],
+            server_params=ServerParams(policy=self.policies[k],
+                                       offload_frequency=self.offload[k],
                                        queue_frequency=self.queue[k],
                                        accept_frequency=self.accept[k]),
             models=(ModelConfig(model_path=self.model, engine="sim",
