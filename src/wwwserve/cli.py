@@ -44,15 +44,18 @@ EPILOG = """examples:
 """
 
 
-def _setup_logging(verbosity: int) -> None:
-    level = logging.WARNING - 10 * verbosity
-    logging.basicConfig(level=max(level, logging.DEBUG),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if verbosity >= 3:
-        # py-libp2p logs routine events at ERROR; only show them when asked (-vvv)
-        from .overlay import libp2p as _  # noqa: F401  (normalises libp2p's logger)
+def _setup_logging(verbosity: int, level: str = "WARNING",
+                   libp2p_level: str = "CRITICAL") -> None:
+    """Logging for this process (wwwserve.log): ``level`` lowered by 10 per ``-v``;
+    py-libp2p at ``libp2p_level``, or DEBUG with ``-vvv``."""
+    from .log import setup_logging
 
-        logging.getLogger("libp2p").setLevel(logging.DEBUG)
+    if verbosity >= 3 or libp2p_level != "CRITICAL":
+        # py-libp2p re-quietens its logger when first imported: import it first
+        from .overlay import libp2p as _  # noqa: F401
+    base = logging.getLevelNamesMapping()[level]
+    setup_logging(max(logging.DEBUG, base - 10 * verbosity),
+                  libp2p_level="DEBUG" if verbosity >= 3 else libp2p_level)
 
 
 def _print_json(obj: object) -> None:
@@ -96,6 +99,7 @@ async def _run_node(cfg: NodeConfig, json_events: bool) -> None:
 
 def cmd_node(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
+    _setup_logging(args.verbose, cfg.logging.level, cfg.logging.libp2p_level)
     trio.run(_run_node, cfg, args.json_events)
     return 0
 

@@ -34,6 +34,7 @@ __all__ = [
     "GatewayParams",
     "GenParams",
     "LedgerParams",
+    "LoggingParams",
     "MembershipParams",
     "ModelConfig",
     "NetworkParams",
@@ -322,6 +323,28 @@ class DuelParams:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LoggingParams:
+    """``logging`` (optional): log levels of ``wwwserve node`` (``-v`` on the command line
+    lowers ``level`` further). Records carry the id of the request being handled."""
+
+    #: DEBUG, INFO, WARNING, ERROR or CRITICAL
+    level: str = "WARNING"
+    #: py-libp2p's own logger (it logs routine events at ERROR, hence quiet by default)
+    libp2p_level: str = "CRITICAL"
+
+    def __post_init__(self) -> None:
+        for name in ("level", "libp2p_level"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value.upper() not in _LOG_LEVELS:
+                raise ConfigError(f"{name}: must be one of {', '.join(_LOG_LEVELS)}, "
+                                  f"got {_fmt(value)}")
+            object.__setattr__(self, name, value.upper())
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
     """A whole node configuration (one YAML file)."""
 
@@ -333,6 +356,7 @@ class NodeConfig:
     gateway: GatewayParams = field(default_factory=GatewayParams)
     membership: MembershipParams = field(default_factory=MembershipParams)
     duel: DuelParams = field(default_factory=DuelParams)
+    logging: LoggingParams = field(default_factory=LoggingParams)
 
     def __post_init__(self) -> None:
         seen: dict[str, int] = {}

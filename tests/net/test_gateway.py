@@ -6,6 +6,7 @@ Two nodes on an in-memory overlay (real time): ``a`` serves model A behind its g
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +27,7 @@ from wwwserve.config import (
 )
 from wwwserve.engines import SimEngine, get_profile
 from wwwserve.identity import Identity
+from wwwserve.log import TraceFilter
 from wwwserve.market import CreditBook
 from wwwserve.node import Node
 from wwwserve.overlay import MemoryNetwork
@@ -223,3 +225,27 @@ async def test_status_command_reads_a_running_node(capsys: pytest.CaptureFixture
     # nobody there any more: a one-line error, exit code 1
     assert await trio.to_thread.run_sync(main, ["status", url]) == 1
     assert "no node answers at" in capsys.readouterr().err
+
+
+async def test_a_request_is_logged_under_the_users_request_id_on_every_hop(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="wwwserve")
+    caplog.handler.addFilter(TraceFilter())
+    async with gateway_net() as net:
+        raw = await net.client.chat.completions.with_raw_response.create(
+            model=B, max_tokens=6, messages=[{"role": "user", "content": "x"}],
+            extra_headers={"X-Request-Id": "trace-abc.1"})
+        assert raw.headers["x-request-id"] == "trace-abc.1"
+        traced = [(r.name, r.getMessage()) for r in caplog.records
+                  if getattr(r, "trace", None) == "trace-abc.1"]
+        # the requester (a) and the executor (b) both logged their part under the id
+        assert any(m.startswith(f"offloaded: served by {net.b.peer_id}") for _, m in traced)
+        assert any(m.startswith(f"executed for {net.a.peer_id}") for _, m in traced)
+        # without the header the gateway makes an id, and says which
+        made = await net.client.chat.completions.with_raw_response.create(
+            model=A, max_tokens=3, messages=[{"role": "user", "content": "x"}])
+        assert made.headers["x-request-id"] and made.headers["x-request-id"] != "trace-abc.1"
+        with pytest.raises(openai.BadRequestError, match="X-Request-Id: must be 1-64"):
+            await net.client.chat.completions.create(
+                model=A, max_tokens=3, messages=[{"role": "user", "content": "x"}],
+                extra_headers={"X-Request-Id": "no spaces allowed"})

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import trio
 
 from wwwserve.errors import ConfigError
 from wwwserve.ledger import UNIT
+from wwwserve.log import TraceFilter
 from wwwserve.testing import MemoryTestnet
 
 
@@ -65,3 +68,26 @@ def test_per_node_settings_must_match_the_node_count(tmp_path):
         MemoryTestnet(3, accept_frequency=[1.0, 1.0])
     with pytest.raises(ConfigError, match="data_dir: required with ledger=True"):
         MemoryTestnet(3, ledger=True)
+
+
+async def test_a_duel_can_be_followed_from_the_request_id_to_the_copy_and_the_judges(
+        memory_testnet, autojump_clock, caplog):
+    caplog.set_level(logging.INFO, logger="wwwserve")
+    caplog.handler.addFilter(TraceFilter())
+    async with memory_testnet(6, ledger=True, p_inspect=1.0,
+                              accept_frequency=[0.0] + [1.0] * 5,
+                              target_token_usage=[0.0] + [0.9] * 5) as net:
+        await net.nodes[0].complete(net.request("user-req-7", max_tokens=50))
+        await trio.sleep(60)  # judges evaluate, commit, reveal; the requester settles
+
+    def logged(trace: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if getattr(r, "trace", None) == trace]
+
+    mine = logged("user-req-7")
+    copy_id = next(m.split()[-1] for m in mine if m.startswith("duelled: a copy goes out"))
+    duel_id = next(m.split()[1] for m in mine if m.startswith("duel ") and "judges" in m)
+    assert any(m.startswith("executed for") for m in logged("user-req-7"))  # first executor
+    assert any(m.startswith("executed for") for m in logged(copy_id))  # the copy's executor
+    judged = [m for m in logged(f"duel-{duel_id}") if m.startswith("judged for")]
+    assert len(judged) == 3  # k_judges, each logging under the duel id
+    assert any(m.startswith(f"duel {duel_id}: ") and "majority" in m for m in mine)

@@ -162,3 +162,11 @@ def test_dataclasses_validate_without_a_file():
     with pytest.raises(ConfigError, match=r"accept_frequency: must be a number in \[0, 1\]"):
         ServerParams(accept_frequency=2.0)
     assert NodeConfig().models == ()
+
+
+def test_logging_levels_are_named_levels(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD + "logging: {level: info, libp2p_level: ERROR}\n"))
+    assert (cfg.logging.level, cfg.logging.libp2p_level) == ("INFO", "ERROR")
+    msg = error_of(tmp_path, GOOD + "logging: {level: LOUD}\n")
+    assert "logging.level: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'LOUD'" \
+        in msg

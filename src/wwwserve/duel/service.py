@@ -41,6 +41,7 @@ from ..errors import DuelError, EngineError, OverlayError, ProtocolError
 from ..identity import Identity
 from ..ledger.chain import Chain
 from ..ledger.tx import DuelSettlement
+from ..log import tracing
 from ..market.pos import weighted_sample
 from ..membership import PeerInfo, PeerStatus
 from ..overlay import Overlay, ResponseSender
@@ -202,6 +203,8 @@ class DuelService:
                 self.stats["void_too_few_judges"] += 1
                 return None
         x_first = tuple(self.rng.random() < 0.5 for _ in judges)
+        logger.info("duel %s between %s and %s, judges %s (they log it as duel-%s)",
+                    duel_id, x.executor, y.executor, ", ".join(judges) or "none", duel_id)
         record = DuelRecord(network=self.network, duel_id=duel_id, requester=self.peer_id,
                             executors=(x.executor, y.executor), answers=answers,
                             judges=tuple(judges), x_first=x_first)
@@ -228,7 +231,7 @@ class DuelService:
         if self.settle is not None:
             self.stats["settled" if self.settle(duel_id, outcome, evidence)
                        else "settle_failed"] += 1
-        logger.debug("duel %s: %s over %s (majority %d, minority %d, silent %d)", duel_id,
+        logger.info("duel %s: %s over %s (majority %d, minority %d, silent %d)", duel_id,
                      outcome.winner[-8:] or "tie", outcome.loser[-8:] or "tie",
                      len(outcome.majority), len(outcome.minority), len(outcome.silent))
         return outcome
@@ -315,6 +318,8 @@ class DuelService:
         if isinstance(msg, JudgeRequest):
             await self._judge(peer, msg, sender)
         elif isinstance(msg, RevealRequest):
+            with tracing(f"duel-{msg.duel_id}"):
+                logger.info("revealing our vote to %s", peer)
             verdict, salt, _ = self._votes.pop((peer, msg.duel_id), ("", b"", 0.0))
             if not verdict:
                 raise DuelError(f"no vote of ours on duel {msg.duel_id!r} by {peer[-8:]}")
@@ -332,6 +337,12 @@ class DuelService:
     async def _judge(self, peer: str, msg: JudgeRequest, sender: ResponseSender) -> None:
         envelope = decode(msg.record, expect=Signed)
         record = unseal(envelope, expect=DuelRecord)
+        with tracing(f"duel-{record.duel_id}"):
+            await self._judge_record(peer, msg, envelope, record, sender)
+            logger.info("judged for %s, vote committed", peer)
+
+    async def _judge_record(self, peer: str, msg: JudgeRequest, envelope: Signed,
+                            record: DuelRecord, sender: ResponseSender) -> None:
         me = self.peer_id
         if envelope.signer != peer or record.requester != peer:
             raise DuelError("the duel record is not signed by the peer asking")

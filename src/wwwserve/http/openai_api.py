@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -57,6 +58,24 @@ Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _ids = itertools.count()
 _PREFIX = os.urandom(4).hex()
+
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def request_id_of(scope: Scope) -> str | None:
+    """The user's ``X-Request-Id`` header (their trace id for the request), if any.
+
+    Raises a 400 if it is not 1-64 characters of letters, digits and ``. _ : -``.
+    """
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            text = str(value.decode("latin-1")).strip()
+            if not _REQUEST_ID_RE.match(text):
+                raise _HTTPError(400, "X-Request-Id: must be 1-64 characters of letters, "
+                                 "digits and . _ : -")
+            return text
+    return None
 
 
 def _new_id() -> str:
@@ -393,13 +412,15 @@ class OpenAIApp:
         await send_json(send, 200 if ok else 503, {"status": "ok" if ok else "unavailable"})
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._complete(receive, send, chat=True)
+        await self._complete(scope, receive, send, chat=True)
 
     async def _text(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._complete(receive, send, chat=False)
+        await self._complete(scope, receive, send, chat=False)
 
-    async def _complete(self, receive: Receive, send: Send, *, chat: bool) -> None:
+    async def _complete(self, scope: Scope, receive: Receive, send: Send, *,
+                        chat: bool) -> None:
         try:
+            request_id = request_id_of(scope)
             raw = await read_body(receive, self.max_body)
         except _HTTPError:
             if self.on_done is not None:
@@ -407,6 +428,7 @@ class OpenAIApp:
             raise
         try:
             parsed = parse_completion(raw, chat=chat, timeout=self.timeout,
+                                      request_id=request_id,
                                       max_tokens_default=self.max_tokens_default)
         except BadRequestError as exc:
             if self.on_done is not None:
@@ -444,13 +466,14 @@ class OpenAIApp:
         except (WWWServeError, trio.TooSlowError) as exc:
             status = _status_of(exc)
             self._done(request, _outcome(status), start, None)
-            headers = _retry_headers(exc)
+            headers = [*_retry_headers(exc), ("x-request-id", request.request_id)]
             await send_json(send, status, error_body(status, str(exc) or "deadline exceeded"),
                             headers)
             return
         self._done(request, "ok", start, first[0] if first else None)
         await send_json(send, 200, completion_body(request, "".join(parts), finish[0], usage,
-                                                   int(time.time())))
+                                                   int(time.time())),
+                        [("x-request-id", request.request_id)])
 
     async def _stream(self, request: CompletionRequest, include_usage: bool,
                       send: Send) -> None:
@@ -463,7 +486,8 @@ class OpenAIApp:
             nonlocal started
             started = True
             await send({"type": "http.response.start", "status": 200, "headers": [
-                (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+                (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+                (b"x-request-id", request.request_id.encode())]})
 
         async def event(obj: object) -> None:
             await send({"type": "http.response.body", "more_body": True,
@@ -487,7 +511,8 @@ class OpenAIApp:
             self._done(request, _outcome(status), start, first)
             body = error_body(status, str(exc) or "deadline exceeded")
             if not started:
-                await send_json(send, status, body, _retry_headers(exc))
+                await send_json(send, status, body,
+                                [*_retry_headers(exc), ("x-request-id", request.request_id)])
                 return
             await event(body)
             await send({"type": "http.response.body", "body": b""})

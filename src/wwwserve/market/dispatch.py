@@ -39,6 +39,7 @@ from ..errors import (
     WWWServeError,
 )
 from ..identity import Identity
+from ..log import tracing
 from ..membership import PeerInfo, PeerStatus
 from ..overlay import Overlay, ResponseSender
 from ..wire import Signed, decode, encode, seal
@@ -262,7 +263,15 @@ class Dispatcher:
     # ---- the requester side -------------------------------------------------------------
     async def submit(self, request: CompletionRequest, emit: Emit,
                      route: tuple[str, ...] = ()) -> Usage:
-        """Serve ``request`` here or elsewhere; push its chunks to ``emit``."""
+        """Serve ``request`` here or elsewhere; push its chunks to ``emit``.
+
+        Everything logged while serving it carries its request id (see wwwserve.log).
+        """
+        with tracing(request.request_id):
+            return await self._submit(request, emit, route)
+
+    async def _submit(self, request: CompletionRequest, emit: Emit,
+                      route: tuple[str, ...]) -> Usage:
         if request.model != "auto" and request.model not in self.network_models():
             raise ModelNotFoundError(f"model {request.model!r} is not served in this network")
         arrived = trio.current_time()
@@ -304,6 +313,8 @@ class Dispatcher:
                     usage = await self._run_local(self._by_name(name), request, sink, deadline)
                     if usage is not None:
                         self.stats["local"] += 1
+                        logger.info("served here on %s (%d tokens)", name,
+                                    usage.completion_tokens)
                         return usage
                     self._waiting += 1
                     waiting = True
@@ -437,6 +448,7 @@ class Dispatcher:
         first, second = _Tap(race), _Tap(race, copy=True)
         copy = replace(request, request_id=self.rng.randbytes(8).hex())
         self.stats["duels"] += 1
+        logger.info("duelled: a copy goes out as request %s", copy.request_id)
 
         async def run(tap: _Tap, req: CompletionRequest, exclude: frozenset[str],
                       then: Callable[[str], object]) -> None:
@@ -536,6 +548,12 @@ class Dispatcher:
         if self.credit.pay(executor, self.reward, request.request_id):
             self.stats["paid"] += 1
         self.stats["duel_copies" if sink.duel_copy else "offloaded"] += 1
+        if sink.duel_copy:
+            logger.info("duel copy %s served by %s (%d tokens)", request.request_id,
+                        executor, usage.completion_tokens)
+        else:
+            logger.info("offloaded: served by %s (%d tokens)", executor,
+                        usage.completion_tokens)
         return usage
 
     # ---- the executor side --------------------------------------------------------------
@@ -559,6 +577,11 @@ class Dispatcher:
     async def _on_offload(self, peer: str, payload: bytes, sender: ResponseSender) -> None:
         off = decode(payload, expect=Offload)
         request = decode(off.request, expect=CompletionRequest)
+        with tracing(request.request_id):
+            await self._execute(peer, off, request, sender)
+
+    async def _execute(self, peer: str, off: Offload, request: CompletionRequest,
+                       sender: ResponseSender) -> None:
         if self.peer_id in off.route or off.hops > self.max_hops:
             raise WWWServeError("route loop or hop limit exceeded")
         if off.offer:
@@ -591,6 +614,7 @@ class Dispatcher:
             await sender.send(encode(seal(receipt, self.identity)))
         self.stats["accepted"] += 1
         self.credit.earn(peer, self.reward, request.request_id)
+        logger.info("executed for %s on %s", peer, name)
 
     # ---- stake --------------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
