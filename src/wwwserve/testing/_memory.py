@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -25,7 +25,7 @@ from ..config import (
     NodeParams,
     ServerParams,
 )
-from ..engines import Chunk, CompletionRequest, SimEngine, Usage, get_profile
+from ..engines import Chunk, CompletionRequest, Engine, SimEngine, Usage, get_profile
 from ..errors import ConfigError
 from ..identity import Identity
 from ..ledger import Allocation, Genesis, micro
@@ -65,8 +65,9 @@ class MemoryTestnet:
     Credits: a shared in-memory :class:`~wwwserve.market.CreditBook` (``net.book``), or,
     with ``ledger=True``, a genesis (``net.genesis``) and each node's real ledger
     (chains on disk under ``data_dir``, required then). ``stake`` pins each node's stake
-    (default: nodes re-target it from their load, as in production). Entering the block
-    waits until every node sees every other one.
+    (default: nodes re-target it from their load, as in production). ``clock_skew`` offsets
+    a node's wall clock (seconds); ``engine_wrapper(k, engine)`` may wrap node ``k``'s
+    engine (to inject faults). Entering the block waits until every node sees every other.
     """
 
     def __init__(
@@ -92,6 +93,8 @@ class MemoryTestnet:
         network_id: str = "sim",
         converge_within: float = 60.0,
         real_time: bool = False,
+        clock_skew: float | Sequence[float] = 0.0,
+        engine_wrapper: Callable[[int, SimEngine], Engine] | None = None,
     ) -> None:
         if n < 1:
             raise ConfigError(f"n: must be at least 1, got {n}")
@@ -117,6 +120,8 @@ class MemoryTestnet:
         self.network_id = network_id
         self.converge_within = converge_within
         self.real_time = real_time
+        self.skews = _each(clock_skew, n, "clock_skew")
+        self.engine_wrapper = engine_wrapper
         self.identities = [Identity.from_seed(random.Random(seed * 1000 + i).randbytes(32))
                            for i in range(n)]
         self.nodes: list[Node] = []
@@ -199,9 +204,11 @@ class MemoryTestnet:
         credit = None
         if self.book is not None:
             credit = self.book.open(ident.peer_id, self.credits[k], 0.0)
+        served: Engine = engine if self.engine_wrapper is None else self.engine_wrapper(k, engine)
         node = Node(self.config(k), identity=ident, overlay=self.network.node(ident),
-                    engines={self.model: engine}, credit=credit, genesis=self.genesis,
-                    wall_clock=trio_wall_clock(), rng=random.Random(self.seed * 1000 + k))
+                    engines={self.model: served}, credit=credit, genesis=self.genesis,
+                    wall_clock=trio_wall_clock(SIM_EPOCH + self.skews[k]),
+                    rng=random.Random(self.seed * 1000 + k))
         await self._nursery.start(self._run, k, node)
         if self.stakes is not None:
             pinned = self.stakes[k]
