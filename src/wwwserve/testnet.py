@@ -423,6 +423,19 @@ class ProcessTestnet:
         node.config.parent.mkdir(parents=True, exist_ok=True)
         node.config.write_text(yaml.safe_dump(data, sort_keys=False))
 
+    def kill_node(self, k: int) -> None:
+        """SIGKILL node ``k``'s process (no goodbye; its engine keeps running)."""
+        self.nodes[k].process.kill()
+
+    async def restart_node(self, k: int) -> None:
+        """Start node ``k`` again from its config (same key, its chain from disk) after it
+        stopped or was killed; returns once it runs (not once peers see it)."""
+        node = self.nodes[k]
+        await node.process.stop()  # reaps a killed one and closes its log
+        assert self._nursery is not None
+        node.process = ChildProcess(node.process.args[3:], log=node.process.log)
+        await self._start_node(self._nursery, node)
+
     # ---- inspection ------------------------------------------------------------------------
 
     async def status(self, k: int) -> dict[str, Any]:

@@ -7,7 +7,8 @@ import logging
 import pytest
 import trio
 
-from wwwserve.errors import ConfigError
+from wwwserve.engines import Chunk
+from wwwserve.errors import ConfigError, StreamBrokenError
 from wwwserve.ledger import UNIT
 from wwwserve.log import TraceFilter
 from wwwserve.testing import MemoryTestnet
@@ -91,3 +92,19 @@ async def test_a_duel_can_be_followed_from_the_request_id_to_the_copy_and_the_ju
     judged = [m for m in logged(f"duel-{duel_id}") if m.startswith("judged for")]
     assert len(judged) == 3  # k_judges, each logging under the duel id
     assert any(m.startswith(f"duel {duel_id}: ") and "majority" in m for m in mine)
+
+
+async def test_an_executor_crash_mid_stream_is_a_stream_broken_error(memory_testnet,
+                                                                     autojump_clock):
+    async with memory_testnet(2, accept_frequency=[0.0, 1.0],
+                              target_token_usage=[0.0, 0.9]) as net:
+        seen: list[int] = []
+
+        async def emit(chunk: Chunk) -> None:
+            seen.append(chunk.tokens)
+            if len(seen) == 5:
+                net.network.crash(net.nodes[1].peer_id)
+
+        with pytest.raises(StreamBrokenError, match="broke off after it had started"):
+            await net.nodes[0].submit(net.request("s1", max_tokens=2000, stream=True), emit)
+        assert 5 <= len(seen) < 2000 // 8

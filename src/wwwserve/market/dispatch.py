@@ -414,20 +414,31 @@ class Dispatcher:
                     accepted.append(winner)
             probes_done.set()
 
+        # the attempts run in the nursery's body: an error they raise (a broken stream) is
+        # kept and raised bare afterwards, not wrapped in an exception group
+        failure: WWWServeError | None = None
+        outcome: Usage | _Refused | None = _REFUSED
         async with trio.open_nursery() as nursery:
             if len(peers) > 1:
                 nursery.start_soon(probe_the_rest)
             else:
                 probes_done.set()
-            outcome = await self._attempt(peers[0], request, sink, route, deadline, arrived,
-                                          offer=True, on_accept=started)
-            if isinstance(outcome, _Refused):
-                with trio.move_on_at(deadline):
-                    await probes_done.wait()
-                if accepted:
-                    outcome = await self._attempt(accepted[0], request, sink, route, deadline,
-                                                  arrived, offer=False, on_accept=on_start)
-            probe_scope.cancel()
+            try:
+                outcome = await self._attempt(peers[0], request, sink, route, deadline,
+                                              arrived, offer=True, on_accept=started)
+                if isinstance(outcome, _Refused):
+                    with trio.move_on_at(deadline):
+                        await probes_done.wait()
+                    if accepted:
+                        outcome = await self._attempt(accepted[0], request, sink, route,
+                                                      deadline, arrived, offer=False,
+                                                      on_accept=on_start)
+            except WWWServeError as exc:
+                failure = exc
+            finally:
+                probe_scope.cancel()
+        if failure is not None:
+            raise failure
         if isinstance(outcome, _Refused):
             self.stats["probes_refused"] += 1
             return None

@@ -183,7 +183,7 @@ async def _users(net: MemoryTestnet, rng: random.Random, duration: float, down: 
                 break
             running = [k for k in range(net.n) if k not in down]
             nursery.start_soon(one, i, rng.choice(running), rng.uniform(5.0, 40.0),
-                               rng.choice([16, 64, 200]))
+                               rng.choice([16, 64, 200, 1000]))
             i += 1
 
 
@@ -203,7 +203,9 @@ async def _chaos(net: MemoryTestnet, rng: random.Random, duration: float, down: 
                 choices = [k for k in range(1, net.n) if k not in down]
                 if net.n - len(down) - 1 < 3:
                     continue
-                k = rng.choice(choices)
+                # half the time the busiest node: crashes that cut answers mid-stream
+                k = (max(choices, key=lambda j: (net.engines[j].load().running, j))
+                     if rng.random() < 0.5 else rng.choice(choices))
                 down.add(k)
                 net.network.crash(net.nodes[k].peer_id)
                 net.stop_node(k)
