@@ -210,13 +210,11 @@ class TestnetNode:
 
     def peers(self) -> set[str]:
         """The peers this node reported last (from its membership events)."""
-        for ev in reversed(self.process.events):
-            if "peers" in ev:
-                return set(ev["peers"])
-        return set()
+        return _peers_of(self.process)
 
 
-def _per_node(value: Any, n: int, what: str) -> list[Any]:
+def per_node(value: Any, n: int, what: str) -> list[Any]:
+    """``value`` for each of ``n`` nodes: a list of exactly ``n``, or one value for all."""
     if isinstance(value, (list, tuple)):
         if len(value) != n:
             raise ConfigError(f"{what}: expected one value per node ({n}), got {len(value)}")
@@ -263,9 +261,9 @@ class ProcessTestnet:
         self.n = n
         self.root = Path(root).resolve()
         self.engine_urls = [engines[i % len(engines)] for i in range(n)] if engines else []
-        self.profiles = _per_node(profiles, n, "profiles")
-        self.targets = _per_node(target_token_usage, n, "target_token_usage")
-        self.accepts = _per_node(accept_frequency, n, "accept_frequency")
+        self.profiles = per_node(profiles, n, "profiles")
+        self.targets = per_node(target_token_usage, n, "target_token_usage")
+        self.accepts = per_node(accept_frequency, n, "accept_frequency")
         self.model = model
         self.network_id = network_id
         self.ledger = ledger

@@ -33,6 +33,7 @@ from ..market import CreditBook
 from ..node import Node
 from ..overlay import MemoryNetwork
 from ..sim import seed_trio_scheduler
+from ..testnet import per_node as _each
 
 __all__ = ["DEFAULT_MODEL", "FAST_MEMBERSHIP", "MemoryTestnet"]
 
@@ -40,14 +41,6 @@ DEFAULT_MODEL = "Qwen/Qwen3-8B"
 #: membership timing of in-memory testnets (virtual seconds)
 FAST_MEMBERSHIP = MembershipParams(heartbeat_interval=1.0, suspect_timeout=2.5,
                                    peer_timeout=5.0)
-
-
-def _each(value: Any, n: int, what: str) -> list[Any]:
-    if isinstance(value, (list, tuple)):
-        if len(value) != n:
-            raise ConfigError(f"{what}: expected one value per node ({n}), got {len(value)}")
-        return list(value)
-    return [value] * n
 
 
 class MemoryTestnet:
