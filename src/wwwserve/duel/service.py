@@ -232,8 +232,8 @@ class DuelService:
             self.stats["settled" if self.settle(duel_id, outcome, evidence)
                        else "settle_failed"] += 1
         logger.info("duel %s: %s over %s (majority %d, minority %d, silent %d)", duel_id,
-                     outcome.winner[-8:] or "tie", outcome.loser[-8:] or "tie",
-                     len(outcome.majority), len(outcome.minority), len(outcome.silent))
+                    outcome.winner[-8:] or "tie", outcome.loser[-8:] or "tie",
+                    len(outcome.majority), len(outcome.minority), len(outcome.silent))
         return outcome
 
     def _receipted(self, answer: Answer) -> Answer:
