@@ -13,9 +13,18 @@ from wwwserve.sim.dst import FAULT_KINDS, _check_ledgers, run, run_seed
 from wwwserve.testing import MemoryTestnet
 
 CI_SEEDS = 200
+#: seeds that expose a known, reported bug; strict: the test fails once the bug is fixed,
+#: so the entry must then go
+KNOWN_BUGS = {
+    183: "ledger finality is not safe under reorganisations: after two crash-restarts "
+         "with skewed clocks one replica finalizes its own block at height 12 and then "
+         "refuses the network's branch (docs/ledger.md, Known limitations)",
+}
 
 
-@pytest.mark.parametrize("seed", range(CI_SEEDS))
+@pytest.mark.parametrize("seed", [
+    pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[s]))
+    if s in KNOWN_BUGS else s for s in range(CI_SEEDS)])
 async def test_invariants_hold_under_faults(seed, autojump_clock, tmp_path):
     result = await run_seed(seed, tmp_path, max_nodes=8, duration=40.0, settle=30.0)
     assert result.violations == []

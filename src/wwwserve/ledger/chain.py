@@ -350,7 +350,10 @@ class Chain:
     def _fork_height(self, entry: _Entry) -> int:
         """Height of the last block ``entry``'s branch shares with the best chain."""
         while not (entry.height <= self.height and self._canonical[entry.height] == entry.id):
-            entry = self._entries[entry.parent]
+            parent = self._entries.get(entry.parent)
+            if parent is None:
+                return -1  # its branch left the best chain below what we keep: below final
+            entry = parent
         return entry.height
 
     def _apply(self, entry: _Entry) -> None:
@@ -456,6 +459,18 @@ class Chain:
         for e in list(self._entries.values()):
             if e.height <= final and e.id not in canonical:
                 del self._entries[e.id]
+        self._drop_dangling()
+
+    def _drop_dangling(self) -> None:
+        """Forget side blocks whose ancestors were dropped (their branch cannot be
+        followed back to the best chain any more), and the slot index of what is gone."""
+        changed = True
+        while changed:
+            changed = False
+            for e in list(self._entries.values()):
+                if e.id != self.genesis.id and e.parent not in self._entries:
+                    del self._entries[e.id]
+                    changed = True
         for key, bid in list(self._by_slot.items()):
             if bid not in self._entries:
                 del self._by_slot[key]
@@ -469,6 +484,7 @@ class Chain:
         for e in sorted((e for e in self._entries.values() if e.id not in canonical),
                         key=lambda e: e.height)[:side - self.max_side_blocks]:
             self._entries.pop(e.id, None)
+        self._drop_dangling()
         self._count("side_blocks_dropped")
 
     def _adopt_orphans(self, parent: bytes) -> None:
