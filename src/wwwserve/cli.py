@@ -549,8 +549,8 @@ def cmd_genesis(args: argparse.Namespace) -> int:
         created = not key.exists()
         ident = load_or_create_identity(key)
         lp = cfg.ledger_params
-        allocations.append(Allocation(ident.peer_id, micro(lp.initial_credit)
-                                      - micro(lp.initial_staked), micro(lp.initial_staked)))
+        allocations.append(Allocation.of_credit(ident.peer_id, lp.initial_credit,
+                                                lp.initial_staked))
         note = " (new key)" if created else ""
         print(f"{path}: {ident.peer_id}{note} credit {lp.initial_credit:g} "
               f"staked {lp.initial_staked:g}", file=sys.stderr)

@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-__all__ = ["LEVELS", "TraceFilter", "current_trace", "setup_logging", "tracing"]
+__all__ = ["LEVELS", "TraceFilter", "current_trace", "route_libp2p_logger", "setup_logging",
+           "tracing"]
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 FORMAT = "%(asctime)s %(levelname)s %(name)s [%(trace)s]: %(message)s"
@@ -72,11 +73,19 @@ def setup_logging(level: str | int = "WARNING", *, libp2p_level: str | int = "CR
     handler._wwwserve = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
+    route_libp2p_logger(libp2p_level)
+
+
+def route_libp2p_logger(level: str | int | None) -> None:
+    """Send py-libp2p's records through the application's handlers at ``level`` (None:
+    keep its level). ``import libp2p`` gives its logger no handler and stops propagation,
+    so Python's last-resort handler would print them; and some of its modules pin their
+    own level (the auto-connector logs at INFO), which is reset to follow ``libp2p``."""
     lp = logging.getLogger("libp2p")
     lp.handlers.clear()
     lp.propagate = True
-    lp.setLevel(libp2p_level)
+    if level is not None:
+        lp.setLevel(level)
     for name, child in list(logging.root.manager.loggerDict.items()):
-        # some py-libp2p modules pin their own level (the auto-connector logs at INFO)
         if name.startswith("libp2p.") and isinstance(child, logging.Logger):
             child.setLevel(logging.NOTSET)

@@ -383,13 +383,12 @@ class ProcessTestnet:
                                f"(peers missing per node: {missing})") from None
 
     def _write_genesis(self, peer_ids: Sequence[str]) -> Path:
-        from .ledger import Allocation, Genesis, micro
+        from .ledger import Allocation, Genesis
 
         genesis = Genesis(
             network=self.network_id, time=float(int(time.time())), slot_length=self.slot_length,
-            allocations=tuple(Allocation(pid, micro(self.initial_credit)
-                                         - micro(self.initial_staked), micro(self.initial_staked))
-                              for pid in peer_ids))
+            allocations=tuple(Allocation.of_credit(pid, self.initial_credit,
+                                                   self.initial_staked) for pid in peer_ids))
         path = self.root / "genesis.yaml"
         path.write_text(genesis.to_yaml())
         return path

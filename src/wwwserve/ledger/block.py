@@ -94,6 +94,11 @@ class Allocation:
     balance: int
     stake: int = 0
 
+    @classmethod
+    def of_credit(cls, account: str, credit: float, staked: float = 0.0) -> Allocation:
+        """``credit`` credits in all, ``staked`` of them staked (as ``ledger_params`` says)."""
+        return cls(account, micro(credit) - micro(staked), micro(staked))
+
 
 @dataclass(frozen=True, slots=True)
 class Genesis:

@@ -47,6 +47,7 @@ from multiaddr import Multiaddr
 
 from ..errors import ClosedError, PeerUnavailableError, ProtocolError, RemoteError
 from ..identity import Identity
+from ..log import route_libp2p_logger
 from ..wire import DEFAULT_MAX_FRAME
 from ._base import (
     DEFAULT_IDLE_TIMEOUT,
@@ -148,18 +149,10 @@ def _false() -> bool:
 
 
 def _tame_libp2p_logging() -> None:
-    # `import libp2p` sets its logger to propagate=False with no handler, so Python's
-    # last-resort handler prints its ERROR-level chatter about routine events (trap 9).
-    # Route it through the application's logging instead, quiet unless asked for.
-    lp = logging.getLogger("libp2p")
-    lp.handlers.clear()
-    lp.propagate = True
-    if lp.level in (logging.NOTSET, logging.WARNING):
-        lp.setLevel(logging.CRITICAL)
-    for name, child in list(logging.root.manager.loggerDict.items()):
-        # some modules pin their own level (the auto-connector logs at INFO)
-        if name.startswith("libp2p.") and isinstance(child, logging.Logger):
-            child.setLevel(logging.NOTSET)
+    # py-libp2p logs routine events at ERROR (trap 9): route it through the application's
+    # logging, quiet unless a level was asked for (wwwserve.log.setup_logging)
+    quiet = logging.getLogger("libp2p").level in (logging.NOTSET, logging.WARNING)
+    route_libp2p_logger(logging.CRITICAL if quiet else None)
 
 
 _tame_libp2p_logging()

@@ -28,7 +28,7 @@ from ..config import (
 from ..engines import Chunk, CompletionRequest, Engine, SimEngine, Usage, get_profile
 from ..errors import ConfigError
 from ..identity import Identity
-from ..ledger import Allocation, Genesis, micro
+from ..ledger import Allocation, Genesis
 from ..market import CreditBook
 from ..node import Node
 from ..overlay import MemoryNetwork
@@ -146,9 +146,9 @@ class MemoryTestnet:
         if self.use_ledger:
             self.genesis = Genesis(
                 network=self.network_id, time=SIM_EPOCH, slot_length=2.0,
-                allocations=tuple(Allocation(
-                    ident.peer_id, micro(c) - micro(min(c, 10.0)), micro(min(c, 10.0)))
-                    for ident, c in zip(self.identities, self.credits, strict=True)))
+                allocations=tuple(Allocation.of_credit(ident.peer_id, c, min(c, 10.0))
+                                  for ident, c in zip(self.identities, self.credits,
+                                                      strict=True)))
         self._stack = AsyncExitStack()
         await self._stack.__aenter__()
         try:
