@@ -20,6 +20,7 @@ __all__ = [
     "IdentityError",
     "InvalidBlockError",
     "InvalidTransactionError",
+    "InvalidVoteError",
     "LedgerCorruptError",
     "LedgerError",
     "ListenError",
@@ -113,6 +114,11 @@ class InvalidTransactionError(LedgerError):
 class InvalidBlockError(LedgerError):
     """A block is rejected: bad signature, wrong parent, ineligible proposer, bad state root,
     an invalid transaction inside, ..."""
+
+
+class InvalidVoteError(LedgerError):
+    """A finality vote is rejected: malformed, badly signed, of another network, or in
+    conflict with an earlier vote of the same voter."""
 
 
 class LedgerCorruptError(LedgerError):

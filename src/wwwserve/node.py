@@ -34,7 +34,7 @@ from .engines.http import HTTPEngine
 from .errors import ConfigError
 from .http.gateway import Gateway
 from .identity import Identity, load_or_create_identity
-from .ledger import BlockStore, Chain, DuelSettlement, Genesis, credits
+from .ledger import BlockStore, Chain, DuelSettlement, Genesis, VoteRecord, credits
 from .ledger.service import LedgerAccount, LedgerService
 from .market import CreditAccount, CreditBook, Dispatcher, LocalModel, get_policy
 from .membership import LocalState, Membership, ModelLoad, PeerInfo
@@ -284,7 +284,9 @@ class Node:
                 chain = Chain(genesis)
                 store = BlockStore(self.config.node.data_dir / "blocks")
                 self._ledger = LedgerService(
-                    overlay, self.identity, chain, store=store, wall_clock=self.wall_clock,
+                    overlay, self.identity, chain, store=store,
+                    vote_record=VoteRecord(self.config.node.data_dir / "last_vote"),
+                    wall_clock=self.wall_clock,
                     peers=lambda: self.membership.peers, rng=self.rng)
                 self._ledger.load()
                 if self._credit is None:

@@ -15,11 +15,7 @@ from wwwserve.testing import MemoryTestnet
 CI_SEEDS = 200
 #: seeds that expose a known, reported bug; strict: the test fails once the bug is fixed,
 #: so the entry must then go
-KNOWN_BUGS = {
-    183: "ledger finality is not safe: after two crash-restarts "
-         "with skewed clocks one replica finalizes its own block at height 12 and then "
-         "refuses the network's branch (docs/ledger.md, Known limitations)",
-}
+KNOWN_BUGS: dict[int, str] = {}
 
 
 @pytest.mark.parametrize("seed", [

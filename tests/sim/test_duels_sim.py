@@ -7,6 +7,8 @@ to draw more often does not tilt a class's rate).
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import trio
 
@@ -70,8 +72,13 @@ async def test_win_rates_match_the_paper_and_credit_follows_quality(study, autoj
           {c: round(v, 1) for c, v in result.credit.items()})
     assert result.done == {"ok": result.done["ok"]} and result.done["ok"] > 1000
     assert result.duels > 800  # between different classes (about a third are same-class)
+    # one run is ~900 cross-class duels: a class's rate has a standard error of ~0.02, so
+    # the paper's rates are checked at three standard errors here (bench/duels.py pools
+    # seeds and checks +-0.03); a run that strays further is not a sampling accident
     for c, target in zip(classes, targets, strict=True):
-        assert result.rates[c] == pytest.approx(target, abs=0.03), (c, result.rates)
+        games = [result.pairs[c, d][1] for d in classes if d != c]
+        se = 0.5 * math.sqrt(sum(1 / n for n in games)) / len(games)
+        assert result.rates[c] == pytest.approx(target, abs=3 * se), (c, se, result.rates)
     if study == "model size":  # quantization's win rates are too close for credit
         best, mid, worst = (result.credit[c] for c in classes)  # to separate in 400 s
         assert best > mid > worst
@@ -152,9 +159,12 @@ async def test_garbage_and_stalling_executors_lose_and_users_are_still_served(au
              Spec("staller", "a100-80g/qwen3-8b", engine=Staller),
              Spec("user", credit=100_000), Spec("user", credit=100_000)]
     async with MemoryNetwork(seed=seed, latency=0.005) as net, trio.open_nursery() as nursery:
-        # a gentle loser penalty keeps the cheats staked, so they keep being drawn
+        # a gentle loser penalty keeps the cheats staked, so they keep being drawn; a gentle
+        # minority penalty keeps judging income (outvoted judges' stake, shared by the
+        # majority) from drowning what the cheats lose in duels (as in class_study)
         network = await start(nursery, net, specs, tmp_path, seed,
-                              duel=DuelParams(p_inspect=1.0), duel_loser_ppm=10_000)
+                              duel=DuelParams(p_inspect=1.0), duel_loser_ppm=10_000,
+                              duel_minority_ppm=10_000)
         for n in network.nodes:
             n.dispatcher.stall_timeout = 10.0
         await network.drive(240, 0.5, seed)
@@ -172,6 +182,8 @@ async def test_garbage_and_stalling_executors_lose_and_users_are_still_served(au
         # a stalled answer never completes: the staller loses without judges
         assert all(tx.loser == staller and not rec.judges for tx, rec in s
                    if garbage not in rec.executors)
+        print("credit", {c: [round(network.credit(n), 1) for n in network.of(c)]
+                         for c in ("good", "garbage", "staller")})
         assert network.credit(network.of("garbage")[0]) < 1000
         assert network.credit(network.of("staller")[0]) < 1000
         nursery.cancel_scope.cancel()

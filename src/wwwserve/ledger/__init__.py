@@ -4,14 +4,16 @@
   the account they debit; amounts in integer micro-credits.
 - :mod:`.state`: balances, stakes, unbonding and nonces, the rules, apply and revert.
 - :mod:`.block`: blocks, the genesis, and the stake-weighted proposer lottery.
+- :mod:`.finality`: checkpoint votes and what they justify and finalize (sans-IO).
 - :mod:`.chain`: fork choice, finality, reorganisation and the pending pool (sans-IO).
 - :mod:`.store`: the append-only block file.
 """
 
 from .block import Allocation, Block, Genesis, block_id, leader, make_block
 from .chain import AddResult, Chain
+from .finality import Checkpoint, FinalityState, InvalidVoteError, SignedVote, Vote
 from .state import LedgerState, Rules, Undo
-from .store import BlockStore
+from .store import BlockStore, VoteRecord
 from .tx import (
     UNIT,
     DuelSettlement,
@@ -36,17 +38,23 @@ __all__ = [
     "Block",
     "BlockStore",
     "Chain",
+    "Checkpoint",
     "DuelSettlement",
+    "FinalityState",
     "Genesis",
+    "InvalidVoteError",
     "JoinGrant",
     "LedgerState",
     "Payment",
     "Rules",
     "SignedTx",
+    "SignedVote",
     "Stake",
     "Transaction",
     "Undo",
     "Unstake",
+    "Vote",
+    "VoteRecord",
     "block_id",
     "credits",
     "decode_tx",

@@ -15,6 +15,7 @@ influence the next draws; a VRF-based lottery would close that.)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,7 @@ import yaml
 from ..errors import ConfigError, IdentityError
 from ..identity import Identity, canonical_bytes, public_key_from_peer_id, verify
 from ..wire import Message, message, signable_bytes
+from .finality import SignedVote
 from .state import LedgerState, Rules
 from .tx import SignedTx, credits, micro
 
@@ -45,6 +47,8 @@ class Block(Message):
     proposer: str
     txs: tuple[bytes, ...]
     state_root: bytes
+    #: finality vote envelopes (:mod:`.finality`)
+    votes: tuple[bytes, ...] = ()
     signature: bytes = b""
 
 
@@ -59,14 +63,13 @@ def block_signature_ok(block: Block) -> bool:
 
 
 def make_block(identity: Identity, *, network: str, height: int, parent: bytes, slot: int,
-               txs: Sequence[SignedTx], state_root: bytes) -> Block:
+               txs: Sequence[SignedTx], state_root: bytes,
+               votes: Sequence[SignedVote] = ()) -> Block:
     """A block proposed and signed by ``identity``."""
     unsigned = Block(network=network, height=height, parent=parent, slot=slot,
                      proposer=identity.peer_id, txs=tuple(t.envelope for t in txs),
-                     state_root=state_root)
-    return Block(network=network, height=height, parent=parent, slot=slot,
-                 proposer=identity.peer_id, txs=unsigned.txs, state_root=state_root,
-                 signature=identity.sign(signable_bytes(unsigned)))
+                     state_root=state_root, votes=tuple(v.envelope for v in votes))
+    return dataclasses.replace(unsigned, signature=identity.sign(signable_bytes(unsigned)))
 
 
 def leader(seed: bytes, slot: int, stakes: Mapping[str, int]) -> str | None:
@@ -104,8 +107,8 @@ class Allocation:
 class Genesis:
     """A network's first state and its ledger rules.
 
-    ``time`` is the Unix time of slot 0; ``finality_depth`` the fewest blocks on top of a
-    block before it can be final (see :class:`~wwwserve.ledger.chain.Chain`).
+    ``time`` is the Unix time of slot 0; ``finality_depth`` the distance in blocks between
+    two finality checkpoints (see :mod:`~wwwserve.ledger.finality`).
     """
 
     network: str

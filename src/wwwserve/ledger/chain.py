@@ -10,13 +10,14 @@ full (proposer lottery, transactions, state root) when it becomes part of the be
 reorganisation that meets an invalid block is undone and the block (and its descendants)
 rejected.
 
-**Finality**: a block is final once at least ``finality_depth`` blocks sit on top of it and
-those blocks were proposed by distinct accounts holding more than two thirds of all stake.
-The chain never reorganises below its last final block. Why two thirds and not a fixed
-depth alone: a partition holding less than two thirds of the stake never finalizes, so
-after the heal it can still reorganise onto the other side's longer chain, and two
-conflicting chains cannot both finalize unless proposers sign on both sides, which is
-recorded as equivocation evidence (:attr:`Chain.equivocations`).
+**Finality**: stakers vote for checkpoints (every ``finality_depth``-th height) and
+blocks carry the votes; a checkpoint is final once more than two thirds of the stake voted
+for it and then for its next checkpoint (:mod:`.finality`, after Casper FFG). The chain
+never reorganises below its last final block. A partition holding less than two thirds of
+the stake never finalizes, so after the heal it can still reorganise onto the other side's
+longer chain; two conflicting chains cannot both finalize unless a third of the stake
+votes twice, which is recorded as evidence (:attr:`Chain.vote_equivocations`), as are two
+blocks one proposer signed for one slot (:attr:`Chain.equivocations`).
 
 **Pool**: pending transactions, at most ``pool_per_account`` per account and
 ``pool_size`` in all, each expiring ``pool_expiry`` seconds after it arrived. Transactions
@@ -35,6 +36,15 @@ from dataclasses import dataclass
 from ..errors import InvalidBlockError, InvalidTransactionError
 from ..identity import Identity
 from .block import Block, Genesis, block_id, block_signature_ok, leader, make_block
+from .finality import (
+    FinalityState,
+    InvalidVoteError,
+    SignedVote,
+    Vote,
+    decode_vote,
+    sign_vote,
+    slashable,
+)
 from .state import LedgerState, Undo
 from .tx import SignedTx, decode_tx
 
@@ -61,6 +71,9 @@ class _Entry:
     height: int
     slot: int
     txs: tuple[SignedTx, ...]
+    votes: tuple[Vote, ...] = ()
+    #: what the branch's votes finalize, up to this block (set when it is applied)
+    fin: FinalityState | None = None
 
 
 class Chain:
@@ -69,7 +82,8 @@ class Chain:
     def __init__(self, genesis: Genesis, *, max_block_txs: int = 1000,
                  pool_size: int = 50_000, pool_per_account: int = 1024,
                  pool_expiry: float = 600.0, max_side_blocks: int = 1024,
-                 max_orphans: int = 256,
+                 max_orphans: int = 256, max_block_votes: int = 256,
+                 max_votes: int = 4096,
                  on_block: Callable[[Block], None] | None = None) -> None:
         self.genesis = genesis
         self._genesis_stakes = {a.account: a.stake for a in genesis.allocations}
@@ -82,7 +96,9 @@ class Chain:
         self.max_side_blocks = max_side_blocks
         self.max_orphans = max_orphans
         self.on_block = on_block
-        root = _Entry(None, genesis.id, b"", 0, -1, ())
+        self.max_block_votes = max_block_votes
+        self.max_votes = max_votes
+        root = _Entry(None, genesis.id, b"", 0, -1, (), (), FinalityState.genesis(genesis.id))
         self._entries: dict[bytes, _Entry] = {genesis.id: root}
         self._canonical: list[bytes] = [genesis.id]
         self._undos: list[Undo] = [Undo()]
@@ -96,6 +112,13 @@ class Chain:
         self._pending: dict[str, dict[int, bytes]] = {}
         #: pairs of blocks one proposer signed for the same slot
         self.equivocations: list[tuple[Block, Block]] = []
+        #: pending finality votes by (voter, target height)
+        self.votes: dict[tuple[str, int], SignedVote] = {}
+        #: pairs of votes of one voter that break the voting rules (slashable evidence)
+        self.vote_equivocations: list[tuple[Vote, Vote]] = []
+        #: the stake table at each checkpoint of the best chain from the final one up
+        self._checkpoint_stakes: dict[bytes, tuple[int, dict[str, int]]] = {
+            genesis.id: (0, dict(self._lottery_stakes()))}
         self.stats: dict[str, int] = {}
         self._now = 0.0
 
@@ -119,6 +142,13 @@ class Chain:
     def finalized(self) -> bytes:
         """Id of the last final block."""
         return self._canonical[self.finalized_height]
+
+    @property
+    def finality(self) -> FinalityState:
+        """What the best chain's votes justify and finalize, at its tip."""
+        fin = self._entries[self.tip].fin
+        assert fin is not None  # every canonical entry was applied
+        return fin
 
     def canonical_id(self, height: int) -> bytes | None:
         """Id of the best chain's block at ``height``."""
@@ -248,9 +278,87 @@ class Chain:
         root = self.state.root()
         self.state.revert(undo)
         block = make_block(identity, network=self.network, height=height, parent=self.tip,
-                           slot=slot, txs=txs, state_root=root)
+                           slot=slot, txs=txs, state_root=root,
+                           votes=self._select_votes(height))
         self.add_block(block)
         return block
+
+    # ---- finality votes -----------------------------------------------------------------
+    def _ancestor(self, height: int) -> bytes | None:
+        """The best chain's block id at ``height`` (the branch being extended)."""
+        return self._canonical[height] if 0 <= height < len(self._canonical) else None
+
+    def _weights(self, checkpoint: bytes) -> dict[str, int] | None:
+        got = self._checkpoint_stakes.get(checkpoint)
+        return got[1] if got is not None else None
+
+    def _select_votes(self, height: int) -> list[SignedVote]:
+        """Pending votes a block at ``height`` on the tip may include."""
+        fin = self.finality
+        chosen: list[SignedVote] = []
+        for key in sorted(self.votes, key=lambda k: (k[1], k[0])):
+            if len(chosen) >= self.max_block_votes:
+                break
+            if key in fin.voted or key[1] >= height:
+                continue  # already on this branch, or not yet below the new block
+            sv = self.votes[key]
+            try:
+                fin = fin.advance([sv.vote], height=height, interval=self.genesis.finality_depth,
+                                  ancestor=self._ancestor, weights=self._weights)
+            except InvalidBlockError:
+                continue  # not (or no longer) valid on this branch
+            chosen.append(sv)
+        return chosen
+
+    def vote(self, identity: Identity, *, after: tuple[int, int] = (0, 0)) -> SignedVote | None:
+        """The vote ``identity`` should cast now, if any, and put it in the pending pool.
+
+        ``after`` is (source height, target height) of its last vote: the new one's target
+        is higher, its source no lower (so the two never conflict). The caller must record
+        the new vote durably before it sends it anywhere.
+        """
+        interval = self.genesis.finality_depth
+        target_height = self.height // interval * interval
+        fin = self.finality
+        source = fin.last_justified
+        if target_height <= max(after[1], source.height) or source.height < after[0]:
+            return None
+        weights = self._weights(source.id)
+        if weights is None or weights.get(identity.peer_id, 0) <= 0:
+            return None
+        target = self._canonical[target_height]
+        sv = sign_vote(Vote(network=self.network, voter=identity.peer_id,
+                            source_height=source.height, source=source.id,
+                            target_height=target_height, target=target), identity)
+        self.add_vote(sv)
+        return sv
+
+    def add_vote(self, envelope: bytes | SignedVote) -> SignedVote | None:
+        """Verify a vote and keep it for the next blocks; None if it is too old to matter.
+
+        Raises :class:`InvalidVoteError` for a bad one; a vote that conflicts with another
+        of the same voter is recorded in :attr:`vote_equivocations` and dropped.
+        """
+        sv = envelope if isinstance(envelope, SignedVote) else decode_vote(envelope)
+        vote = sv.vote
+        if vote.network != self.network:
+            raise InvalidVoteError(f"vote for network {vote.network!r}")
+        if vote.target_height <= self.finalized_height:
+            return None
+        key = (vote.voter, vote.target_height)
+        known = self.votes.get(key)
+        if known is not None and known.vote == vote:
+            return known
+        for other in (v.vote for v in self.votes.values() if v.vote.voter == vote.voter):
+            if slashable(other, vote):
+                self.vote_equivocations.append((other, vote))
+                del self.vote_equivocations[:-256]
+                self._count("vote_equivocations")
+                raise InvalidVoteError(f"{vote.voter[-8:]} voted twice or around a vote")
+        if len(self.votes) >= self.max_votes:  # the oldest targets matter least
+            del self.votes[min(self.votes, key=lambda k: (k[1], k[0]))]
+        self.votes[key] = sv
+        return sv
 
     # ---- blocks -------------------------------------------------------------------------
     def add_block(self, block: Block, *, current_slot: int | None = None) -> AddResult:
@@ -264,7 +372,7 @@ class Chain:
             return AddResult.DUPLICATE
         if bid in self._invalid:
             raise InvalidBlockError("a block already rejected")
-        txs = self.check_alone(block, current_slot)
+        txs, votes = self.check_alone(block, current_slot)
         parent = self._entries.get(block.parent)
         if parent is None:
             self._orphans[bid] = block
@@ -272,7 +380,7 @@ class Chain:
                 self._orphans.popitem(last=False)
             self._count("orphans")
             return AddResult.ORPHAN
-        result = self._attach(block, bid, parent, txs)
+        result = self._attach(block, bid, parent, txs, votes)
         self._adopt_orphans(bid)
         return result
 
@@ -281,9 +389,9 @@ class Chain:
         return [b.parent for b in self._orphans.values() if b.parent not in self._orphans]
 
     def check_alone(self, block: Block, current_slot: int | None = None
-                    ) -> tuple[SignedTx, ...]:
-        """The checks that need no state (network, signature, sizes, transactions); returns
-        the verified transactions or raises :class:`InvalidBlockError`."""
+                    ) -> tuple[tuple[SignedTx, ...], tuple[Vote, ...]]:
+        """The checks that need no state (network, signature, sizes, transactions, votes);
+        returns the verified transactions and votes or raises :class:`InvalidBlockError`."""
         if block.network != self.network:
             raise InvalidBlockError(f"block of network {block.network!r}")
         if block.height < 1 or block.slot < 0:
@@ -293,15 +401,25 @@ class Chain:
         if len(block.txs) > self.max_block_txs:
             raise InvalidBlockError(f"{len(block.txs)} transactions; at most "
                                     f"{self.max_block_txs}")
+        if len(block.votes) > self.max_block_votes:
+            raise InvalidBlockError(f"{len(block.votes)} votes; at most "
+                                    f"{self.max_block_votes}")
         if not block_signature_ok(block):
             raise InvalidBlockError(f"bad signature by proposer {block.proposer[-8:]}")
         try:
-            return tuple(decode_tx(t) for t in block.txs)
+            txs = tuple(decode_tx(t) for t in block.txs)
         except InvalidTransactionError as exc:
             raise InvalidBlockError(f"bad transaction: {exc}") from None
+        try:
+            votes = tuple(decode_vote(v).vote for v in block.votes)
+        except InvalidVoteError as exc:
+            raise InvalidBlockError(f"bad vote: {exc}") from None
+        if any(v.network != self.network for v in votes):
+            raise InvalidBlockError("a vote of another network")
+        return txs, votes
 
     def _attach(self, block: Block, bid: bytes, parent: _Entry,
-                txs: tuple[SignedTx, ...]) -> AddResult:
+                txs: tuple[SignedTx, ...], votes: tuple[Vote, ...]) -> AddResult:
         if block.height != parent.height + 1:
             raise InvalidBlockError(f"height {block.height} on a parent at {parent.height}")
         if block.slot <= parent.slot:
@@ -317,7 +435,7 @@ class Chain:
                 self.equivocations.append((first, block))
             raise InvalidBlockError(
                 f"proposer {block.proposer[-8:]} signed two blocks for slot {block.slot}")
-        entry = _Entry(block, bid, block.parent, block.height, block.slot, txs)
+        entry = _Entry(block, bid, block.parent, block.height, block.slot, txs, votes)
         self._entries[bid] = entry
         if self._better(entry):
             if parent.id == self.tip:
@@ -363,6 +481,11 @@ class Chain:
         expected = leader(entry.parent, block.slot, self._lottery_stakes())
         if expected != block.proposer:
             raise InvalidBlockError(f"{block.proposer[-8:]} is not slot {block.slot}'s proposer")
+        parent = self._entries[entry.parent].fin
+        assert parent is not None  # the parent is the tip, applied
+        entry.fin = parent.advance(entry.votes, height=entry.height,
+                                   interval=self.genesis.finality_depth,
+                                   ancestor=self._ancestor, weights=self._weights)
         try:
             undo = self.state.apply_all(entry.txs, entry.height)
         except InvalidTransactionError as exc:
@@ -372,6 +495,8 @@ class Chain:
             raise InvalidBlockError(f"block {entry.height}: state root mismatch")
         self._canonical.append(entry.id)
         self._undos.append(undo)
+        if entry.height % self.genesis.finality_depth == 0:
+            self._checkpoint_stakes[entry.id] = (entry.height, dict(self._lottery_stakes()))
 
     def _unapply(self) -> _Entry:
         bid = self._canonical.pop()
@@ -434,23 +559,17 @@ class Chain:
         self._update_finality()
 
     def _update_finality(self) -> None:
-        stakes = self._lottery_stakes()
-        total = sum(stakes.values())
-        seen: set[str] = set()
-        weight = 0
-        for h in range(self.height, self.finalized_height, -1):
-            block = self._entries[self._canonical[h]].block
-            assert block is not None
-            # blocks strictly above height h - 1 are [h, tip]: they can finalize h - 1
-            if block.proposer not in seen:
-                seen.add(block.proposer)
-                weight += stakes.get(block.proposer, 0)
-            depth = self.height - (h - 1)
-            if 3 * weight > 2 * total and depth >= self.genesis.finality_depth:
-                if h - 1 > self.finalized_height:
-                    self.finalized_height = h - 1
-                    self._prune_below_final()
-                return
+        """Take the best chain's final checkpoint, if it is newer than ours.
+
+        Once final here, a block stays final even on a branch whose own votes say less
+        (one that lacks some of the votes): more than two thirds of the stake voted for it,
+        wherever the votes were included.
+        """
+        final = self.finality.finalized
+        if final.height > self.finalized_height:
+            assert self._canonical[final.height] == final.id  # the branch's own ancestor
+            self.finalized_height = final.height
+            self._prune_below_final()
 
     def _prune_below_final(self) -> None:
         """Side blocks that fork below the final height can never win: drop them."""
@@ -474,6 +593,11 @@ class Chain:
         for key, bid in list(self._by_slot.items()):
             if bid not in self._entries:
                 del self._by_slot[key]
+        for cid, (height, _) in list(self._checkpoint_stakes.items()):
+            if cid not in self._entries or height < self.finalized_height:
+                del self._checkpoint_stakes[cid]
+        for key in [k for k in self.votes if k[1] <= self.finalized_height]:
+            del self.votes[key]
 
     def _trim_side_blocks(self) -> None:
         side = len(self._entries) - len(self._canonical)

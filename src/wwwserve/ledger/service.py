@@ -3,9 +3,11 @@
 :class:`LedgerService` drives one node's :class:`~.chain.Chain` over any
 :class:`~wwwserve.overlay.Overlay` (libp2p or memory):
 
-- transactions and blocks travel on two GossipSub topics per network
-  (:func:`tx_topic`, :func:`block_topic`); whatever does not decode or validate is
-  dropped and counted, never raised;
+- transactions, blocks and finality votes travel on three GossipSub topics per network
+  (:func:`tx_topic`, :func:`block_topic`, :func:`vote_topic`); whatever does not decode or
+  validate is dropped and counted, never raised;
+- whenever the best chain reaches a new checkpoint, a staked node votes for it
+  (:mod:`.finality`), after recording the vote on disk (:class:`~.store.VoteRecord`);
 - every slot (the genesis' ``slot_length``, on the injected wall clock) the node proposes
   a block if the lottery picked it;
 - a node that misses blocks (a joiner, a restart, a healed partition, an orphan) catches up
@@ -40,7 +42,8 @@ from ..overlay import GossipMessage, Overlay, ResponseSender
 from ..wire import Message, decode, encode, message
 from .block import Block
 from .chain import AddResult, Chain
-from .store import BlockStore
+from .finality import InvalidVoteError, decode_vote
+from .store import BlockStore, VoteRecord
 from .tx import (
     DuelSettlement,
     Payment,
@@ -55,7 +58,7 @@ from .tx import (
 )
 
 __all__ = ["SYNC_BATCH", "SYNC_PROTOCOL", "LedgerAccount", "LedgerService", "block_topic",
-           "ledger_view", "replay", "tx_topic"]
+           "ledger_view", "replay", "tx_topic", "vote_topic"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +75,11 @@ def tx_topic(network: str) -> str:
 def block_topic(network: str) -> str:
     """Gossip topic of a network's blocks."""
     return f"wwwserve/{network}/ledger/block/1"
+
+
+def vote_topic(network: str) -> str:
+    """Gossip topic of a network's finality votes."""
+    return f"wwwserve/{network}/ledger/vote/1"
 
 
 @message("ledger-sync", 1)
@@ -91,6 +99,7 @@ def ledger_view(chain: Chain, *, last: int = 10, accounts: bool = True,
     view: dict[str, object] = {
         "network": chain.network, "height": chain.height, "tip": chain.tip.hex(),
         "finalized_height": chain.finalized_height, "finalized": chain.finalized.hex(),
+        "justified_height": chain.finality.last_justified.height,
         "state_root": state.root().hex(), "pending": len(chain.pool),
         "total_credit": credits(state.total()), "duels_settled": len(state.settled),
         "stats": {**chain.stats, **(stats or {})},
@@ -132,6 +141,7 @@ class LedgerService:
 
     def __init__(self, overlay: Overlay, identity: Identity, chain: Chain, *,
                  peers: Callable[[], Iterable[str]], store: BlockStore | None = None,
+                 vote_record: VoteRecord | None = None,
                  wall_clock: WallClock = system_wall_clock, sync_interval: float = 10.0,
                  rebroadcast_interval: float = 10.0,
                  rng: random.Random | None = None) -> None:
@@ -140,6 +150,9 @@ class LedgerService:
         self.chain = chain
         self.peers = peers
         self.store = store
+        self.vote_record = vote_record
+        #: (source height, target height) of our last finality vote
+        self.last_vote = vote_record.load() if vote_record is not None else (0, 0)
         self.wall_clock = wall_clock
         self.sync_interval = sync_interval
         #: our own transactions still pending are gossiped again this often (a transaction
@@ -198,10 +211,14 @@ class LedgerService:
         async with self.overlay.subscribe(tx_topic(self.network), validate=self._valid_tx) \
                 as txs, self.overlay.subscribe(block_topic(self.network),
                                                validate=self._valid_block) as blocks, \
+                self.overlay.subscribe(vote_topic(self.network),
+                                       validate=self._valid_vote) as votes, \
                 trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._receive_txs, txs)
             nursery.start_soon(self._receive_blocks, blocks)
+            nursery.start_soon(self._receive_votes, votes)
+            nursery.start_soon(self._voting)
             nursery.start_soon(self._slots)
             nursery.start_soon(self._sync_loop)
             task_status.started()
@@ -212,6 +229,13 @@ class LedgerService:
             return decode_tx(data).tx.network == self.network
         except InvalidTransactionError:
             self._count("txs_rejected")
+            return False
+
+    def _valid_vote(self, data: bytes) -> bool:
+        try:
+            return decode_vote(data).vote.network == self.network
+        except InvalidVoteError:
+            self._count("votes_rejected")
             return False
 
     def _valid_block(self, data: bytes) -> bool:
@@ -250,6 +274,36 @@ class LedgerService:
             except InvalidTransactionError as exc:
                 self._count("txs_rejected")
                 logger.debug("transaction from %s rejected: %s", msg.source[-8:], exc)
+
+    # ---- finality votes -----------------------------------------------------------------
+    async def _receive_votes(self, channel: trio.MemoryReceiveChannel[GossipMessage]) -> None:
+        async for msg in channel:
+            try:
+                if self.chain.add_vote(msg.data) is not None:
+                    self._count("votes_received")
+            except InvalidVoteError as exc:
+                self._count("votes_rejected")
+                logger.debug("vote from %s rejected: %s", msg.source[-8:], exc)
+
+    async def _voting(self) -> None:
+        """Vote whenever the best chain changes and a new checkpoint is due."""
+        while True:
+            changed = self._changed
+            self.cast_vote()
+            await changed.wait()
+
+    def cast_vote(self) -> bool:
+        """Cast (record, then gossip) the vote due now, if any; True if one was cast."""
+        vote = self.chain.vote(self.identity, after=self.last_vote)
+        if vote is None:
+            return False
+        self.last_vote = (vote.vote.source_height, vote.vote.target_height)
+        if self.vote_record is not None:
+            self.vote_record.save(*self.last_vote)
+        self._count("votes_cast")
+        if self._nursery is not None:
+            self._nursery.start_soon(self._publish, vote_topic(self.network), vote.envelope)
+        return True
 
     # ---- blocks -------------------------------------------------------------------------
     async def _receive_blocks(self, channel: trio.MemoryReceiveChannel[GossipMessage]) -> None:

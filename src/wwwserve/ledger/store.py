@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import LedgerCorruptError
 
-__all__ = ["BlockStore"]
+__all__ = ["BlockStore", "VoteRecord"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,3 +111,45 @@ class BlockStore:
             return self.path.stat().st_size
         except FileNotFoundError:
             return 0
+
+
+class VoteRecord:
+    """The last finality vote a node cast, as ``(source height, target height)``, on disk.
+
+    Written (atomically, ``fsync``-ed) *before* the vote leaves the node, so a restarted node
+    never casts a vote that conflicts with one it cast before the crash
+    (:mod:`~wwwserve.ledger.finality`). A damaged file is an error, never a reset: a reset
+    would let the node vote twice.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def load(self) -> tuple[int, int]:
+        """The last vote's (source height, target height); (0, 0) if none was cast."""
+        try:
+            text = self.path.read_text(encoding="ascii")
+        except FileNotFoundError:
+            return (0, 0)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LedgerCorruptError(f"{self.path}: cannot read the last vote: {exc}") from None
+        parts = text.split()
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise LedgerCorruptError(
+                f"{self.path}: expected 'source_height target_height', got {text[:40]!r}")
+        return (int(parts[0]), int(parts[1]))
+
+    def save(self, source_height: int, target_height: int) -> None:
+        """Record a vote durably (write a temporary file, fsync, rename)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(f"{source_height} {target_height}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
