@@ -37,7 +37,7 @@ import trio
 from .._compat import TaskStatus
 from ..config import DuelParams
 from ..engines import ChatMessage, Chunk, CompletionRequest, Engine
-from ..errors import DuelError, EngineError, OverlayError, ProtocolError
+from ..errors import ClosedError, DuelError, EngineError, OverlayError, ProtocolError
 from ..identity import Identity
 from ..ledger.chain import Chain
 from ..ledger.tx import DuelSettlement
@@ -166,10 +166,18 @@ class DuelService:
         return self.params.p_inspect > 0 and self.rng.random() < self.params.p_inspect
 
     def spawn(self, fn: Callable[[], Awaitable[object]]) -> None:
-        """Run ``fn`` in the background (it must end by itself: every step has a deadline)."""
-        if self._nursery is None:
-            raise RuntimeError("the duel service is not running")
-        self._nursery.start_soon(fn)
+        """Run ``fn`` in the background (it must end by itself: every step has a deadline).
+
+        Raises :class:`ClosedError` once the node is stopping (its nursery takes no new
+        tasks): a request in flight then ends with that clear error.
+        """
+        try:
+            if self._nursery is None:
+                raise RuntimeError("not started")
+            self._nursery.start_soon(fn)
+        except RuntimeError:
+            raise ClosedError("the node is stopping: its duel service takes no new duels"
+                              ) from None
 
     # ---- requester ----------------------------------------------------------------------
     def _eligible_judges(self, exclude: set[str]) -> dict[str, float]:
