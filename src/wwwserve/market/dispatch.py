@@ -207,6 +207,8 @@ class Dispatcher:
         stakes: Callable[[], Mapping[str, float]] | None = None,
         duels: DuelService | None = None,
         identity: Identity | None = None,
+        max_peer_inflight: int = 32,
+        grant_ttl: float = 30.0,
     ) -> None:
         self.overlay = overlay
         self.peer_id = peer_id
@@ -226,6 +228,14 @@ class Dispatcher:
         self.duels = duels
         #: signs a receipt for every answer given to a peer (None: no receipts)
         self.identity = identity
+        #: most requests one peer may have running here at once (a flood is refused)
+        self.max_peer_inflight = max_peer_inflight
+        #: how long an accepted probe entitles its peer to send that request (seconds)
+        self.grant_ttl = grant_ttl
+        self._inflight: Counter[str] = Counter()
+        #: accepted probes: (peer, request id) -> expiry; an offload that is not an offer
+        #: needs one (else it is judged as an offer: the policy decides)
+        self._grants: dict[tuple[str, str], float] = {}
         self.stats: Counter[str] = Counter()
         #: seconds from a request's arrival to its dispatch to a peer (the last 1024)
         self.offload_delays: deque[float] = deque(maxlen=1024)
@@ -578,10 +588,25 @@ class Dispatcher:
             return None
         return self.policy.accept(self.view(model), self.rng)
 
+    def _grant(self, peer: str, request_id: str) -> None:
+        now = trio.current_time()
+        if len(self._grants) >= 4096:
+            for key in [k for k, t in self._grants.items() if t <= now] or \
+                    [next(iter(self._grants))]:
+                del self._grants[key]
+        self._grants[(peer, request_id)] = now + self.grant_ttl
+
+    def _granted(self, peer: str, request_id: str) -> bool:
+        expiry = self._grants.pop((peer, request_id), None)
+        return expiry is not None and expiry > trio.current_time()
+
     async def _on_probe(self, peer: str, payload: bytes, sender: ResponseSender) -> None:
         probe = decode(payload, expect=Probe)
-        name = self._accepts(probe.model, probe.route)
+        name = (self._accepts(probe.model, probe.route)
+                if self._inflight[peer] < self.max_peer_inflight else None)
         self.stats["probe_accepted" if name else "probe_refused"] += 1
+        if name:
+            self._grant(peer, probe.request_id)
         await sender.send(encode(ProbeReply(accept=name is not None, model=name or "",
                                             reason="" if name else "busy")))
 
@@ -595,7 +620,22 @@ class Dispatcher:
                        sender: ResponseSender) -> None:
         if self.peer_id in off.route or off.hops > self.max_hops:
             raise WWWServeError("route loop or hop limit exceeded")
-        if off.offer:
+        if self._inflight[peer] >= self.max_peer_inflight:
+            self.stats["flood_refused"] += 1
+            await sender.send(encode(ProbeReply(accept=False, reason="too many requests")))
+            return
+        self._inflight[peer] += 1
+        try:
+            await self._run_for(peer, off, request, sender)
+        finally:
+            self._inflight[peer] -= 1
+            if not self._inflight[peer]:
+                del self._inflight[peer]
+
+    async def _run_for(self, peer: str, off: Offload, request: CompletionRequest,
+                       sender: ResponseSender) -> None:
+        if off.offer or not self._granted(peer, request.request_id):
+            # an offer, or an offload no accepted probe of ours announced: the policy decides
             accepted = self._accepts(request.model, off.route)
             self.stats["probe_accepted" if accepted else "probe_refused"] += 1
             if accepted is None:
