@@ -63,12 +63,16 @@ class ChildProcess:
     """One ``python -m wwwserve`` child process speaking JSON lines on stdout.
 
     It waits for the child's ``started`` event and keeps the last ``keep`` events. ``log``
-    (a path) receives the child's stderr; by default it is inherited.
+    (a path) receives the child's stderr; by default it is inherited. ``prefix`` runs the
+    command under another one that execs it (``ip netns exec NAME``: a network namespace).
     """
 
     def __init__(self, args: Sequence[str], *, log: Path | None = None,
-                 keep: int = 1000) -> None:
-        self.args = [sys.executable, "-m", "wwwserve", *args]
+                 keep: int = 1000, prefix: Sequence[str] = ()) -> None:
+        #: the ``wwwserve`` command's arguments, and what runs it
+        self.command = list(args)
+        self.prefix = list(prefix)
+        self.args = [*self.prefix, sys.executable, "-m", "wwwserve", *args]
         self.log = log
         self.keep = keep
         self.events: list[dict[str, Any]] = []
@@ -104,7 +108,7 @@ class ChildProcess:
             why = "exited" if self._exited.is_set() else f"did not start within {within:g} s"
             where = f" (its log: {self.log})" if self.log else ""
             await self.stop()
-            raise TestnetError(f"`wwwserve {' '.join(self.args[3:])}` {why}{where}")
+            raise TestnetError(f"`wwwserve {' '.join(self.command)}` {why}{where}")
         return self.started
 
     async def _read(self) -> None:
@@ -141,7 +145,7 @@ class ChildProcess:
         with trio.fail_after(within):
             while not predicate(self):
                 if self._exited.is_set():
-                    raise TestnetError(f"`wwwserve {' '.join(self.args[3:])}` exited")
+                    raise TestnetError(f"`wwwserve {' '.join(self.command)}` exited")
                 await self._changed.wait()
 
     @property
@@ -229,6 +233,9 @@ class ProcessTestnet:
     ``wwwserve sim-engine`` process per node with ``profiles`` (one for all or one per node).
     ``target_token_usage``, ``accept_frequency`` and ``profiles`` may be per node.
     ``config`` is merged into every node's YAML (top-level sections, shallow per section).
+    ``netns`` runs node ``k`` and its engine in the network namespace ``netns[k]`` (made by
+    the caller), listening for peers on ``hosts[k]``; its gateway is then only reachable
+    from inside that namespace.
     """
 
     def __init__(
@@ -252,13 +259,19 @@ class ProcessTestnet:
         slot_length: float = 2.0,
         config: Mapping[str, Mapping[str, Any]] | None = None,
         start_within: float = 60.0,
+        netns: Sequence[str] = (),
+        hosts: Sequence[str] = (),
     ) -> None:
         if n < 1:
             raise ConfigError(f"nodes: must be at least 1, got {n}")
         if engines and len(engines) not in (1, n):
             raise ConfigError(f"engines: give one URL for all nodes or one per node ({n}), "
                               f"got {len(engines)}")
+        if len(netns) not in (0, n) or len(hosts) not in (0, n):
+            raise ConfigError(f"netns and hosts: give one per node ({n}) or none")
         self.n = n
+        self.netns = list(netns)
+        self.hosts = list(hosts) or ["127.0.0.1"] * n
         self.root = Path(root).resolve()
         self.engine_urls = [engines[i % len(engines)] for i in range(n)] if engines else []
         self.profiles = per_node(profiles, n, "profiles")
@@ -331,7 +344,8 @@ class ProcessTestnet:
             async def engine(i: int) -> None:
                 proc = ChildProcess(["sim-engine", "--profile", self.profiles[i], "--model",
                                      self.model, "--port", "0", "--seed", str(i), "--json"],
-                                    log=self.root / names[i] / "engine.log")
+                                    log=self.root / names[i] / "engine.log",
+                                    prefix=self._prefix(i))
                 engines[i] = proc
                 urls[i] = (await proc.start(nursery, self.start_within))["url"]
 
@@ -344,7 +358,7 @@ class ProcessTestnet:
                 index=i, name=name, config=cfg, engine_url=urls[i],
                 profile=None if self.engine_urls else self.profiles[i],
                 process=ChildProcess(["node", "--json-events", str(cfg)],
-                                     log=self.root / name / "node.log"),
+                                     log=self.root / name / "node.log", prefix=self._prefix(i)),
                 engine=engines[i]))
         peer_ids = [load_or_create_identity(self.root / name / "node.key").peer_id
                     for name in names]
@@ -359,6 +373,9 @@ class ProcessTestnet:
             for node in self.nodes[1:]:
                 starting.start_soon(self._start_node, nursery, node)
         await self.wait_converged(self.start_within)
+
+    def _prefix(self, k: int) -> list[str]:
+        return ["ip", "netns", "exec", self.netns[k]] if self.netns else []
 
     async def _start_node(self, nursery: trio.Nursery, node: TestnetNode) -> None:
         started = await node.process.start(nursery, self.start_within)
@@ -396,7 +413,7 @@ class ProcessTestnet:
     def _write_config(self, node: TestnetNode, *, bootstrap: list[str]) -> None:
         hb = self.heartbeat_interval
         data: dict[str, Any] = {
-            "server_params": {"ip": "127.0.0.1", "port": 0,
+            "server_params": {"ip": self.hosts[node.index], "port": 0,
                               "offload_frequency": self.offload_frequency,
                               "queue_frequency": self.queue_frequency,
                               "accept_frequency": self.accepts[node.index]},
@@ -430,7 +447,8 @@ class ProcessTestnet:
         node = self.nodes[k]
         await node.process.stop()  # reaps a killed one and closes its log
         assert self._nursery is not None
-        node.process = ChildProcess(node.process.args[3:], log=node.process.log)
+        node.process = ChildProcess(node.process.command, log=node.process.log,
+                                    prefix=node.process.prefix)
         await self._start_node(self._nursery, node)
 
     # ---- inspection ------------------------------------------------------------------------

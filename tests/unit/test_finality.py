@@ -183,3 +183,21 @@ def test_the_vote_record_survives_a_restart_and_refuses_damage(tmp_path):
     record.path.write_text("garbage")
     with pytest.raises(LedgerCorruptError, match="last_vote"):
         record.load()
+
+
+def test_the_branch_with_the_higher_justified_checkpoint_wins_even_if_shorter():
+    """Fork choice as in Casper FFG: otherwise voters whose last vote came from a justified
+    checkpoint that the longer branch lacks could never vote again, and finality would
+    stall for good (deterministic simulation found such stalls)."""
+    g = genesis()
+    x, y, z = Chain(g), Chain(g), Chain(g)
+    blocks_x = Voters().grow(x, range(1, 20), IDS[:3], IDS[:3])
+    blocks_y = Voters().grow(y, range(100, 300), IDS[3:4], IDS[3:4])  # D alone: 1/4
+    assert y.height > x.height and x.finality.last_justified.height > 0
+    assert y.finality.last_justified.height == 0
+    for block in blocks_y:
+        z.add_block(block)
+    assert z.tip == y.tip
+    for block in blocks_x:
+        z.add_block(block)
+    assert z.tip == x.tip and z.finalized_height == x.finalized_height

@@ -478,3 +478,15 @@ def test_an_unstake_overtaken_by_a_penalty_still_applies_with_what_is_left():
     state.apply(sign_tx(Payment(network=NET, payer=PEERS[1], payee=PEERS[2], amount=UNIT,
                                 request_id="r", nonce=1), IDS[1]), height=2)
     assert state.nonce(PEERS[1]) == 2 and state.unbonding_total(PEERS[1]) == 0
+
+
+def test_blocks_from_the_future_are_refused_beyond_the_clock_drift_allowed():
+    from wwwserve.ledger.chain import MAX_CLOCK_DRIFT
+
+    chain = Chain(genesis())
+    ahead = int(MAX_CLOCK_DRIFT // chain.genesis.slot_length)
+    block, _ = _next_block(chain, slot=10 + ahead)
+    with pytest.raises(InvalidBlockError, match="now is 9"):
+        chain.add_block(block, current_slot=9)
+    # a peer whose clock runs up to MAX_CLOCK_DRIFT ahead of ours is not refused
+    assert chain.add_block(block, current_slot=10) is AddResult.EXTENDED

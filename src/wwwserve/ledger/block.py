@@ -117,7 +117,7 @@ class Genesis:
     slot_length: float = 2.0
     unbonding_blocks: int = 30
     join_grant: int = 0
-    finality_depth: int = 2
+    finality_depth: int = 4
     #: duel settlement amounts (see :class:`~wwwserve.ledger.state.Rules`)
     duel_reward: int = 1_000_000
     duel_loser_ppm: int = 1_000_000
@@ -249,7 +249,7 @@ class Genesis:
                        slot_length=float(doc.get("slot_length", 2.0)),
                        unbonding_blocks=doc.get("unbonding_blocks", 30),
                        join_grant=micro(doc.get("join_grant", 0)),
-                       finality_depth=doc.get("finality_depth", 2),
+                       finality_depth=doc.get("finality_depth", 4),
                        duel_reward=micro(duel.get("reward", 1.0)),
                        duel_loser_ppm=round(duel.get("loser_penalty", 1.0) * 1e6),
                        duel_minority_ppm=round(duel.get("minority_penalty", 0.2) * 1e6),

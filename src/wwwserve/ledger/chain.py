@@ -4,9 +4,12 @@
 :meth:`Chain.add_tx`), a block comes out when this node may propose (:meth:`Chain.propose`);
 gossip, sync and the clock live elsewhere.
 
-**Fork choice**: the longest chain (greatest height) wins; between two of the same height
-the tip with the smaller block id, so every node picks the same one. A block is validated in
-full (proposer lottery, transactions, state root) when it becomes part of the best chain; a
+**Fork choice** (as in Casper FFG): the chain whose votes justify the highest checkpoint
+wins, then the longest (greatest height), then the tip with the smaller block id, so every
+node picks the same one. Without the first rule, nodes whose votes came from a justified
+checkpoint that a longer branch lacks could never vote on that branch (their next vote
+would surround the last), and finality would stall. A block is validated in full (proposer
+lottery, transactions, votes, state root) when it becomes part of the best chain; a
 reorganisation that meets an invalid block is undone and the block (and its descendants)
 rejected.
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -52,6 +56,12 @@ __all__ = ["AddResult", "Chain"]
 
 logger = logging.getLogger(__name__)
 
+#: seconds a peer's clock may run ahead of ours before its blocks count as from the future
+MAX_CLOCK_DRIFT = 8.0
+#: checkpoints below the final one whose stake tables are kept (votes from older sources
+#: are refused: a branch that far behind in finality cannot win anyway)
+STAKE_TABLES_BELOW_FINAL = 256
+
 
 class AddResult(enum.Enum):
     """What :meth:`Chain.add_block` did with a block."""
@@ -72,8 +82,11 @@ class _Entry:
     slot: int
     txs: tuple[SignedTx, ...]
     votes: tuple[Vote, ...] = ()
-    #: what the branch's votes finalize, up to this block (set when it is applied)
+    #: what the branch's votes finalize, up to this block: exact once it was applied, an
+    #: estimate before (see Chain._preview)
     fin: FinalityState | None = None
+    #: True while ``fin`` may fall short (votes that could not be checked before applying)
+    uncertain: bool = False
 
 
 class Chain:
@@ -96,6 +109,9 @@ class Chain:
         self.max_side_blocks = max_side_blocks
         self.max_orphans = max_orphans
         self.on_block = on_block
+        #: how far ahead of our clock a block's slot may be: clocks differ between nodes
+        #: (a node whose clock lags would refuse every fresh block of the others)
+        self._future_slots = max(1, math.ceil(MAX_CLOCK_DRIFT / genesis.slot_length))
         self.max_block_votes = max_block_votes
         self.max_votes = max_votes
         root = _Entry(None, genesis.id, b"", 0, -1, (), (), FinalityState.genesis(genesis.id))
@@ -396,7 +412,7 @@ class Chain:
             raise InvalidBlockError(f"block of network {block.network!r}")
         if block.height < 1 or block.slot < 0:
             raise InvalidBlockError("height and slot must be positive")
-        if current_slot is not None and block.slot > current_slot + 1:
+        if current_slot is not None and block.slot > current_slot + self._future_slots:
             raise InvalidBlockError(f"block for slot {block.slot}, now is {current_slot}")
         if len(block.txs) > self.max_block_txs:
             raise InvalidBlockError(f"{len(block.txs)} transactions; at most "
@@ -436,6 +452,7 @@ class Chain:
             raise InvalidBlockError(
                 f"proposer {block.proposer[-8:]} signed two blocks for slot {block.slot}")
         entry = _Entry(block, bid, block.parent, block.height, block.slot, txs, votes)
+        entry.fin, entry.uncertain = self._preview(entry, parent)
         self._entries[bid] = entry
         if self._better(entry):
             if parent.id == self.tip:
@@ -448,9 +465,9 @@ class Chain:
                 self._after_change()
                 self._stored(block)
                 return AddResult.EXTENDED
-            self._reorganize(entry)
-            self._stored(block)
-            return AddResult.REORGANIZED
+            if self._reorganize(entry):
+                self._stored(block)
+                return AddResult.REORGANIZED
         self._by_slot[(block.proposer, block.slot)] = bid
         self._stored(block)
         self._trim_side_blocks()
@@ -460,9 +477,48 @@ class Chain:
         if self.on_block is not None:
             self.on_block(block)
 
+    def _preview(self, entry: _Entry, parent: _Entry) -> tuple[FinalityState, bool]:
+        """What ``entry``'s branch justifies, as far as can be told before applying it, and
+        whether that may fall short: its votes counted along its own branch, or, if they
+        cannot be checked yet (the stake table of a checkpoint this node never applied), the
+        parent's, a lower bound. :meth:`_apply` decides for good."""
+        assert parent.fin is not None  # every entry gets one when it is attached
+        try:
+            return parent.fin.advance(entry.votes, height=entry.height,
+                                      interval=self.genesis.finality_depth,
+                                      ancestor=self._branch_ancestor(parent),
+                                      weights=self._weights), parent.uncertain
+        except InvalidBlockError:
+            return parent.fin, True
+
+    def _branch_ancestor(self, tip: _Entry) -> Callable[[int], bytes | None]:
+        """Block ids by height along the branch that ends at ``tip``."""
+        side: dict[int, bytes] = {}
+        entry: _Entry | None = tip
+        while entry is not None and not (entry.height <= self.height
+                                         and self._canonical[entry.height] == entry.id):
+            side[entry.height] = entry.id
+            entry = self._entries.get(entry.parent)
+        joined = entry.height if entry is not None else -1
+
+        def ancestor(height: int) -> bytes | None:
+            if height in side:
+                return side[height]
+            return self._canonical[height] if 0 <= height <= joined else None
+
+        return ancestor
+
     def _better(self, entry: _Entry) -> bool:
-        if entry.height != self.height:
-            return entry.height > self.height
+        """Should the best chain switch to ``entry``'s branch? A longer branch whose
+        justification cannot be told yet is tried (:meth:`_reorganize` goes back if it
+        justifies less)."""
+        assert entry.fin is not None
+        theirs = (entry.fin.last_justified.height, entry.height)
+        mine = (self.finality.last_justified.height, self.height)
+        if entry.uncertain and entry.height > self.height and theirs < mine:
+            return True
+        if theirs != mine:
+            return theirs > mine
         return entry.id < self.tip
 
     def _fork_height(self, entry: _Entry) -> int:
@@ -486,6 +542,7 @@ class Chain:
         entry.fin = parent.advance(entry.votes, height=entry.height,
                                    interval=self.genesis.finality_depth,
                                    ancestor=self._ancestor, weights=self._weights)
+        entry.uncertain = False
         try:
             undo = self.state.apply_all(entry.txs, entry.height)
         except InvalidTransactionError as exc:
@@ -503,7 +560,10 @@ class Chain:
         self.state.revert(self._undos.pop())
         return self._entries[bid]
 
-    def _reorganize(self, entry: _Entry) -> None:
+    def _reorganize(self, entry: _Entry) -> bool:
+        """Switch the best chain to ``entry``'s branch; False (and nothing changed) if, once
+        applied, it justifies less than the current one."""
+        justified = self.finality.last_justified.height
         branch = [entry]
         while (p := self._entries[branch[-1].parent]).height > 0 and \
                 not (p.height <= self.height and self._canonical[p.height] == p.id):
@@ -525,6 +585,13 @@ class Chain:
                 self._apply(e)  # the old branch was valid and still is
             self._reject(bad.id)
             raise
+        if self.finality.last_justified.height < justified:
+            for _ in applied:  # now known exactly (entry.fin): tried once only
+                self._unapply()
+            for e in undone:
+                self._apply(e)
+            self._count("reorganizations_declined")
+            return False
         # transactions of the old branch go back to the pool; those in the new one leave it
         for e in undone:
             for stx in e.txs:
@@ -536,6 +603,7 @@ class Chain:
         logger.info("reorganized: %d block(s) undone, %d applied, tip %d", len(undone),
                     len(branch), self.height)
         self._after_change()
+        return True
 
     def _reject(self, bid: bytes) -> None:
         """Forget a block found invalid, and its descendants."""
@@ -593,8 +661,12 @@ class Chain:
         for key, bid in list(self._by_slot.items()):
             if bid not in self._entries:
                 del self._by_slot[key]
+        # stake tables a vote's source may still need: a branch that shares our final block
+        # may itself have finalized less (it lacks some votes), and its blocks must be judged
+        # by its own contents, so tables are kept well below our final height
+        keep = self.finalized_height - STAKE_TABLES_BELOW_FINAL * self.genesis.finality_depth
         for cid, (height, _) in list(self._checkpoint_stakes.items()):
-            if cid not in self._entries or height < self.finalized_height:
+            if cid not in self._entries or height < keep:
                 del self._checkpoint_stakes[cid]
         for key in [k for k in self.votes if k[1] <= self.finalized_height]:
             del self.votes[key]

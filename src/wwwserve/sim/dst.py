@@ -7,7 +7,8 @@ injects random faults, heals everything, lets the ledger settle and checks the i
 - every user request ended with an answer or a :class:`~wwwserve.errors.WWWServeError` by
   its deadline (none hung, none raised anything else);
 - every replica's state holds exactly the genesis credit (credit is conserved);
-- all replicas agree on the finalized chain;
+- all replicas agree on the finalized chain, and finality moves again once the faults are
+  healed (it may stall during a partition, never for good);
 - no request was billed twice (no two payments on the chain for one payer and request id);
 - no balance or stake is negative.
 
@@ -88,12 +89,15 @@ class SeedResult:
     faults: Counter[str] = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)
     digest: str = ""
+    #: blocks between the highest tip and the lowest final height at the end
+    final_lag: int = 0
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return {"seed": self.seed, "nodes": self.nodes, "requests": self.requests,
                 "served": self.served, "failed": self.failed, "faults": dict(self.faults),
-                "violations": self.violations, "digest": self.digest}
+                "violations": self.violations, "final_lag": self.final_lag,
+                "digest": self.digest}
 
 
 async def run_seed(seed: int, data_dir: Path, *, max_nodes: int = 12,
@@ -134,9 +138,13 @@ async def run_seed(seed: int, data_dir: Path, *, max_nodes: int = 12,
             engine.fail_rate = engine.delay = 0.0
         for k in sorted(down):
             await net.start_node(k)
+        healed = _lowest_final(net.nodes)
         await trio.sleep(settle)
         result.virtual_s = trio.current_time() - start
         _check_ledgers(net.nodes, result)
+        if settle >= 20.0 and _lowest_final(net.nodes) <= healed:
+            result.violations.append(f"finality stalled: the lowest final height stayed at "
+                                     f"{healed} for {settle:g} s after the heal")
         tips = [n.ledger.chain.tip.hex() if n.ledger else "" for n in net.nodes]
     result.requests = len(outcomes)
     result.served = outcomes.count("ok")
@@ -243,12 +251,18 @@ async def _restart(net: MemoryTestnet, k: int, down: set[int], after: float) -> 
             down.discard(k)
 
 
+def _lowest_final(nodes: list[Node]) -> int:
+    return min((n.ledger.chain.finalized_height for n in nodes if n.ledger is not None),
+               default=0)
+
+
 def _check_ledgers(nodes: list[Node], result: SeedResult) -> None:
     chains = [n.ledger.chain for n in nodes if n.ledger is not None]
     if len(chains) != len(nodes):
         result.violations.append("a node has no ledger")
         return
     final = min(c.finalized_height for c in chains)
+    result.final_lag = max(c.height for c in chains) - final
     if len({c.canonical_id(final) for c in chains}) != 1:
         result.violations.append(f"replicas disagree on the final block at height {final}")
     for k, chain in enumerate(chains):
