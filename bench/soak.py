@@ -7,6 +7,7 @@ each in a fresh trio run under a virtual clock, and prints:
 - requests served per virtual second held under faults (and per wall second: the
   simulator's speed), served and failed-with-a-clear-error counts;
 - faults injected, by kind;
+- how far the final checkpoint trails the tip at the end of each run (blocks);
 - invariant violations (must be 0), each with the seed that reproduces it:
   ``python -c "from pathlib import Path; from wwwserve.sim.dst import run;
   print(run(SEED, Path('/tmp/x')).violations)"``.
@@ -41,11 +42,13 @@ def main() -> None:
     served = failed = 0
     virtual = 0.0
     violations: list[tuple[int, str]] = []
+    lags: list[int] = []
     started = time.monotonic()
     for seed in range(args.start, args.start + args.seeds):
         with tempfile.TemporaryDirectory() as tmp:
             result = run(seed, Path(tmp), max_nodes=args.max_nodes, duration=args.duration)
         faults.update(result.faults)
+        lags.append(result.final_lag)
         served += result.served
         failed += result.failed
         virtual += args.duration
@@ -61,12 +64,16 @@ def main() -> None:
           f"{served / virtual:.2f} served per virtual second under faults; "
           f"{served / wall:.1f} per wall second")
     print("faults: " + ", ".join(f"{k} {faults[k]}" for k in FAULT_KINDS))
+    lags.sort()
+    print(f"final checkpoint behind the tip at the end: median {lags[len(lags) // 2]}, "
+          f"max {lags[-1]} blocks")
     print(f"invariant violations: {len(violations)}")
     print(json.dumps({
         "seeds": args.seeds, "served": served, "failed_with_error": failed,
         "served_per_virtual_s": round(served / virtual, 3),
         "served_per_wall_s": round(served / wall, 1),
         "faults": {k: faults[k] for k in FAULT_KINDS},
+        "final_lag_median_blocks": lags[len(lags) // 2], "final_lag_max_blocks": lags[-1],
         "invariant_violations": len(violations), "wall_s": round(wall, 1)}))
 
 

@@ -6,6 +6,9 @@ GossipSub heartbeat with spam and eclipse protection off (all loopback peers sha
 bigger per-peer RPC queues and subscription buffers, guarded stream handlers and topic
 validators, a deadline on every network wait, unblocking peers stuck in the dial back-off
 cache, and a shutdown that closes connections and the host *before* the pubsub services stop.
+Beyond those notes: Yamux receive credit is released in batches of half a window (0.8.1
+writes a WINDOW_UPDATE frame after nearly every read), the signed peer record of every
+pubsub RPC is reused for 10 s and verified once, and GossipSub v1.2's IDONTWANT is off.
 
 Requests are multiplexed over one long-lived libp2p stream per peer and direction
 (:mod:`._mux`): opening a stream per request costs a multistream-select negotiation, several
@@ -140,12 +143,32 @@ def _patch_pubsub_queues() -> None:
     # read from the environment on every frame. PY_YAMUX_* set by the user still win.
     if "PY_YAMUX_RELEASE_ON_READ" not in os.environ:
         setattr(_yamux_module, "_yamux_release_on_read", _false)  # noqa: B010
+        # and its "partial slack" branch still answered every small read with an update
+        _yamux_module.YamuxStream._auto_tune_and_send_window_update = (  # type: ignore[method-assign]
+            _release_in_batches)
     if "PY_YAMUX_DEBUG" not in os.environ:
         setattr(_yamux_module, "_perf_yamux_debug_enabled", _false)  # noqa: B010
 
 
 def _false() -> bool:
     return False
+
+
+async def _release_in_batches(self: Any, *, bytes_read: int = 0) -> None:
+    """Yamux receive credit, go-yamux style: released once half a window was consumed.
+
+    (py-libp2p 0.8.1's version sends a WINDOW_UPDATE frame, an encrypted write, after
+    almost every read of a small message.) The window does not auto-grow: on loopback
+    and LANs a 256 KiB window per stream is not the bottleneck.
+    """
+    async with self.window_lock:
+        self._pending_recv_release += bytes_read
+        pending = self._pending_recv_release
+        if pending <= 0 or pending < self._grow_threshold():
+            return
+        self.recv_window += pending
+        self._pending_recv_release = 0
+    await self.send_window_update(pending, skip_lock=True)
 
 
 def _tame_libp2p_logging() -> None:
