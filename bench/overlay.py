@@ -225,6 +225,34 @@ async def membership_timing(n: int) -> dict[str, float]:
     }
 
 
+async def rss_per_node(n: int, settle: float = 10.0) -> float:
+    """MiB of RSS per extra in-process node, n nodes gossiping heartbeats for ``settle`` s
+    (a size at which one core carries them: at N=20 py-libp2p's queues back up, and the
+    backlog, not the nodes, fills the memory)."""
+    params = MembershipParams(heartbeat_interval=1.0, suspect_timeout=2.5, peer_timeout=5.0)
+    nodes: list[Node] = []
+
+    async def run(boot: tuple[str, ...], task_status=trio.TASK_STATUS_IGNORED) -> None:
+        ident = Identity.generate()
+        cfg = NodeConfig(membership=params, gateway=GatewayParams(enabled=False),
+                         network=NetworkParams(network_id="bench-rss", bootstrap=boot))
+        async with Node(cfg, identity=ident, overlay=Libp2pOverlay(ident)) as node:
+            nodes.append(node)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run, ())
+        await trio.sleep(2.0)
+        first = rss_mib()
+        for _ in range(n - 1):
+            await nursery.start(run, (nodes[0].addresses[0],))
+        await trio.sleep(settle)
+        per_node = (rss_mib() - first) / (n - 1)
+        nursery.cancel_scope.cancel()
+    return per_node
+
+
 async def main(quick: bool) -> dict[str, float]:
     n_rtt = 200 if quick else 1000
     out: dict[str, float] = {}
@@ -245,13 +273,17 @@ async def main(quick: bool) -> dict[str, float]:
         t = await gossip_time_to_all(n, 5 if quick else 10)
         out[f"gossip_time_to_all_n{n}_ms"] = round(t * 1000, 1)
         print(f"gossip time-to-all, N={n}: {t * 1000:.1f} ms", flush=True)
+    out["rss_per_extra_node_n10_mib"] = round(await rss_per_node(10), 2)
+    print(f"RSS per extra in-process node at N=10: {out['rss_per_extra_node_n10_mib']} MiB",
+          flush=True)
     m = await membership_timing(20)
     out.update(m)
     if m["membership_n20_converged"]:
             print(f"membership N=20: joiner seen by all in {m['join_seen_by_all_s']:.2f} s; killed "
               f"node dropped by all in {m['kill_dropped_by_all_s']:.2f} s (peer_timeout "
               f"{m['peer_timeout_s']:.0f} s)", flush=True)
-    print(f"RSS per extra in-process node: {m['rss_per_extra_node_mib']} MiB", flush=True)
+    print(f"RSS per extra in-process node at N=20: {m['rss_per_extra_node_mib']} MiB",
+          flush=True)
     return out
 
 

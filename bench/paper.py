@@ -13,7 +13,10 @@ the same workload and seed are served by every strategy in virtual time
 - ``<s>_gap_to_oracle_pp_max``: the same against the oracle scheduler;
 - ``<s>_sim_requests_per_wall_s``: simulated requests per wall-clock second, all strategies.
 
-    python bench/paper.py [--seed N] [--only fluctuating,azure]
+    python bench/paper.py [--seed N] [--seeds K] [--only fluctuating,azure]
+
+``--seeds K`` pools the requests of K seeds per scenario before computing the figures
+(the fluctuating setting has ~100 requests per run: single runs swing widely).
 """
 
 from __future__ import annotations
@@ -28,12 +31,15 @@ from wwwserve.sim.experiment import STRATEGIES, load_scenario, run_strategy, sum
 SCENARIOS = ("fluctuating", "heterogeneous-models", "diverse-gpus", "azure")
 
 
-def main(seed: int, only: list[str]) -> dict[str, float]:
+def main(seed: int, only: list[str], seeds: int = 1) -> dict[str, float]:
     out: dict[str, float] = {}
     for name in only:
         scenario = load_scenario(name)
         t = time.perf_counter()
-        runs = {s: run_strategy(scenario, s, seed) for s in STRATEGIES}
+        # several seeds: their requests pooled (one run of the fluctuating setting is ~100
+        # requests, and its figures swing by tens of percent from seed to seed)
+        runs = {s: [r for k in range(seeds) for r in run_strategy(scenario, s, seed + k)]
+                for s in STRATEGIES}
         wall = time.perf_counter() - t
         s = {k: summarize(v, scenario.slo_thresholds) for k, v in runs.items()}
         dec, single = s["decentralized"]["slo_attainment"], s["single"]["slo_attainment"]
@@ -58,10 +64,12 @@ def main(seed: int, only: list[str]) -> dict[str, float]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="pool the requests of this many seeds from --seed on")
     parser.add_argument("--only", default=",".join(SCENARIOS),
                         help="comma-separated scenario names")
     args = parser.parse_args()
-    res = main(args.seed, [x for x in args.only.split(",") if x])
+    res = main(args.seed, [x for x in args.only.split(",") if x], args.seeds)
     for key, value in res.items():
         print(f"{key:>48}: {value}", file=sys.stderr)
     print(json.dumps(res))

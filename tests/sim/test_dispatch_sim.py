@@ -12,7 +12,7 @@ from wwwserve.config import (
     MembershipParams,
 )
 from wwwserve.engines import Chunk, CompletionRequest
-from wwwserve.errors import DeadlineExceededError, ModelNotFoundError
+from wwwserve.errors import ClosedError, DeadlineExceededError, ModelNotFoundError
 from wwwserve.market import weighted_sample
 from wwwserve.node import Node
 
@@ -195,3 +195,28 @@ def test_weighted_sample_is_proportional_and_skips_zero_weights():
     assert counts["z"] == 0
     assert 2.8 < counts["b"] / counts["a"] < 3.2
     assert sorted(weighted_sample({"a": 1, "b": 1, "c": 1}, 5, rng)) == ["a", "b", "c"]
+
+
+async def test_requests_on_a_node_that_stops_end_with_closed_error(memory_testnet,
+                                                                   autojump_clock):
+    """The node stops while its users' requests are probing and offloading: each ends with
+    ClosedError (documented), not an exception group out of the probe nurseries (DST seed
+    184 found it)."""
+    async with memory_testnet(4, accept_frequency=[0.0, 1.0, 1.0, 1.0],
+                              target_token_usage=[0.0, 0.6, 0.6, 0.6], latency=0.02) as net:
+        outcomes: list[str] = []
+
+        async def one(i: int) -> None:
+            try:
+                await net.nodes[0].complete(request(i, out=2000, timeout=60.0))
+                outcomes.append("ok")
+            except ClosedError:
+                outcomes.append("closed")
+
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(one, i)
+                await trio.sleep(0.013)  # some probing, some streaming, when it stops
+            net.network.crash(net.nodes[0].peer_id)
+            net.stop_node(0)
+        assert len(outcomes) == 20 and "closed" in outcomes

@@ -98,8 +98,8 @@ def test_voters_that_switch_branches_cannot_make_two_conflicting_blocks_final():
 
 
 def test_a_double_vote_and_a_surrounding_vote_are_recorded_as_evidence():
-    chain = Chain(genesis())
-    Voters().grow(chain, range(1, 12), IDS[:4], IDS[:4])
+    chain = Chain(genesis(5))
+    Voters().grow(chain, range(1, 12), IDS[:5], IDS[:4])
     g = chain.genesis.id
     a = Vote(network=NET, voter=PEERS[4], source_height=0, source=g, target_height=40,
              target=b"\x01" * 32)
@@ -201,3 +201,23 @@ def test_the_branch_with_the_higher_justified_checkpoint_wins_even_if_shorter():
     for block in blocks_x:
         z.add_block(block)
     assert z.tip == x.tip and z.finalized_height == x.finalized_height
+
+
+def test_the_vote_pool_takes_only_stakers_votes_near_the_tip_and_a_few_per_voter():
+    g = genesis(4, [10 * UNIT] * 3 + [0])  # PEERS[3] holds no stake
+    chain = Chain(g)
+    Voters().grow(chain, range(1, 6), IDS[:3], [])
+
+    def vote(k: int, target: int) -> Vote:
+        return Vote(network=NET, voter=PEERS[k], source_height=0, source=g.id,
+                    target_height=target, target=bytes([target % 256]) * 32)
+
+    with pytest.raises(InvalidVoteError, match="no stake"):
+        chain.add_vote(sign_vote(vote(3, 4), IDS[3]))
+    with pytest.raises(InvalidVoteError, match="too far ahead"):
+        chain.add_vote(sign_vote(vote(0, chain.height + 1000), IDS[0]))
+    for target in range(2, 200, 2):  # a flood by one staker keeps its newest 32
+        if target <= chain.height + 64:
+            chain.add_vote(sign_vote(vote(0, target), IDS[0]))
+    mine = sorted(h for (v, h) in chain.votes if v == PEERS[0])
+    assert len(mine) == 32 and mine[-1] == (chain.height + 64) // 2 * 2

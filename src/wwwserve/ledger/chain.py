@@ -58,6 +58,11 @@ logger = logging.getLogger(__name__)
 
 #: seconds a peer's clock may run ahead of ours before its blocks count as from the future
 MAX_CLOCK_DRIFT = 8.0
+#: how far above our tip a vote's target may be (a node behind the others still takes
+#: their votes; a vote for a far future height is junk)
+VOTE_HORIZON = 64
+#: pending votes kept per voter (an honest one has a few: one per checkpoint not yet final)
+VOTES_PER_VOTER = 32
 #: checkpoints below the final one whose stake tables are kept (votes from older sources
 #: are refused: a branch that far behind in finality cannot win anyway)
 STAKE_TABLES_BELOW_FINAL = 256
@@ -361,16 +366,27 @@ class Chain:
             raise InvalidVoteError(f"vote for network {vote.network!r}")
         if vote.target_height <= self.finalized_height:
             return None
+        if vote.target_height > self.height + VOTE_HORIZON:
+            raise InvalidVoteError(f"target height {vote.target_height} is too far ahead of "
+                                   f"our chain ({self.height})")
+        # only stakers' votes can count: anyone else's would only crowd the pool
+        table = self._weights(vote.source)
+        if (table.get(vote.voter, 0) if table is not None
+                else self.state.stake(vote.voter)) <= 0:
+            raise InvalidVoteError(f"{vote.voter[-8:]} holds no stake")
         key = (vote.voter, vote.target_height)
         known = self.votes.get(key)
         if known is not None and known.vote == vote:
             return known
-        for other in (v.vote for v in self.votes.values() if v.vote.voter == vote.voter):
+        mine = [v.vote for v in self.votes.values() if v.vote.voter == vote.voter]
+        for other in mine:
             if slashable(other, vote):
                 self.vote_equivocations.append((other, vote))
                 del self.vote_equivocations[:-256]
                 self._count("vote_equivocations")
                 raise InvalidVoteError(f"{vote.voter[-8:]} voted twice or around a vote")
+        if len(mine) >= VOTES_PER_VOTER:  # its oldest target matters least
+            del self.votes[(vote.voter, min(v.target_height for v in mine))]
         if len(self.votes) >= self.max_votes:  # the oldest targets matter least
             del self.votes[min(self.votes, key=lambda k: (k[1], k[0]))]
         self.votes[key] = sv

@@ -29,6 +29,7 @@ from .._compat import TaskStatus
 from ..duel.evidence import AnswerReceipt
 from ..engines import Chunk, CompletionRequest, Emit, Engine, Usage
 from ..errors import (
+    ClosedError,
     DeadlineExceededError,
     EngineError,
     ModelNotFoundError,
@@ -241,8 +242,15 @@ class Dispatcher:
         self.offload_delays: deque[float] = deque(maxlen=1024)
         self._waiting = 0
         self._changed = trio.Event()
+        self._closed = False
+        self._local_runs: set[trio.CancelScope] = set()
 
     # ---- state --------------------------------------------------------------------------
+    @property
+    def running_for_peers(self) -> int:
+        """Peers' requests running here now."""
+        return sum(self._inflight.values())
+
     def notify(self) -> None:
         """Something changed (capacity freed, a peer's state): waiting requests re-decide."""
         self._changed.set()
@@ -278,7 +286,15 @@ class Dispatcher:
         Everything logged while serving it carries its request id (see wwwserve.log).
         """
         with tracing(request.request_id):
-            return await self._submit(request, emit, route)
+            try:
+                return await self._submit(request, emit, route)
+            except BaseExceptionGroup as group:
+                # the node stopped under the request: its overlay refuses every probe and
+                # offload at once, from inside the probe nurseries; say so plainly
+                closed, rest = group.split(ClosedError)
+                if closed is None or rest is not None:
+                    raise
+                raise ClosedError("the node is stopping") from None
 
     async def _submit(self, request: CompletionRequest, emit: Emit,
                       route: tuple[str, ...]) -> Usage:
@@ -291,6 +307,8 @@ class Dispatcher:
         waiting = True
         try:
             while True:
+                if self._closed:
+                    raise ClosedError("the node is stopping")
                 changed = self._changed
                 view = self.view(request.model)
                 if not view.models and not self._eligible(request, route):
@@ -328,6 +346,8 @@ class Dispatcher:
                         return usage
                     self._waiting += 1
                     waiting = True
+                if self._closed:
+                    raise ClosedError("the node is stopping")
                 self.stats["deferred"] += 1
                 with trio.move_on_at(deadline):
                     await changed.wait()
@@ -341,9 +361,16 @@ class Dispatcher:
 
     async def _run_local(self, model: LocalModel, request: CompletionRequest, sink: _Sink,
                          deadline: float) -> Usage | None:
+        scope = trio.CancelScope()  # cancelled if the node stops under it
+        if self._closed:
+            scope.cancel()
+        self._local_runs.add(scope)
         try:
-            with trio.fail_after(max(0.0, deadline - trio.current_time())):
+            with scope, trio.fail_after(max(0.0, deadline - trio.current_time())):
                 usage = await model.engine.generate(request, sink.send)
+            if scope.cancelled_caught:
+                sink.failed("the node is stopping")
+                return None
             await sink.finish()
             return usage
         except (EngineError, trio.TooSlowError) as exc:
@@ -351,6 +378,7 @@ class Dispatcher:
             sink.failed(f"local engine: {exc!r}")
             return None
         finally:
+            self._local_runs.discard(scope)
             self.notify()
 
     def _eligible(self, request: CompletionRequest, route: tuple[str, ...],
@@ -673,6 +701,12 @@ class Dispatcher:
         self.serve()
         self.credit.set_stake(self.policy.target_stake(self.view()))
         task_status.started()
-        while True:
-            await trio.sleep(1.0)
-            self.credit.set_stake(self.policy.target_stake(self.view()))
+        try:
+            while True:
+                await trio.sleep(1.0)
+                self.credit.set_stake(self.policy.target_stake(self.view()))
+        finally:  # the node is stopping: requests still waiting or running here end now
+            self._closed = True
+            for scope in list(self._local_runs):
+                scope.cancel()
+            self.notify()

@@ -120,7 +120,8 @@ async def run_seed(seed: int, data_dir: Path, *, max_nodes: int = 12,
     net = MemoryTestnet(
         n, ledger=True, data_dir=data_dir, seed=seed, credit=100.0,
         accept_frequency=[rng.choice([0.5, 1.0]) for _ in range(n)],
-        target_token_usage=[rng.choice([0.05, 0.3, 0.6]) for _ in range(n)],
+        # 0.0: every request of that node goes to the market (offloads under faults)
+        target_token_usage=[rng.choice([0.0, 0.05, 0.3, 0.6]) for _ in range(n)],
         profile=[rng.choice(["rtx4090/qwen3-8b", "h100/qwen3-8b"]) for _ in range(n)],
         p_inspect=rng.choice([0.0, 0.2]), latency=rng.uniform(0.001, 0.02),
         clock_skew=skews, engine_wrapper=wrap)
@@ -211,9 +212,20 @@ async def _chaos(net: MemoryTestnet, rng: random.Random, duration: float, down: 
                 choices = [k for k in range(1, net.n) if k not in down]
                 if net.n - len(down) - 1 < 3:
                     continue
-                # half the time the busiest node: crashes that cut answers mid-stream
-                k = (max(choices, key=lambda j: (net.engines[j].load().running, j))
-                     if rng.random() < 0.5 else rng.choice(choices))
+                if rng.random() < 0.5:
+                    # a node running a peer's request (waiting up to 10 s for one), else the
+                    # busiest: crashes that cut offloaded answers mid-stream
+                    for _ in range(100):
+                        if any(net.nodes[j].dispatcher.running_for_peers for j in choices):
+                            break
+                        await trio.sleep(0.1)
+                    choices = [j for j in choices if j not in down]
+                    if not choices or net.n - len(down) - 1 < 3:
+                        continue
+                    k = max(choices, key=lambda j: (net.nodes[j].dispatcher.running_for_peers,
+                                                    net.engines[j].load().running, j))
+                else:
+                    k = rng.choice(choices)
                 down.add(k)
                 net.network.crash(net.nodes[k].peer_id)
                 net.stop_node(k)
