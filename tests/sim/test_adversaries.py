@@ -35,10 +35,18 @@ HONEST = 4  # nodes 0..3 are honest; node 4 (where there is one) is the adversar
 
 
 def ledger_sound(nodes: list[Node]) -> None:
-    """The invariants of deterministic simulation testing hold on ``nodes``' replicas."""
+    """The invariants of deterministic simulation testing hold on ``nodes``' replicas, and
+    what the network can fill stays within its bounds."""
     result = SeedResult(seed=0, nodes=len(nodes))
     _check_ledgers(nodes, result)
     assert result.violations == []
+    for node in nodes:
+        chain = node.ledger.chain  # type: ignore[union-attr]
+        assert len(chain.pool) <= chain.pool_size and len(chain.votes) <= chain.max_votes
+        assert len(chain._orphans) <= chain.max_orphans
+        assert len(chain._entries) - chain.height - 1 <= chain.max_side_blocks
+        assert len(node.membership.table.peers) <= node.membership.table.max_peers
+        assert len(node.dispatcher._grants) <= 4096
 
 
 async def serve(net: MemoryTestnet, k: int, count: int, prefix: str, *,
@@ -348,10 +356,6 @@ async def test_a_gossip_flood_keeps_memory_bounded_and_users_served(autojump_clo
             tracemalloc.stop()
         # the honest nodes' state did not grow with the flood
         assert after - first < 8 * 1024 * 1024, (first, after)
-        for node in net.nodes[:HONEST]:
-            chain = node.ledger.chain  # type: ignore[union-attr]
-            assert len(chain.pool) <= chain.pool_size and len(chain.votes) <= chain.max_votes
-            assert len(chain._orphans) <= chain.max_orphans
         await serve(net, 0, 10, "g")
         await trio.sleep(20)
         ledger_sound(net.nodes[:HONEST])
