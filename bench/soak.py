@@ -46,7 +46,13 @@ def main() -> None:
     started = time.monotonic()
     for seed in range(args.start, args.start + args.seeds):
         with tempfile.TemporaryDirectory() as tmp:
-            result = run(seed, Path(tmp), max_nodes=args.max_nodes, duration=args.duration)
+            try:
+                result = run(seed, Path(tmp), max_nodes=args.max_nodes,
+                             duration=args.duration)
+            except Exception as exc:  # a node crashed the run: a violation, and go on
+                print(f"seed {seed}: VIOLATION the run crashed: {exc!r}", flush=True)
+                violations.append((seed, f"crashed: {exc!r}"))
+                continue
         faults.update(result.faults)
         lags.append(result.final_lag)
         served += result.served

@@ -250,8 +250,17 @@ class LedgerService:
     def submit(self, stx: SignedTx) -> None:
         """Put our own transaction in the pool and gossip it (raises if it is invalid)."""
         self.chain.add_tx(stx, self.wall_clock())
-        if self._nursery is not None:
-            self._nursery.start_soon(self._publish, tx_topic(self.network), stx.envelope)
+        self._gossip(tx_topic(self.network), stx.envelope)
+
+    def _gossip(self, topic: str, data: bytes) -> None:
+        """Publish in the background; nothing once the node is stopping (what is in the
+        pool then goes out with the next start's rebroadcast, if it is still pending)."""
+        if self._nursery is None:
+            return
+        try:
+            self._nursery.start_soon(self._publish, topic, data)
+        except RuntimeError:  # the nursery is closed: the node is stopping
+            logger.debug("not gossiped on %s: the node is stopping", topic)
 
     async def _publish(self, topic: str, data: bytes) -> None:
         try:
@@ -301,8 +310,7 @@ class LedgerService:
         if self.vote_record is not None:
             self.vote_record.save(*self.last_vote)
         self._count("votes_cast")
-        if self._nursery is not None:
-            self._nursery.start_soon(self._publish, vote_topic(self.network), vote.envelope)
+        self._gossip(vote_topic(self.network), vote.envelope)
         return True
 
     # ---- blocks -------------------------------------------------------------------------
