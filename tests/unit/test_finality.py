@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+from chain_driver import Voters
 from wwwserve.errors import InvalidBlockError, InvalidVoteError, LedgerCorruptError
 from wwwserve.identity import Identity
 from wwwserve.ledger import (
@@ -33,28 +34,6 @@ def genesis(n: int = 4, stakes: list[int] | None = None) -> Genesis:
     return Genesis(network=NET, time=0.0, allocations=tuple(
         Allocation(p, 100 * UNIT, s) for p, s in zip(PEERS[:n], stakes, strict=True)),
         finality_depth=2)
-
-
-class Voters:
-    """Each identity's last vote, kept across chains as a node keeps its VoteRecord."""
-
-    def __init__(self) -> None:
-        self.last: dict[str, tuple[int, int]] = {}
-
-    def grow(self, chain: Chain, slots: range, proposers: list[Identity],
-             voters: list[Identity]) -> list[Block]:
-        made = []
-        for slot in slots:
-            for ident in proposers:
-                block = chain.propose(ident, slot)
-                if block is not None:
-                    made.append(block)
-            for ident in voters:
-                vote = chain.vote(ident, after=self.last.get(ident.peer_id, (0, 0)))
-                if vote is not None:
-                    self.last[ident.peer_id] = (vote.vote.source_height,
-                                                vote.vote.target_height)
-        return made
 
 
 def test_votes_of_two_thirds_finalize_and_a_replica_replaying_the_blocks_agrees(tmp_path):

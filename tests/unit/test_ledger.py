@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import chain_driver
 from wwwserve.errors import (
     ConfigError,
     InvalidBlockError,
@@ -204,23 +205,7 @@ def test_supply_is_conserved_and_rejections_change_nothing(seq):
 # ---- blocks and the chain ---------------------------------------------------------------
 def run_slots(chain: Chain, slots: range, ids: list[Identity] = IDS) -> list[Block]:
     """Let whoever is each slot's proposer propose, and every one of ``ids`` vote."""
-    made = []
-    for slot in slots:
-        for ident in ids:
-            block = chain.propose(ident, slot)
-            if block is not None:
-                made.append(block)
-        for ident in ids:
-            last = LAST_VOTES.get((id(chain), ident.peer_id), (0, 0))
-            vote = chain.vote(ident, after=last)
-            if vote is not None:
-                LAST_VOTES[(id(chain), ident.peer_id)] = (vote.vote.source_height,
-                                                          vote.vote.target_height)
-    return made
-
-
-#: each test chain's voters' last votes (what a node keeps in its VoteRecord)
-LAST_VOTES: dict[tuple[int, str], tuple[int, int]] = {}
+    return chain_driver.run_slots(chain, slots, ids)
 
 
 def test_proposer_lottery_follows_stake():
