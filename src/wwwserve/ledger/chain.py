@@ -137,7 +137,8 @@ class Chain:
         self.votes: dict[tuple[str, int], SignedVote] = {}
         #: pairs of votes of one voter that break the voting rules (slashable evidence)
         self.vote_equivocations: list[tuple[Vote, Vote]] = []
-        #: the stake table at each checkpoint of the best chain from the final one up
+        #: the stake table at each checkpoint applied here, from well below the final one
+        #: up (the weights of votes whose source it is)
         self._checkpoint_stakes: dict[bytes, tuple[int, dict[str, int]]] = {
             genesis.id: (0, dict(self._lottery_stakes()))}
         self.stats: dict[str, int] = {}
@@ -553,12 +554,15 @@ class Chain:
         expected = leader(entry.parent, block.slot, self._lottery_stakes())
         if expected != block.proposer:
             raise InvalidBlockError(f"{block.proposer[-8:]} is not slot {block.slot}'s proposer")
-        parent = self._entries[entry.parent].fin
-        assert parent is not None  # the parent is the tip, applied
-        entry.fin = parent.advance(entry.votes, height=entry.height,
-                                   interval=self.genesis.finality_depth,
-                                   ancestor=self._ancestor, weights=self._weights)
-        entry.uncertain = False
+        if entry.uncertain or entry.fin is None:
+            # the preview could not check every vote: count them now, strictly (an exact
+            # preview is the same computation along the same branch, so it stands)
+            parent = self._entries[entry.parent].fin
+            assert parent is not None  # the parent is the tip, applied
+            entry.fin = parent.advance(entry.votes, height=entry.height,
+                                       interval=self.genesis.finality_depth,
+                                       ancestor=self._ancestor, weights=self._weights)
+            entry.uncertain = False
         try:
             undo = self.state.apply_all(entry.txs, entry.height)
         except InvalidTransactionError as exc:
