@@ -42,6 +42,10 @@ __all__ = ["Profile", "SimEngine", "get_profile", "profile_names"]
 _WORDS = ("the", "model", "answer", "is", "a", "of", "to", "and", "we", "so", "token", "then",
           "compute", "value", "step", "result", "check", "next", "sum", "thus")
 
+#: Seconds a busy engine may fall behind its own schedule and still catch up (a host that
+#: stalls longer, e.g. a stopped process, restarts the schedule from now).
+MAX_CATCH_UP = 0.05
+
 
 @dataclass(frozen=True, slots=True)
 class Profile:
@@ -153,6 +157,11 @@ class SimEngine:
         self._running: list[_Req] = []
         self._reserved = 0
         self._wake = trio.Event()
+        # where the engine's own schedule stands while it is busy: the next iteration starts
+        # when the last one was due to end, not when the host got round to waking the loop
+        # (on a busy host the lateness of every wake-up would otherwise add up over a long
+        # answer, and the engine would run slower than its profile)
+        self._busy_until: float | None = None
         self._healthy = True
         self.completed = 0
         self.generated_tokens = 0
@@ -239,6 +248,7 @@ class SimEngine:
             self._drop_cancelled()
             self._admit()
             if not self._running:
+                self._busy_until = None
                 self._wake = trio.Event()
                 await self._wake.wait()
                 continue
@@ -261,7 +271,9 @@ class SimEngine:
                 budget -= take
         batch_tokens = len(decoding) + sum(t for _, t in prefill)
         batch_ctx = sum(r.ctx for r in self._running)
-        await trio.sleep(self.profile.step_seconds(batch_tokens, batch_ctx))
+        end = self._iteration_start() + self.profile.step_seconds(batch_tokens, batch_ctx)
+        await trio.sleep_until(end)
+        self._busy_until = end
         for r, take in prefill:
             r.prefilled += take
             if r.prefilled >= r.prompt:
@@ -287,7 +299,7 @@ class SimEngine:
         k = min(min(r.output - r.generated for r in running),
                 min(self.stream_interval - r.unsent if r.generated else 1 for r in running))
         k = max(1, k)
-        start = trio.current_time()
+        start = self._iteration_start()
         end = start + self._stretch_seconds(b, ctx0, k)
         self._wake = trio.Event()
         with trio.move_on_at(end):
@@ -303,12 +315,22 @@ class SimEngine:
                 else:
                     lo = mid + 1
             k = lo
-            await trio.sleep_until(start + self._stretch_seconds(b, ctx0, k))
+            end = start + self._stretch_seconds(b, ctx0, k)
+            await trio.sleep_until(end)
+        self._busy_until = end
         for r in running:
             if not r.cancelled:
                 self._advance(r, k)
 
     # ---- internals --------------------------------------------------------------------------
+    def _iteration_start(self) -> float:
+        """When the next iteration starts: where the busy engine's schedule stands, unless
+        the host fell more than :data:`MAX_CATCH_UP` behind it (then from now)."""
+        now = trio.current_time()
+        if self._busy_until is not None and now - self._busy_until <= MAX_CATCH_UP:
+            return self._busy_until
+        return now
+
     def _drop_cancelled(self) -> None:
         self._waiting = [r for r in self._waiting if not r.cancelled]
         keep = []
