@@ -324,9 +324,9 @@ async def membership_processes(n: int) -> dict[str, float]:
                 joiner = ChildProcess(["node", "--json-events", str(config(tmp, "joiner", boot))])
                 procs.append(joiner)
                 t_join = trio.current_time()
-                jid = (await joiner.start(nursery))["peer_id"]
-                await all_of(procs[:n], lambda p: jid in peers(p), 30)
-                seen = trio.current_time() - t_join
+                jid = (await joiner.start(nursery, 60.0))["peer_id"]
+                in_time = await all_of(procs[:n], lambda p: jid in peers(p), 30)
+                seen = trio.current_time() - t_join if in_time is not None else -1.0
                 victim = procs[n // 2]
                 vid = victim.started["peer_id"]
                 victim.kill()
