@@ -100,8 +100,7 @@ async def tcp_rtt(size: int, n: int) -> list[float]:
 
     async with trio.open_nursery() as nursery:
         (listener,) = await nursery.start(
-            functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1")
-        )
+            functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
         port = listener.socket.getsockname()[1]
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         payload = b"x" * size
@@ -181,11 +180,8 @@ async def membership_timing(n: int) -> dict[str, float]:
 
     def make(boot: tuple[str, ...]) -> Node:
         ident = Identity.generate()
-        cfg = NodeConfig(
-            membership=params,
-            gateway=GatewayParams(enabled=False),
-            network=NetworkParams(network_id="bench", bootstrap=boot),
-        )
+        cfg = NodeConfig(membership=params, gateway=GatewayParams(enabled=False),
+                         network=NetworkParams(network_id="bench", bootstrap=boot))
         return Node(cfg, identity=ident, overlay=Libp2pOverlay(ident))
 
     async def run(node: Node, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -214,16 +210,11 @@ async def membership_timing(n: int) -> dict[str, float]:
         converged = await wait(lambda: all(len(x.peers) == n - 1 for x in nodes), 60)
         rss_n = rss_mib()
         if converged is None:
-            print(
-                f"membership N={n}: tables did not converge in 60 s; sizes "
-                f"{sorted(len(x.peers) for x in nodes)}",
-                flush=True,
-            )
+            print(f"membership N={n}: tables did not converge in 60 s; sizes "
+                  f"{sorted(len(x.peers) for x in nodes)}", flush=True)
             nursery.cancel_scope.cancel()
-            return {
-                "membership_n20_converged": 0,
-                "rss_per_extra_node_mib": round((rss_n - rss1) / (n - 1), 2),
-            }
+            return {"membership_n20_converged": 0,
+                    "rss_per_extra_node_mib": round((rss_n - rss1) / (n - 1), 2)}
         joiner = make(boot)
         t_join = trio.current_time()
         await nursery.start(run, joiner)
@@ -245,7 +236,7 @@ async def membership_timing(n: int) -> dict[str, float]:
     }
 
 
-def cpu_seconds(pid: int | None) -> float:
+def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process has used (from /proc)."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -256,13 +247,12 @@ async def membership_processes(n: int) -> dict[str, float]:
     """Membership timing with every node in its own process, as deployed: ``n`` node
     processes joining through one bootstrap address, then a joiner (time until all ``n``
     list it, its start-up included), then SIGKILL of one (time until all others drop it),
-    read from each process's ``--json-events`` peer tables."""
+    read from each process's ``--json-events`` peer tables. -1: not within 30 s."""
     peer_timeout = 5.0
 
     def config(tmp: Path, name: str, boot: list[str]) -> Path:
         path = tmp / f"{name}.yaml"
-        path.write_text(
-            textwrap.dedent(f"""\
+        path.write_text(textwrap.dedent(f"""\
             server_params: {{ip: 127.0.0.1, port: 0}}
             ledger_params: {{initial_credit: 100.0, initial_staked: 10.0}}
             models: []
@@ -271,15 +261,20 @@ async def membership_processes(n: int) -> dict[str, float]:
             gateway: {{enabled: false}}
             membership: {{heartbeat_interval: 1.0, suspect_timeout: 2.5,
                           peer_timeout: {peer_timeout}}}
-            """)
-        )
+            """))
         return path
+
+    def start(tmp: Path, name: str, boot: list[str]) -> ChildProcess:
+        p = ChildProcess(["node", "--json-events", str(config(tmp, name, boot))])
+        procs.append(p)
+        return p
 
     def peers(p: ChildProcess) -> set[str]:
         return set(p.events[-1].get("peers", ())) if p.events else set()
 
     async def all_of(procs: list[ChildProcess], pred, within: float) -> float | None:
-        start = trio.current_time()
+        """Seconds until ``pred`` holds for every process; None if not within ``within``."""
+        begin = trio.current_time()
         failed = False
         try:
             async with trio.open_nursery() as nursery:
@@ -287,62 +282,53 @@ async def membership_processes(n: int) -> dict[str, float]:
                     nursery.start_soon(p.wait_for, pred, within)
         except* (trio.TooSlowError, TestnetError):  # timed out, or a child exited
             failed = True
-        return None if failed else trio.current_time() - start
+        return None if failed else trio.current_time() - begin
+
+    def secs(t: float | None) -> float:
+        return round(t, 3) if t is not None else -1.0
 
     procs: list[ChildProcess] = []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         async with trio.open_nursery() as nursery:
             try:
-                first = ChildProcess(["node", "--json-events", str(config(tmp, "n0", []))])
-                procs.append(first)
-                boot = [(await first.start(nursery))["addresses"][0]]
+                boot = [(await start(tmp, "n0", []).start(nursery))["addresses"][0]]
                 with trio.fail_after(60):
                     async with trio.open_nursery() as starting:
                         for i in range(1, n):
-                            p = ChildProcess(
-                                ["node", "--json-events", str(config(tmp, f"n{i}", boot))]
-                            )
-                            procs.append(p)
-                            starting.start_soon(p.start, nursery, 60.0)
+                            starting.start_soon(start(tmp, f"n{i}", boot).start, nursery, 60.0)
                 ids = {p.started["peer_id"] for p in procs}
-                converged = await all_of(
-                    procs, lambda p: peers(p) >= ids - {p.started["peer_id"]}, 60
-                )
-                if converged is None:
-                    print(
-                        f"membership, {n} processes: tables did not converge in 60 s; "
-                        f"sizes {sorted(len(peers(p)) for p in procs)}",
-                        flush=True,
-                    )
+                if await all_of(procs, lambda p: peers(p) >= ids - {p.started["peer_id"]},
+                                60) is None:
+                    print(f"membership, {n} processes: tables did not converge in 60 s; "
+                          f"sizes {sorted(len(peers(p)) for p in procs)}", flush=True)
                     return {f"membership_procs_n{n}_converged": 0}
                 # what an idle node costs in a network of n: CPU share of each process
-                cpu0 = [cpu_seconds(p.pid) for p in procs]
+                pids = [p.pid for p in procs if p.pid is not None]
+                cpu0 = [cpu_seconds(pid) for pid in pids]
                 await trio.sleep(5.0)
-                cpu1 = [cpu_seconds(p.pid) for p in procs]
-                idle = statistics.median((b - a) / 5.0 for a, b in zip(cpu0, cpu1, strict=True))
-                joiner = ChildProcess(["node", "--json-events", str(config(tmp, "joiner", boot))])
-                procs.append(joiner)
+                idle = statistics.median((cpu_seconds(pid) - c) / 5.0
+                                         for pid, c in zip(pids, cpu0, strict=True))
+                members = list(procs)
                 t_join = trio.current_time()
-                jid = (await joiner.start(nursery, 60.0))["peer_id"]
-                in_time = await all_of(procs[:n], lambda p: jid in peers(p), 30)
-                seen = trio.current_time() - t_join if in_time is not None else -1.0
+                jid = (await start(tmp, "joiner", boot).start(nursery, 60.0))["peer_id"]
+                seen = None
+                if await all_of(members, lambda p: jid in peers(p), 30) is not None:
+                    seen = trio.current_time() - t_join  # the joiner's start-up included
                 victim = procs[n // 2]
                 vid = victim.started["peer_id"]
                 victim.kill()
-                others = [p for p in procs if p is not victim]
-                dropped = await all_of(others, lambda p: vid not in peers(p), 30)
+                dropped = await all_of([p for p in procs if p is not victim],
+                                       lambda p: vid not in peers(p), 30)
             finally:
                 for p in procs:
                     await p.stop()
                 nursery.cancel_scope.cancel()
-    return {
-        f"membership_procs_n{n}_converged": 1,
-        f"procs_n{n}_idle_cpu_per_node_pct": round(100 * idle, 1),
-        f"procs_n{n}_join_seen_by_all_s": round(seen, 3),
-        f"procs_n{n}_kill_dropped_by_all_s": round(dropped, 3) if dropped else -1,
-        "procs_peer_timeout_s": peer_timeout,
-    }
+    return {f"membership_procs_n{n}_converged": 1,
+            f"procs_n{n}_idle_cpu_per_node_pct": round(100 * idle, 1),
+            f"procs_n{n}_join_seen_by_all_s": secs(seen),
+            f"procs_n{n}_kill_dropped_by_all_s": secs(dropped),
+            "procs_peer_timeout_s": peer_timeout}
 
 
 async def rss_per_node(n: int, settle: float = 10.0) -> float:
@@ -354,11 +340,8 @@ async def rss_per_node(n: int, settle: float = 10.0) -> float:
 
     async def run(boot: tuple[str, ...], task_status=trio.TASK_STATUS_IGNORED) -> None:
         ident = Identity.generate()
-        cfg = NodeConfig(
-            membership=params,
-            gateway=GatewayParams(enabled=False),
-            network=NetworkParams(network_id="bench-rss", bootstrap=boot),
-        )
+        cfg = NodeConfig(membership=params, gateway=GatewayParams(enabled=False),
+                         network=NetworkParams(network_id="bench-rss", bootstrap=boot))
         async with Node(cfg, identity=ident, overlay=Libp2pOverlay(ident)) as node:
             nodes.append(node)
             task_status.started()
@@ -389,43 +372,34 @@ async def main(quick: bool) -> dict[str, float]:
         out[f"rtt_{label}_p99_ms"] = round(pct(lp, 0.99), 3)
         out[f"tcp_rtt_{label}_p50_ms"] = round(pct(tcp, 0.5), 3)
         out[f"rtt_{label}_p50_vs_tcp_ratio"] = round(pct(lp, 0.5) / pct(tcp, 0.5), 1)
-        print(
-            f"round trip {label}: libp2p p50 {pct(lp, 0.5):.3f} ms p99 {pct(lp, 0.99):.3f} ms"
-            f" | raw py-libp2p stream p50 {pct(raw, 0.5):.3f} ms"
-            f" | plain TCP p50 {pct(tcp, 0.5):.3f} ms",
-            flush=True,
-        )
+        print(f"round trip {label}: libp2p p50 {pct(lp, 0.5):.3f} ms p99 {pct(lp, 0.99):.3f} ms"
+              f" | raw py-libp2p stream p50 {pct(raw, 0.5):.3f} ms"
+              f" | plain TCP p50 {pct(tcp, 0.5):.3f} ms", flush=True)
     for n in (10, 30):
         t = await gossip_time_to_all(n, 5 if quick else 10)
         out[f"gossip_time_to_all_n{n}_ms"] = round(t * 1000, 1)
         print(f"gossip time-to-all, N={n}: {t * 1000:.1f} ms", flush=True)
     out["rss_per_extra_node_n10_mib"] = round(await rss_per_node(10), 2)
-    print(
-        f"RSS per extra in-process node at N=10: {out['rss_per_extra_node_n10_mib']} MiB",
-        flush=True,
-    )
+    print(f"RSS per extra in-process node at N=10: {out['rss_per_extra_node_n10_mib']} MiB",
+          flush=True)
     for n in (10, 20):
         mp = await membership_processes(n)
         out.update(mp)
         if mp[f"membership_procs_n{n}_converged"]:
-            print(
-                f"membership, {n} node processes: joiner seen by all in "
-                f"{mp[f'procs_n{n}_join_seen_by_all_s']:.2f} s; SIGKILLed node dropped by all "
-                f"in {mp[f'procs_n{n}_kill_dropped_by_all_s']:.2f} s (peer_timeout "
-                f"{mp['procs_peer_timeout_s']:.0f} s); an idle node process uses "
-                f"{mp[f'procs_n{n}_idle_cpu_per_node_pct']}% of a core",
-                flush=True,
-            )
+            print(f"membership, {n} node processes: joiner seen by all in "
+                  f"{mp[f'procs_n{n}_join_seen_by_all_s']:.2f} s; SIGKILLed node dropped by "
+                  f"all in {mp[f'procs_n{n}_kill_dropped_by_all_s']:.2f} s (peer_timeout "
+                  f"{mp['procs_peer_timeout_s']:.0f} s; -1: not within 30 s); an idle node "
+                  f"process uses {mp[f'procs_n{n}_idle_cpu_per_node_pct']}% of a core",
+                  flush=True)
     m = await membership_timing(20)
     out.update(m)
     if m["membership_n20_converged"]:
-        print(
-            f"membership N=20: joiner seen by all in {m['join_seen_by_all_s']:.2f} s; killed "
-            f"node dropped by all in {m['kill_dropped_by_all_s']:.2f} s (peer_timeout "
-            f"{m['peer_timeout_s']:.0f} s)",
-            flush=True,
-        )
-    print(f"RSS per extra in-process node at N=20: {m['rss_per_extra_node_mib']} MiB", flush=True)
+        print(f"membership N=20: joiner seen by all in {m['join_seen_by_all_s']:.2f} s; killed "
+              f"node dropped by all in {m['kill_dropped_by_all_s']:.2f} s (peer_timeout "
+              f"{m['peer_timeout_s']:.0f} s)", flush=True)
+    print(f"RSS per extra in-process node at N=20: {m['rss_per_extra_node_mib']} MiB",
+          flush=True)
     return out
 
 

@@ -25,10 +25,36 @@ import argparse
 import json
 import sys
 import time
+from typing import Any
 
-from wwwserve.sim.experiment import STRATEGIES, load_scenario, run_strategy, summarize
+from wwwserve.sim.experiment import (
+    STRATEGIES,
+    Record,
+    Scenario,
+    load_scenario,
+    run_strategy,
+    summarize,
+)
 
 SCENARIOS = ("fluctuating", "heterogeneous-models", "diverse-gpus", "azure")
+
+
+def pooled(scenario: Scenario, strategies: tuple[str, ...], seed: int = 0, seeds: int = 1
+           ) -> dict[str, list[Record]]:
+    """Per strategy, the requests of ``seeds`` runs from ``seed`` on, pooled (one run of
+    the fluctuating setting is ~100 requests: its figures swing widely from seed to seed)."""
+    return {s: [r for k in range(seeds) for r in run_strategy(scenario, s, seed + k)]
+            for s in strategies}
+
+
+def vs_single(summaries: dict[str, Any], who: str) -> tuple[float, float]:
+    """(largest SLO ratio of ``who`` to single-node over the thresholds, how much lower its
+    mean latency is than single-node's, in %)."""
+    mine, single = summaries[who]["slo_attainment"], summaries["single"]["slo_attainment"]
+    ratio = max(mine[t] / single[t] if single[t] else 0.0 for t in mine)
+    reduction = 100 * (1 - summaries[who]["latency_mean_s"]
+                       / summaries["single"]["latency_mean_s"])
+    return ratio, reduction
 
 
 def main(seed: int, only: list[str], seeds: int = 1) -> dict[str, float]:
@@ -36,19 +62,14 @@ def main(seed: int, only: list[str], seeds: int = 1) -> dict[str, float]:
     for name in only:
         scenario = load_scenario(name)
         t = time.perf_counter()
-        # several seeds: their requests pooled (one run of the fluctuating setting is ~100
-        # requests, and its figures swing by tens of percent from seed to seed)
-        runs = {s: [r for k in range(seeds) for r in run_strategy(scenario, s, seed + k)]
-                for s in STRATEGIES}
+        runs = pooled(scenario, STRATEGIES, seed, seeds)
         wall = time.perf_counter() - t
         s = {k: summarize(v, scenario.slo_thresholds) for k, v in runs.items()}
-        dec, single = s["decentralized"]["slo_attainment"], s["single"]["slo_attainment"]
+        dec = s["decentralized"]["slo_attainment"]
         cen, orc = s["centralized"]["slo_attainment"], s["oracle"]["slo_attainment"]
         key = name.replace("-", "_")
-        out[f"{key}_slo_ratio_max"] = max(dec[t] / single[t] if single[t] else 0.0
-                                          for t in dec)
-        out[f"{key}_mean_latency_reduction_pct"] = 100 * (
-            1 - s["decentralized"]["latency_mean_s"] / s["single"]["latency_mean_s"])
+        out[f"{key}_slo_ratio_max"], out[f"{key}_mean_latency_reduction_pct"] = \
+            vs_single(s, "decentralized")
         out[f"{key}_gap_to_centralized_pp_max"] = 100 * max(cen[t] - dec[t] for t in dec)
         out[f"{key}_gap_to_oracle_pp_max"] = 100 * max(orc[t] - dec[t] for t in dec)
         n = sum(len(v) for v in runs.values())

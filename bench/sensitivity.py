@@ -24,20 +24,20 @@ import sys
 import time
 from typing import Any
 
-from wwwserve.sim.experiment import Scenario, load_scenario, run_strategy, summarize
+from paper import pooled, vs_single  # bench/paper.py, beside this script
+
+from wwwserve.sim.experiment import Scenario, load_scenario, summarize
 
 
 def compare(scenario: Scenario, seeds: int, strategies: tuple[str, ...]) -> dict[str, Any]:
-    runs = {s: [r for k in range(seeds) for r in run_strategy(scenario, s, k)]
-            for s in strategies}
-    return {s: summarize(v, scenario.slo_thresholds) for s, v in runs.items()}
+    """Summaries per strategy of ``seeds`` pooled runs."""
+    return {s: summarize(v, scenario.slo_thresholds)
+            for s, v in pooled(scenario, strategies, 0, seeds).items()}
 
 
 def figures(s: dict[str, Any], who: str) -> tuple[float, float]:
     """(best SLO ratio to single-node, mean latency reduction in %) of strategy ``who``."""
-    mine, single = s[who]["slo_attainment"], s["single"]["slo_attainment"]
-    ratio = max(mine[t] / single[t] for t in mine if single[t])
-    reduction = 100 * (1 - s[who]["latency_mean_s"] / s["single"]["latency_mean_s"])
+    ratio, reduction = vs_single(s, who)
     return round(ratio, 3), round(reduction, 1)
 
 
