@@ -60,6 +60,43 @@ async def test_driver_streams_accounts_and_reads_load() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_short_unstreamed_requests_come_whole_and_the_rest_streamed() -> None:
+    async with trio.open_nursery() as nursery:
+        url = (await sim_engine().start(nursery))["url"]
+        engine = HTTPEngine(url + "/v1", MODEL, scrape_interval=0.05, unstreamed_max_tokens=16)
+        await nursery.start(engine.run)
+        got: dict[str, list[Chunk]] = {}
+
+        async def run(rid: str, *, stream: bool, max_tokens: int, chat: bool) -> None:
+            chunks = got.setdefault(rid, [])
+
+            async def emit(chunk: Chunk) -> None:
+                chunks.append(chunk)
+
+            kw = {"messages": (ChatMessage("user", "hi"),)} if chat else {"prompt": "hi"}
+            usage = await engine.generate(CompletionRequest(
+                request_id=rid, max_tokens=max_tokens, ignore_eos=True, stream=stream,
+                model=MODEL, **kw), emit)
+            assert usage.completion_tokens == max_tokens
+            assert sum(c.tokens for c in chunks) == max_tokens
+            assert chunks[-1].finish_reason == "length" and chunks[-1].usage == usage
+
+        for chat in (True, False):
+            await run(f"plain-{chat}", stream=False, max_tokens=16, chat=chat)
+            await run(f"long-{chat}", stream=False, max_tokens=17, chat=chat)
+            await run(f"stream-{chat}", stream=True, max_tokens=16, chat=chat)
+        nursery.cancel_scope.cancel()
+    for chat in (True, False):
+        # one plain response: the whole text in one chunk, then the finish
+        assert [c.tokens for c in got[f"plain-{chat}"]] == [16, 0]
+        # the same answer as a stream of it (a word per token after the quality marker)
+        words = {len("".join(c.text for c in got[f"{kind}-{chat}"]).split())
+                 for kind in ("plain", "stream")}
+        assert words == {17}
+        # more than unstreamed_max_tokens, or asked to stream: a chunk per token
+        assert len(got[f"long-{chat}"]) == 18 and len(got[f"stream-{chat}"]) == 17
+
+
 async def test_engine_down_fails_requests_over_and_recovers() -> None:
     async with trio.open_nursery() as nursery:
         proc = sim_engine()
