@@ -6,10 +6,11 @@ measured in the same run (these machines are noisy). Targets (issue 2): 1 KB rou
 peer_timeout + 1 s; <= 5 MiB RSS per additional in-process node.
 
 Membership is timed twice: with every node in its own process (10 and 20 processes, as
-deployed; a SIGKILL for the kill) and with 20 nodes in this one process. Each gossip
-message costs py-libp2p 0.8.1 about 2 ms of CPU per node it reaches (receive, validate,
-forward to the mesh), so an idle node's CPU grows with the network's size, and the
-figures at N = 20 show where this 2-core machine runs out.
+deployed; a SIGKILL for the kill) and with 20 nodes in this one process. Each copy of a
+gossip message a node receives or forwards costs py-libp2p 0.8.1 roughly 1 ms of CPU
+(decrypt, demultiplex, parse, validate, encrypt), a node gets about one copy per mesh
+peer, and every node sends a heartbeat a second: an idle node's CPU grows with the
+network's size, and the figures at N = 20 show where this 2-core machine runs out.
 
     python bench/overlay.py [--quick]
 """
