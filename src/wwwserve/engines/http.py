@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .._compat import TaskStatus
 from ..errors import BadRequestError, EngineError, EngineUnavailableError, ProtocolError
-from .base import Chunk, CompletionRequest, Emit, EngineLoad, Usage
+from .base import Chunk, CompletionRequest, Emit, EngineLoad, Usage, approx_tokens
 
 __all__ = ["METRIC_NAMES", "HTTPEngine", "parse_load"]
 
@@ -229,7 +229,9 @@ class HTTPEngine:
                         if not isinstance(text, str):
                             raise EngineError(f"engine at {self.base_url} sent non-text")
                         if text:
-                            n = 1 if streamed or usage is None else usage.completion_tokens
+                            # a plain answer is all its tokens (estimated without usage)
+                            n = 1 if streamed else (usage.completion_tokens if usage
+                                                    else approx_tokens(text))
                             generated += n
                             await emit(Chunk(text=text, tokens=n))
                         if choice.get("finish_reason") is not None:
