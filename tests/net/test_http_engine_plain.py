@@ -1,0 +1,79 @@
+"""The HTTP engine driver against a minimal engine whose plain answers carry no ``usage``."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import h11
+import trio
+
+from wwwserve.engines import ChatMessage, Chunk, CompletionRequest
+from wwwserve.engines.base import approx_tokens
+from wwwserve.engines.http import HTTPEngine
+
+METRICS = b"""# TYPE sglang:token_usage gauge
+sglang:token_usage 0.1
+# TYPE sglang:num_running_reqs gauge
+sglang:num_running_reqs 0
+# TYPE sglang:num_queue_reqs gauge
+sglang:num_queue_reqs 0
+"""
+ANSWER = "a plain answer of several words"
+
+
+async def engine(bodies: list[dict[str, object]], stream: trio.SocketStream) -> None:
+    """One connection of an OpenAI-compatible server without usage in its answers."""
+    conn = h11.Connection(h11.SERVER)
+    while True:
+        target, data = b"", b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                conn.receive_data(chunk)
+            elif isinstance(event, h11.Request):
+                target = event.target
+            elif isinstance(event, h11.Data):
+                data += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                return
+        if target == b"/metrics":
+            payload, kind = METRICS, b"text/plain"
+        else:
+            bodies.append(json.loads(data))
+            payload, kind = json.dumps({"choices": [{
+                "index": 0, "finish_reason": "stop",
+                "message": {"role": "assistant", "content": ANSWER}}]}).encode(), \
+                b"application/json"
+        await stream.send_all(conn.send(h11.Response(status_code=200, headers=[
+            (b"content-type", kind), (b"content-length", str(len(payload)).encode())])))
+        await stream.send_all(conn.send(h11.Data(data=payload)) + conn.send(h11.EndOfMessage()))
+        conn.start_next_cycle()
+
+
+async def test_a_plain_answer_without_usage_counts_its_tokens_by_estimate() -> None:
+    bodies: list[dict[str, object]] = []
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, partial(engine, bodies), 0,
+                                                host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        driver = HTTPEngine(f"http://127.0.0.1:{port}/v1", "m", scrape_interval=0.05)
+        await nursery.start(driver.run)
+        chunks: list[Chunk] = []
+
+        async def emit(chunk: Chunk) -> None:
+            chunks.append(chunk)
+
+        with trio.fail_after(10):
+            usage = await driver.generate(CompletionRequest(
+                request_id="r", messages=(ChatMessage("user", "hi"),), max_tokens=32), emit)
+        nursery.cancel_scope.cancel()
+    assert bodies[0]["stream"] is False and "stream_options" not in bodies[0]
+    assert [c.text for c in chunks] == [ANSWER, ""]
+    assert usage.completion_tokens == approx_tokens(ANSWER) == chunks[0].tokens > 1
+    assert chunks[-1].finish_reason == "stop" and chunks[-1].usage == usage
