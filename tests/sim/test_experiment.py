@@ -193,3 +193,16 @@ def test_quality_scenario_settings_are_checked(tmp_path):
     bad.write_text("name: x\nstrategies: [fastest]\nnodes: [{name: a}, {name: b}]\n")
     with pytest.raises(ConfigError, match="strategies: unknown strategy 'fastest'"):
         load_scenario(str(bad))
+
+
+def test_the_engines_admission_rule_is_a_scenario_setting(tmp_path):
+    from wwwserve.sim.experiment import _engines
+
+    scenario = load_scenario(TINY)
+    assert scenario.admission == "sglang"
+    reserve = dataclasses.replace(scenario, admission="reserve")
+    assert {e.engine.admission for e in _engines(reserve, 0, {})} == {"reserve"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nadmission: lazy\nnodes: [{name: a}, {name: b}]\n")
+    with pytest.raises(ConfigError, match="admission: must be one of sglang, reserve, got 'lazy'"):
+        load_scenario(str(bad))

@@ -111,9 +111,9 @@ async def test_hardware_ordering_a100_4090_3090(autojump_clock):
     assert served["a100-80g"] > served["rtx4090"] > served["rtx3090"]
 
 
-async def test_load_signals_and_kv_admission(autojump_clock):
+async def test_reserve_admission_admits_only_whole_footprints(autojump_clock):
     profile = get_profile("rtx4090/qwen3-8b")  # ~28k KV tokens
-    engine = SimEngine(profile)
+    engine = SimEngine(profile, admission="reserve")
     async with trio.open_nursery() as n:
         await n.start(engine.run)
         for i in range(20):  # each needs 4k tokens: only 7 fit
@@ -124,6 +124,94 @@ async def test_load_signals_and_kv_admission(autojump_clock):
         assert load.queued == 20 - load.running
         assert 0.3 < load.token_usage <= 1.0
         n.cancel_scope.cancel()
+    assert engine.retracted == 0
+
+
+async def test_sglang_admission_over_admits_then_retracts_and_loses_nothing(autojump_clock):
+    """SGLang's rule admits against a discounted estimate of future tokens, so more requests
+    run than whole footprints would allow; when the KV runs out the youngest are retracted
+    and finish later, every token delivered once."""
+    profile = get_profile("rtx4090/qwen3-8b")
+    engine = SimEngine(profile)
+    assert engine.admission == "sglang"
+    results: dict[int, list[Chunk]] = {}
+    peak = {"running": 0}
+
+    async def one(i: int) -> None:
+        results[i] = (await run_one(engine, req(i, 2000, 2000)))[2]
+
+    async def watch() -> None:
+        while True:
+            peak["running"] = max(peak["running"], engine.load().running)
+            await trio.sleep(0.5)
+
+    async with trio.open_nursery() as n:
+        await n.start(engine.run)
+        n.start_soon(watch)
+        async with trio.open_nursery() as clients:
+            for i in range(20):
+                clients.start_soon(one, i)
+        n.cancel_scope.cancel()
+    assert peak["running"] > profile.kv_capacity_tokens // 4000  # over-admitted
+    assert engine.retracted > 0  # and paid for it
+    for chunks in results.values():
+        assert sum(c.tokens for c in chunks) == 2000
+        assert [c.finish_reason for c in chunks].count("length") == 1
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 2000
+    assert engine.load().running == engine.load().queued == 0
+    assert engine.load().token_usage == 0.0  # every KV token given back
+
+
+@pytest.mark.parametrize("admission", ["sglang", "reserve"])
+async def test_a_queue_at_low_usage_only_with_whole_footprint_admission(autojump_clock,
+                                                                         admission):
+    """Four long answers on a 24 GB card: KV in use is under half, nothing queued. A fifth
+    runs at once under SGLang's rule; reserving whole footprints queues it (at usage < 0.6,
+    the signal the authors' policy reads as room)."""
+    engine = SimEngine(get_profile("rtx3090/qwen3-8b"), admission=admission)  # 28k KV
+    async with trio.open_nursery() as n:
+        await n.start(engine.run)
+        for i in range(4):
+            n.start_soon(run_one, engine, req(i, 300, 6000))
+        await trio.sleep(30)
+        load = engine.load()
+        assert load.running == 4 and load.queued == 0 and load.token_usage < 0.6
+        n.start_soon(run_one, engine, req(5, 300, 6000))
+        await trio.sleep(1)
+        load = engine.load()
+        if admission == "sglang":
+            assert (load.running, load.queued) == (5, 0)
+        else:
+            assert (load.running, load.queued) == (4, 1)
+        n.cancel_scope.cancel()
+
+
+async def test_sglang_new_token_ratio_decays_and_resets_when_idle(autojump_clock):
+    from wwwserve.engines.sim import INIT_NEW_TOKEN_RATIO, MIN_NEW_TOKEN_RATIO
+
+    engine = SimEngine(get_profile("h100/qwen3-8b"), stream_interval=300)
+    ratios: list[float] = []
+
+    async def emit(chunk: Chunk) -> None:
+        ratios.append(engine.new_token_ratio)
+
+    async with trio.open_nursery() as n:
+        await n.start(engine.run)
+        await engine.generate(req(1, 10, 1000), emit)
+        # chunks after 1, 301, 601 and 901 tokens: the ratio falls by the same step
+        # per decode iteration, to its floor after 600
+        assert ratios[0] == pytest.approx(INIT_NEW_TOKEN_RATIO)
+        assert ratios[0] > ratios[1] > ratios[2]
+        assert ratios[0] - ratios[1] == pytest.approx(ratios[1] - ratios[2])
+        assert ratios[3] == pytest.approx(MIN_NEW_TOKEN_RATIO)
+        await trio.sleep(0.1)
+        assert engine.new_token_ratio == INIT_NEW_TOKEN_RATIO  # idle: reset
+        n.cancel_scope.cancel()
+
+
+def test_unknown_admission_rule_is_a_config_error():
+    with pytest.raises(ConfigError, match="known: sglang, reserve"):
+        SimEngine(get_profile("h100/qwen3-8b"), admission="greedy")
 
 
 async def test_deterministic_text_and_lengths(autojump_clock):

@@ -4,13 +4,29 @@ It runs in trio time, so under ``MockClock(autojump_threshold=0)`` an hour of se
 seconds, and it reports the same load signals as SGLang and vLLM. Each iteration decodes one
 token for every running request and spends the rest of a chunked-prefill budget on prompts;
 its duration comes from a :class:`Profile` (see ``profiles.yaml`` for the figures and their
-sources). A request is admitted only when its whole KV footprint fits (the simulator knows
-each request's output length, so it never needs to preempt); until then it waits in a FIFO
-queue. Output text is synthetic: one word per token, deterministic per seed and request id, after a
-quality marker (:func:`~wwwserve.duel.judge.quality_marker`: the answer's simulated quality,
-drawn around the profile's latent ``quality``). A judge prompt
-(:func:`~wwwserve.duel.judge.judge_messages`) is answered with a verdict drawn from the
-simulated judge model, so duels run end to end on simulated engines.
+sources). Admission follows one of two rules (``admission``):
+
+- ``"sglang"`` (the default) is SGLang's scheduler: a request is admitted when its prompt
+  plus its ``max_tokens`` (clipped at 4,096) fits in the KV left after every running request
+  has reserved ``new_token_ratio`` of what it may still generate. The ratio starts at 0.7,
+  decays to 0.098 over 600 decode iterations and is reset when the engine goes idle, so the
+  engine over-admits on purpose; when an iteration finds no KV for its new tokens, the
+  requests with the fewest generated tokens are *retracted* (their KV freed, put back in the
+  queue, later prefilled again over prompt and output so far) and the ratio jumps to what
+  the rest have actually used. Figures and rules: SGLang's ``schedule_policy.py``,
+  ``schedule_batch.py`` and ``global_config.py`` (``SGLANG_INIT_NEW_TOKEN_RATIO`` 0.7,
+  ``SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR`` 0.14, ``SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS`` 600,
+  ``retract_decode_steps`` 20, ``SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION`` 4,096). A queued
+  request therefore means the KV really is full, as on a real SGLang server.
+- ``"reserve"`` admits a request only when its whole KV footprint (prompt + the output the
+  simulator knows it will generate) fits, so it never needs to retract.
+
+Either way a request that is not admitted waits in a FIFO queue. Output text is synthetic:
+one word per token, deterministic per seed and request id, after a quality marker
+(:func:`~wwwserve.duel.judge.quality_marker`: the answer's simulated quality, drawn around
+the profile's latent ``quality``). A judge prompt (:func:`~wwwserve.duel.judge.judge_messages`)
+is answered with a verdict drawn from the simulated judge model, so duels run end to end on
+simulated engines.
 """
 
 from __future__ import annotations
@@ -45,6 +61,16 @@ _WORDS = ("the", "model", "answer", "is", "a", "of", "to", "and", "we", "so", "t
 #: Seconds a busy engine may fall behind its own schedule and still catch up (a host that
 #: stalls longer, e.g. a stopped process, restarts the schedule from now).
 MAX_CATCH_UP = 0.05
+
+#: SGLang's scheduler constants (``global_config.py``, ``schedule_policy.py``): see module docs
+INIT_NEW_TOKEN_RATIO = 0.7
+MIN_NEW_TOKEN_RATIO = INIT_NEW_TOKEN_RATIO * 0.14
+NEW_TOKEN_RATIO_DECAY = (INIT_NEW_TOKEN_RATIO - MIN_NEW_TOKEN_RATIO) / 600
+RETRACT_DECODE_STEPS = 20
+CLIP_MAX_NEW_TOKENS = 4096
+
+#: the admission rules of :class:`SimEngine`
+ADMISSIONS = ("sglang", "reserve")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,21 +120,27 @@ def get_profile(name: str, backend: str = "flashinfer") -> Profile:
 
 
 class _Req:
-    __slots__ = ("cancelled", "finish", "generated", "output", "prefilled", "prompt", "rng",
-                 "script", "send", "unsent")
+    __slots__ = ("cancelled", "finish", "generated", "kv", "max_new", "output", "prompt", "rng",
+                 "script", "send", "todo", "unsent")
 
     def __init__(self, prompt: int, output: int, rng: random.Random,
                  send: trio.MemorySendChannel[Chunk | Exception], finish: str,
-                 script: str | None = None) -> None:
+                 script: str | None = None, max_new: int | None = None) -> None:
         self.finish = finish
         #: the whole text to stream instead of synthetic words (a marker and words after it
         #: if it ends with a space)
         self.script = script
         self.prompt = prompt
         self.output = output
+        #: the request's ``max_tokens``: what SGLang's admission reserves for (the simulator
+        #: alone knows ``output``)
+        self.max_new = max(output, max_new or output)
         self.rng = rng
         self.send = send
-        self.prefilled = 0
+        #: KV tokens held now
+        self.kv = 0
+        #: tokens still to prefill (the prompt; after a retraction, prompt and output so far)
+        self.todo = prompt
         self.generated = 0
         self.unsent = 0
         self.cancelled = False
@@ -118,13 +150,16 @@ class _Req:
         return self.prompt + self.output
 
     @property
-    def ctx(self) -> int:
-        return self.prefilled + self.generated
+    def future(self) -> int:
+        """Tokens SGLang's admission expects this request may still generate (clipped)."""
+        return min(max(0, self.max_new - self.generated), CLIP_MAX_NEW_TOKENS)
 
 
 class SimEngine:
     """A simulated SGLang-like engine serving ``profile.model`` (see module docs).
 
+    ``admission`` is ``"sglang"`` (optimistic, with retraction) or ``"reserve"`` (a whole
+    footprint reserved at admission).
     ``stream_interval`` tokens are sent per chunk (like SGLang's ``--stream-interval``);
     ``mean_output_tokens`` is the mean of the (geometric) output length of requests that do
     not set ``ignore_eos``. Deterministic for a ``seed``.
@@ -142,8 +177,13 @@ class SimEngine:
         mean_output_tokens: int = 256,
         quality_markers: bool = True,
         quality_model: QualityModel = DEFAULT_MODEL,
+        admission: str = "sglang",
     ) -> None:
+        if admission not in ADMISSIONS:
+            raise ConfigError(f"unknown admission rule {admission!r}; known: "
+                              f"{', '.join(ADMISSIONS)}")
         self.profile = profile
+        self.admission = admission
         self._models = models or (profile.model,)
         self.seed = seed
         self.stream_interval = max(1, stream_interval)
@@ -155,7 +195,9 @@ class SimEngine:
         self.quality_model = quality_model
         self._waiting: list[_Req] = []
         self._running: list[_Req] = []
-        self._reserved = 0
+        self._reserved = 0  # KV reserved by running requests ("reserve" admission)
+        self._used = 0  # KV held by running requests
+        self.new_token_ratio = INIT_NEW_TOKEN_RATIO  # ("sglang" admission)
         self._wake = trio.Event()
         # where the engine's own schedule stands while it is busy: the next iteration starts
         # when the last one was due to end, not when the host got round to waking the loop
@@ -165,6 +207,8 @@ class SimEngine:
         self._healthy = True
         self.completed = 0
         self.generated_tokens = 0
+        #: requests retracted (preempted) for lack of KV, since the start
+        self.retracted = 0
 
     # ---- Engine protocol --------------------------------------------------------------------
     @property
@@ -174,9 +218,8 @@ class SimEngine:
 
     def load(self) -> EngineLoad:
         """KV tokens in use over capacity, running and queued requests (instantaneous)."""
-        used = sum(r.ctx for r in self._running)
         return EngineLoad(
-            token_usage=min(1.0, used / self.profile.kv_capacity_tokens),
+            token_usage=min(1.0, self._used / self.profile.kv_capacity_tokens),
             running=len(self._running), queued=len(self._waiting), healthy=self._healthy)
 
     def output_length(self, request: CompletionRequest) -> int:
@@ -217,7 +260,8 @@ class SimEngine:
         send, receive = trio.open_memory_channel[Chunk | Exception](math.inf)
         req = _Req(prompt, output,
                    random.Random(f"{self.seed}:text:{request.request_id}"), send,
-                   "length" if output >= request.max_tokens else "stop", script)
+                   "length" if output >= request.max_tokens else "stop", script,
+                   max_new=request.max_tokens)
         self._waiting.append(req)
         self._wake.set()
         try:
@@ -237,11 +281,11 @@ class SimEngine:
         """The batching loop, advanced by events rather than token by token.
 
         Iterations that prefill are simulated one by one. Between events (an arrival, a
-        completion, a chunk due to be streamed) the batch is fixed, so the iterations of a
-        decode-only stretch are summed in closed form and slept in one go; an arrival wakes
-        the loop, which finishes the iteration in progress (a real engine admits only at
-        iteration boundaries) and admits it. Same timings as one sleep per iteration, a
-        fraction of the work.
+        completion, a chunk due to be streamed, the KV filling up, the queue's head fitting)
+        the batch is fixed, so the iterations of a decode-only stretch are summed in closed
+        form and slept in one go; an arrival wakes the loop, which finishes the iteration in
+        progress (a real engine admits only at iteration boundaries) and admits it. Same
+        timings as one sleep per iteration, a fraction of the work.
         """
         task_status.started()
         while True:
@@ -249,34 +293,43 @@ class SimEngine:
             self._admit()
             if not self._running:
                 self._busy_until = None
+                self.new_token_ratio = INIT_NEW_TOKEN_RATIO  # SGLang resets it when idle
                 self._wake = trio.Event()
                 await self._wake.wait()
                 continue
-            if any(r.prefilled < r.prompt for r in self._running):
+            if any(r.todo for r in self._running):
                 await self._prefill_step()
             else:
                 await self._decode_stretch()
-            # finished requests leave now; cancelled ones (and their KV reservation) at the
-            # top of the next iteration
+            # finished requests leave now; cancelled ones (and their KV) at the top of the
+            # next iteration
             self._running = [r for r in self._running if r.generated < r.output]
 
     async def _prefill_step(self) -> None:
-        budget = self.prefill_chunk
-        decoding = [r for r in self._running if r.prefilled >= r.prompt]
+        cap = self.profile.kv_capacity_tokens
+        self._make_room(sum(1 for r in self._running if not r.todo)
+                        + min(self.prefill_chunk, sum(r.todo for r in self._running)))
+        decoding = [r for r in self._running if not r.todo]
+        budget = min(self.prefill_chunk, cap - self._used - len(decoding))
         prefill: list[tuple[_Req, int]] = []
         for r in self._running:
-            if r.prefilled < r.prompt and budget > 0:
-                take = min(budget, r.prompt - r.prefilled)
+            if r.todo and budget > 0:
+                take = min(budget, r.todo)
                 prefill.append((r, take))
                 budget -= take
         batch_tokens = len(decoding) + sum(t for _, t in prefill)
-        batch_ctx = sum(r.ctx for r in self._running)
-        end = self._iteration_start() + self.profile.step_seconds(batch_tokens, batch_ctx)
+        end = self._iteration_start() + self.profile.step_seconds(batch_tokens, self._used)
         await trio.sleep_until(end)
         self._busy_until = end
+        if decoding:
+            self._decay(1)
         for r, take in prefill:
-            r.prefilled += take
-            if r.prefilled >= r.prompt:
+            if r.cancelled:
+                continue
+            r.todo -= take
+            r.kv += take
+            self._used += take
+            if not r.todo:
                 decoding.append(r)  # the step that ends the prefill yields a token
         for r in decoding:
             if not r.cancelled:
@@ -292,13 +345,18 @@ class SimEngine:
         return ms * p.backend_factor / 1000.0
 
     async def _decode_stretch(self) -> None:
+        self._make_room(len(self._running))
         running = self._running
         b = len(running)
-        ctx0 = sum(r.ctx for r in running)
-        # the next event: a completion, or a chunk due (every stream_interval tokens)
+        ctx0 = self._used
+        # the next event: a completion, a chunk due (every stream_interval tokens), the KV
+        # full, or (optimistic admission) the queue's head fitting
         k = min(min(r.output - r.generated for r in running),
-                min(self.stream_interval - r.unsent if r.generated else 1 for r in running))
+                min(self.stream_interval - r.unsent if r.generated else 1 for r in running),
+                (self.profile.kv_capacity_tokens - ctx0) // b)
         k = max(1, k)
+        if self._waiting and self.admission == "sglang" and len(running) < self.max_running:
+            k = self._head_fits_after(k)
         start = self._iteration_start()
         end = start + self._stretch_seconds(b, ctx0, k)
         self._wake = trio.Event()
@@ -318,6 +376,7 @@ class SimEngine:
             end = start + self._stretch_seconds(b, ctx0, k)
             await trio.sleep_until(end)
         self._busy_until = end
+        self._decay(k)
         for r in running:
             if not r.cancelled:
                 self._advance(r, k)
@@ -336,24 +395,99 @@ class SimEngine:
         keep = []
         for r in self._running:
             if r.cancelled:
-                self._reserved -= r.need
+                self._free(r)
             else:
                 keep.append(r)
         self._running = keep
 
+    def _free(self, r: _Req) -> None:
+        """Give back the KV ``r`` holds and reserves (it leaves the running batch)."""
+        self._reserved -= r.need
+        self._used -= r.kv
+        r.kv = 0
+
+    def _decay(self, k: int) -> None:
+        """``k`` decode iterations ran without running out of KV (SGLang's ratio decay)."""
+        self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO,
+                                   self.new_token_ratio - NEW_TOKEN_RATIO_DECAY * k)
+
+    def _rem_total(self, k: int = 0) -> float:
+        """SGLang's ``rem_total_tokens`` after ``k`` more decode iterations of the batch:
+        KV neither in use nor reserved for what running requests may still generate."""
+        ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY * k)
+        future = sum(min(max(0, r.max_new - r.generated - k), CLIP_MAX_NEW_TOKENS)
+                     for r in self._running)
+        return (self.profile.kv_capacity_tokens - self._used - k * len(self._running)
+                - ratio * future)
+
+    def _head_fits_after(self, k: int) -> int:
+        """The fewest decode iterations (at most ``k``) after which the queue's head would
+        be admitted; ``k`` if it would not be by then."""
+        head = self._waiting[0]
+        need = head.todo + head.future
+        if need >= self._rem_total(k):
+            return k
+        lo, hi = 1, k
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if need < self._rem_total(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
     def _admit(self) -> None:
         cap = self.profile.kv_capacity_tokens
-        while (self._waiting and len(self._running) < self.max_running
-               and self._reserved + self._waiting[0].need <= cap):
-            r = self._waiting.pop(0)
-            self._reserved += r.need
-            self._running.append(r)
+        if self.admission == "reserve":
+            while (self._waiting and len(self._running) < self.max_running
+                   and self._reserved + self._waiting[0].need <= cap):
+                self._start(self._waiting.pop(0))
+            return
+        rem = self._rem_total()
+        while self._waiting and len(self._running) < self.max_running:
+            r = self._waiting[0]
+            need = r.todo + r.future  # all of it: admitted in this round, not yet discounted
+            if need >= rem:
+                break
+            rem -= need
+            self._start(self._waiting.pop(0))
+
+    def _start(self, r: _Req) -> None:
+        self._reserved += r.need
+        self._running.append(r)
+
+    def _make_room(self, need: int) -> None:
+        """Retract requests until ``need`` KV tokens are free for the next iteration
+        (SGLang's ``retract_decode``: fewest generated tokens first, the longest prompt
+        first among equals, until every request left has room for
+        :data:`RETRACT_DECODE_STEPS` more tokens; never the last one)."""
+        cap = self.profile.kv_capacity_tokens
+        if cap - self._used >= need:
+            return
+        order = sorted(self._running, key=lambda r: (r.generated, -r.prompt), reverse=True)
+        out: list[_Req] = []
+        while len(order) > 1 and (not out or cap - self._used < RETRACT_DECODE_STEPS * len(order)):
+            r = order.pop()
+            self._free(r)
+            r.todo = r.prompt + r.generated  # prefilled again, over prompt and output so far
+            out.append(r)
+        if not out:
+            return
+        gone = {id(r) for r in out}
+        self._running = [r for r in self._running if id(r) not in gone]
+        self._waiting.extend(out)
+        self.retracted += len(out)
+        self.new_token_ratio = min(1.0, (sum(r.generated for r in order)
+                                         + RETRACT_DECODE_STEPS * len(order))
+                                   / max(1, sum(r.max_new for r in order)))
 
     def _advance(self, r: _Req, k: int) -> None:
         """``r`` generated ``k`` more tokens: stream them if a chunk is due (the first token
         at once, then every ``stream_interval`` tokens, and the last)."""
         first = r.generated == 0
         r.generated += k
+        r.kv += k
+        self._used += k
         r.unsent += k
         self.generated_tokens += k
         done = r.generated >= r.output
@@ -369,7 +503,7 @@ class SimEngine:
             r.unsent = 0
             if done:
                 chunk = replace(chunk, finish_reason=r.finish, usage=Usage(r.prompt, r.generated))
-                self._reserved -= r.need
+                self._free(r)
                 self.completed += 1
             try:
                 r.send.send_nowait(chunk)
@@ -380,15 +514,18 @@ class SimEngine:
         """Seconds until a new request of this size would finish here, from the engine's
         exact state (an oracle for experiments; real engines do not expose this).
 
-        A fluid model of continuous batching: requests are admitted in order while their KV
-        fits, every iteration decodes one token of each running request, and time jumps
-        from one completion to the next at the current iteration time.
+        A fluid model of continuous batching: requests are admitted in order while their
+        whole KV footprint fits (the best packing, without retractions, whatever the
+        engine's admission rule), every iteration decodes one token of each running
+        request, and time jumps from one completion to the next at the current iteration
+        time.
         """
         cap = self.profile.kv_capacity_tokens
-        # (remaining tokens, KV reserved, is the new request)
-        running = [(r.output - r.generated + (r.prompt - r.prefilled) // max(
-            1, self.prefill_chunk), r.need, False) for r in self._running if not r.cancelled]
-        queue = [(r.output + r.prompt // max(1, self.prefill_chunk), r.need, False)
+        chunk = max(1, self.prefill_chunk)
+        # (remaining iterations, KV reserved, is the new request)
+        running = [(r.output - r.generated + r.todo // chunk, r.need, False)
+                   for r in self._running if not r.cancelled]
+        queue = [(r.output - r.generated + r.todo // chunk, r.need, False)
                  for r in self._waiting if not r.cancelled]
         queue.append((output_tokens, prompt_tokens + output_tokens, True))
         reserved = sum(n for _, n, _ in running)

@@ -51,6 +51,7 @@ from ..config import (
 )
 from ..engines import Chunk, CompletionRequest, EngineLoad, SimEngine, Usage, get_profile
 from ..engines.base import Emit
+from ..engines.sim import ADMISSIONS
 from ..errors import ConfigError, WWWServeError
 from ..market import CreditBook
 from ._determinism import seed_trio_scheduler
@@ -166,8 +167,14 @@ class Scenario:
     duel_minority_penalty: float = 0.2
     #: the strategies this scenario runs by default (empty: the command's)
     strategies: tuple[str, ...] = ()
+    #: the simulated engines' admission rule: ``sglang`` (optimistic, with retraction, as
+    #: SGLang does) or ``reserve`` (a request's whole KV footprint reserved at admission)
+    admission: str = "sglang"
 
     def __post_init__(self) -> None:
+        if self.admission not in ADMISSIONS:
+            raise ConfigError(f"admission: must be one of {', '.join(ADMISSIONS)}, got "
+                              f"{self.admission!r}")
         for st in self.strategies:
             if st not in STRATEGIES:
                 raise ConfigError(f"strategies: unknown strategy {st!r}; one of "
@@ -374,7 +381,8 @@ def _node_model(scenario: Scenario, spec: NodeSpec) -> str:
 def _engines(scenario: Scenario, seed: int, executors: dict[str, str]) -> list[_Recorded]:
     return [_Recorded(SimEngine(get_profile(n.profile, n.backend),
                                 models=(_node_model(scenario, n),),
-                                seed=seed * 1000 + k, stream_interval=256), n.name, executors)
+                                seed=seed * 1000 + k, stream_interval=256,
+                                admission=scenario.admission), n.name, executors)
             for k, n in enumerate(scenario.nodes)]
 
 
