@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from contextlib import asynccontextmanager
 
@@ -12,7 +13,12 @@ from wwwserve.config import (
     MembershipParams,
 )
 from wwwserve.engines import Chunk, CompletionRequest
-from wwwserve.errors import ClosedError, DeadlineExceededError, ModelNotFoundError
+from wwwserve.errors import (
+    ClosedError,
+    DeadlineExceededError,
+    ModelNotFoundError,
+    StreamBrokenError,
+)
 from wwwserve.market import weighted_sample
 from wwwserve.node import Node
 
@@ -220,3 +226,67 @@ async def test_requests_on_a_node_that_stops_end_with_closed_error(memory_testne
             net.network.crash(net.nodes[0].peer_id)
             net.stop_node(0)
         assert len(outcomes) == 20 and "closed" in outcomes
+
+
+class _PausesAfterFirstChunk:
+    """An engine whose answers stop for ``pause`` seconds after their first token while it
+    stays healthy (an SGLang request retracted for KV and waiting to be prefilled again)."""
+
+    def __init__(self, engine, pause: float) -> None:
+        self.engine = engine
+        self.pause = pause
+
+    @property
+    def models(self):
+        return self.engine.models
+
+    def load(self):
+        return self.engine.load()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED):
+        await self.engine.run(task_status=task_status)
+
+    async def generate(self, request, emit):
+        first = True
+
+        async def paused(chunk: Chunk) -> None:
+            nonlocal first
+            await emit(chunk)
+            if first:
+                first = False
+                await trio.sleep(self.pause)
+
+        return await self.engine.generate(request, paused)
+
+
+@pytest.mark.parametrize("keepalive", [True, False])
+async def test_a_silent_but_healthy_executor_is_not_taken_for_a_dead_one(
+        memory_testnet, autojump_clock, keepalive):
+    """The executor's answer stops for 60 s (twice the requester's stall timeout) after its
+    first token reached the user. Its keepalives carry the stream through; without them
+    the requester gives up and the user's stream ends with an error."""
+    def pausing(k: int, engine):
+        return _PausesAfterFirstChunk(engine, 60.0) if k == 1 else engine
+
+    async with memory_testnet(2, accept_frequency=[0.0, 1.0], target_token_usage=[0.0, 0.6],
+                              latency=ONE_WAY, engine_wrapper=pausing) as net:
+        requester, executor = net.nodes
+        if not keepalive:
+            executor.dispatcher.keepalive_interval = math.inf
+        chunks: list[Chunk] = []
+
+        async def emit(c: Chunk) -> None:
+            chunks.append(c)
+
+        r = request(1, out=100, stream=True, timeout=300)
+        if keepalive:
+            usage = await requester.submit(r, emit)
+            assert usage.completion_tokens == 100 == sum(c.tokens for c in chunks)
+            assert all(c.text or c.tokens for c in chunks)  # no keepalive reached the user
+            assert requester.dispatcher.stats["offloaded"] == 1
+            assert requester.dispatcher.stats["offload_failed"] == 0
+        else:
+            with pytest.raises(StreamBrokenError):
+                await requester.submit(r, emit)
+            assert requester.dispatcher.stats["offload_failed"] == 1
+        assert net.engines[0].completed == 0  # it never ran on the requester

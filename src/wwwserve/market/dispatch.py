@@ -7,7 +7,10 @@ and is decided again, until its deadline. Offloading draws ``candidates`` peers 
 parallel, sends the request to the first that accepts and streams its answer back.
 
 Failures: an executor that breaks or stalls (no chunk for ``stall_timeout``) is abandoned
-and the request decided again while its deadline allows. Streamed requests whose tokens
+and the request decided again while its deadline allows. An executor whose engine is
+healthy but silent on a request (queued behind others, or preempted for KV and waiting to
+be prefilled again) sends an empty keepalive chunk every ``keepalive_interval``, so a
+slow answer is not taken for a dead executor. Streamed requests whose tokens
 already reached the user cannot be retried: they end with :class:`StreamBrokenError`.
 Non-streamed requests are buffered per attempt, so a failed attempt leaves no trace.
 A request is paid for once, only after it completed, by request id.
@@ -55,6 +58,10 @@ if TYPE_CHECKING:
 __all__ = ["Dispatcher", "LocalModel"]
 
 logger = logging.getLogger(__name__)
+
+#: what an executor sends while an accepted request is silent (see module docs)
+_KEEPALIVE = Chunk(text="")
+_KEEPALIVE_BYTES = encode(_KEEPALIVE)
 
 
 @dataclass(slots=True)
@@ -205,6 +212,7 @@ class Dispatcher:
         max_hops: int = 2,
         probe_timeout: float = 2.0,
         stall_timeout: float = 30.0,
+        keepalive_interval: float = 10.0,
         stakes: Callable[[], Mapping[str, float]] | None = None,
         duels: DuelService | None = None,
         identity: Identity | None = None,
@@ -223,6 +231,9 @@ class Dispatcher:
         self.max_hops = max_hops
         self.probe_timeout = probe_timeout
         self.stall_timeout = stall_timeout
+        #: silence after which an executor says it is still at work (keep it below peers'
+        #: ``stall_timeout``)
+        self.keepalive_interval = keepalive_interval
         #: where peers' stakes come from: the ledger if given, else their heartbeats
         self.stakes = stakes
         #: duel-and-judge (None: never duel)
@@ -573,6 +584,8 @@ class Dispatcher:
                             continue
                         if not isinstance(msg, Chunk) or usage is not None:
                             raise ProtocolError(f"unexpected {msg.TYPE!r} in an answer")
+                        if msg == _KEEPALIVE:
+                            continue  # the executor is alive, the answer not moving yet
                         await sink.send(msg)
                         if msg.finish_reason is not None:
                             usage = msg.usage or Usage()
@@ -677,13 +690,38 @@ class Dispatcher:
         await sender.send(encode(ProbeReply(accept=True, model=name)))
 
         answer = hashlib.sha256()
+        engine = self._by_name(name).engine
+        sending = trio.Lock()
+        last = trio.current_time()
 
         async def forward(chunk: Chunk) -> None:
+            nonlocal last
             answer.update(chunk.text.encode())
-            await sender.send(encode(chunk))
+            async with sending:
+                await sender.send(encode(chunk))
+            last = trio.current_time()
+
+        async def keep_alive() -> None:
+            nonlocal last
+            while True:
+                await trio.sleep_until(last + self.keepalive_interval)
+                if trio.current_time() >= last + self.keepalive_interval \
+                        and engine.load().healthy:
+                    async with sending:
+                        await sender.send(_KEEPALIVE_BYTES)
+                    last = trio.current_time()
 
         try:
-            await self._by_name(name).engine.generate(request, forward)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(keep_alive)
+                try:
+                    await engine.generate(request, forward)
+                finally:
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # the keepalive task only ends by cancellation or when the requester left
+            # (then generate fails the same way): raise what the engine raised, unwrapped
+            raise group.exceptions[0] from None
         finally:
             self.notify()
         if self.identity is not None:
