@@ -114,7 +114,8 @@ async def _sim_engine(args: argparse.Namespace) -> None:
     profile = get_profile(args.profile, args.backend)
     engine = SimEngine(profile, models=(args.model or profile.model,), seed=args.seed,
                        stream_interval=args.stream_interval,
-                       mean_output_tokens=args.mean_output_tokens)
+                       mean_output_tokens=args.mean_output_tokens,
+                       admission=args.admission)
     server = SimEngineServer(engine, args.host, args.port, api_key=args.api_key)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
@@ -803,6 +804,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens per streamed chunk (default 1)")
     p.add_argument("--mean-output-tokens", type=int, default=256,
                    help="mean output length when the request does not set ignore_eos")
+    p.add_argument("--admission", default="sglang",
+                   help="admission rule: sglang (optimistic, retracts when the KV runs out; "
+                        "the default) or reserve (a request's whole KV footprint)")
     p.add_argument("--api-key", default=None, help="require this bearer key")
     p.add_argument("--json", action="store_true", help="print the start event as JSON")
     p.add_argument("--list", action="store_true", help="list the profiles and exit")

@@ -27,6 +27,7 @@ def test_sim_engine_lists_profiles(capsys: pytest.CaptureFixture[str]) -> None:
     (["sim-engine", "--profile", "tpu/none"], "unknown engine profile 'tpu/none'; known:"),
     (["sim-engine", "--backend", "cuda"], "unknown attention backend 'cuda'"),
     (["sim-engine", "--port", "70000"], "--port: must be in [0, 65535]"),
+    (["sim-engine", "--admission", "lazy"], "unknown admission rule 'lazy'; known: sglang"),
     (["demo", "--nodes", "1"], "--nodes: must be between 2 and 30"),
     (["demo", "--burst", "-1"], "--burst: must be >= 0"),
 ])
