@@ -257,9 +257,11 @@ async def _demo(n_nodes: int, duration: float, burst: int) -> None:
             nursery.cancel_scope.cancel()
     if nodes:
         st = nodes[0].dispatcher.stats
+        copies = (f", plus {st['duel_copies']} duel copies sent to a second executor"
+                  if st["duel_copies"] else "")
         console.print(f"\n[bold]summary[/]: {outcome['ok']}/{burst} requests served "
-                      f"({st['local']} on node0, {st['offloaded']} offloaded to peers); "
-                      f"node0 paid {st['paid']} credits")
+                      f"({st['local']} on node0, {st['offloaded']} offloaded to peers"
+                      f"{copies}); node0 paid {st['paid']} credits")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
