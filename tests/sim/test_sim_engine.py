@@ -300,3 +300,17 @@ def test_late_wake_ups_do_not_add_up(lag):
     lagging = trio.run(answer_time, clock=LateClock(lag))
     # 200 one-token chunks: without the schedule the lateness would add 200 x lag
     assert on_time <= lagging <= on_time + 3 * lag
+
+
+async def test_a_prompt_near_capacity_with_a_large_max_tokens_still_runs(autojump_clock):
+    """SGLang's admission counts up to 4,096 future tokens; a request whose prompt leaves
+    less room than that runs on an idle engine (max_tokens clipped to the pool, as SGLang
+    does) instead of waiting for ever."""
+    engine = SimEngine(get_profile("rtx3090/qwen3-8b"), mean_output_tokens=50)  # 28k KV
+    async with trio.open_nursery() as n:
+        await n.start(engine.run)
+        r = CompletionRequest(request_id="big", prompt="w" * (4 * 26_000), max_tokens=8192)
+        with trio.fail_after(60):
+            _, _, chunks = await run_one(engine, r)
+        assert chunks[-1].finish_reason == "stop"
+        n.cancel_scope.cancel()

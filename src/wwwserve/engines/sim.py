@@ -261,7 +261,9 @@ class SimEngine:
         req = _Req(prompt, output,
                    random.Random(f"{self.seed}:text:{request.request_id}"), send,
                    "length" if output >= request.max_tokens else "stop", script,
-                   max_new=request.max_tokens)
+                   # like SGLang, which clips max_new_tokens to what its KV pool could hold
+                   max_new=min(request.max_tokens,
+                               self.profile.kv_capacity_tokens - prompt - 1))
         self._waiting.append(req)
         self._wake.set()
         try:
@@ -447,8 +449,8 @@ class SimEngine:
         while self._waiting and len(self._running) < self.max_running:
             r = self._waiting[0]
             need = r.todo + r.future  # all of it: admitted in this round, not yet discounted
-            if need >= rem:
-                break
+            if need >= rem and self._running:
+                break  # (an idle engine takes any request that fits at all)
             rem -= need
             self._start(self._waiting.pop(0))
 
