@@ -290,3 +290,23 @@ async def test_a_silent_but_healthy_executor_is_not_taken_for_a_dead_one(
                 await requester.submit(r, emit)
             assert requester.dispatcher.stats["offload_failed"] == 1
         assert net.engines[0].completed == 0  # it never ran on the requester
+
+
+async def test_decode_speeds_are_measured_on_answers_and_give_the_speed_ratio(
+        memory_testnet, autojump_clock):
+    """A node on an RTX 3090 serves part of a burst itself and offloads the rest to an
+    H100: it measures both, and sees the H100 answer it several times faster."""
+    async with memory_testnet(2, profile=["rtx3090/qwen3-8b", "h100/qwen3-8b"],
+                              accept_frequency=[0.0, 1.0], target_token_usage=0.6,
+                              latency=ONE_WAY) as net:
+        slow, fast = net.nodes
+        assert slow.dispatcher.speed_ratio() == 1.0  # nothing measured yet
+        await burst(slow, 12, out=300)
+        d = slow.dispatcher
+        assert d.stats["local"] > 0 and d.stats["offloaded"] > 0
+        assert set(d.speeds) == {slow.peer_id, fast.peer_id}
+        assert d.speed_ratio() == pytest.approx(d.speeds[fast.peer_id] / d.speeds[slow.peer_id])
+        assert d.speed_ratio() > 2.0
+        assert d.view(MODEL).speed_ratio == d.speed_ratio()
+        assert d.speed_ratio("another/model") == 1.0  # no peer serving it was measured
+        assert fast.dispatcher.speed_ratio() == 1.0  # never measured a faster peer

@@ -206,3 +206,13 @@ def test_the_engines_admission_rule_is_a_scenario_setting(tmp_path):
     bad.write_text("name: x\nadmission: lazy\nnodes: [{name: a}, {name: b}]\n")
     with pytest.raises(ConfigError, match="admission: must be one of sglang, reserve, got 'lazy'"):
         load_scenario(str(bad))
+
+
+def test_a_provider_policy_is_a_scenario_setting(tmp_path):
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("name: x\nnodes: [{name: a}, {name: b, policy: speed_aware}]\n")
+    assert [n.policy for n in load_scenario(str(ok)).nodes] == ["default_sglang", "speed_aware"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nnodes: [{name: a}, {name: b, policy: fastest}]\n")
+    with pytest.raises(ConfigError, match=r"nodes\[1\]\.policy: unknown policy 'fastest'"):
+        load_scenario(str(bad))

@@ -2,7 +2,15 @@
 
 from .credit import CreditAccount, CreditBook
 from .dispatch import Dispatcher, LocalModel
-from .policy import DefaultPolicy, ModelView, NodeView, Policy, get_policy, register_policy
+from .policy import (
+    DefaultPolicy,
+    ModelView,
+    NodeView,
+    Policy,
+    SpeedAwarePolicy,
+    get_policy,
+    register_policy,
+)
 from .pos import weighted_sample
 
 __all__ = [
@@ -14,6 +22,7 @@ __all__ = [
     "ModelView",
     "NodeView",
     "Policy",
+    "SpeedAwarePolicy",
     "get_policy",
     "register_policy",
     "weighted_sample",

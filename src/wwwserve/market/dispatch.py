@@ -59,6 +59,11 @@ __all__ = ["Dispatcher", "LocalModel"]
 
 logger = logging.getLogger(__name__)
 
+#: answers shorter than this (tokens) say too little about an engine's decode speed
+SPEED_MIN_TOKENS = 32
+#: weight of the latest answer in a decode speed's moving average
+SPEED_WEIGHT = 0.2
+
 #: what an executor sends while an accepted request is silent (see module docs)
 _KEEPALIVE = Chunk(text="")
 _KEEPALIVE_BYTES = encode(_KEEPALIVE)
@@ -102,6 +107,31 @@ class _Sink:
         self._buffer.clear()
         if self.committed:
             raise StreamBrokenError(f"the answer broke off after it had started: {why}")
+
+
+class _Meter:
+    """Times one answer's tokens, from the first to the last (its decode speed)."""
+
+    __slots__ = ("first", "last", "tokens")
+
+    def __init__(self) -> None:
+        self.first = self.last = 0.0
+        self.tokens = 0
+
+    def note(self, chunk: Chunk) -> None:
+        if chunk.tokens:
+            now = trio.current_time()
+            if not self.tokens:
+                self.first = now
+            self.last = now
+            self.tokens += chunk.tokens
+
+    def speed(self) -> float | None:
+        """Tokens per second after the first, or None for a short or instant answer."""
+        seconds = self.last - self.first
+        if self.tokens < SPEED_MIN_TOKENS or seconds <= 0:
+            return None
+        return (self.tokens - 1) / seconds
 
 
 class _SinkLike(Protocol):
@@ -249,6 +279,10 @@ class Dispatcher:
         #: needs one (else it is judged as an offer: the policy decides)
         self._grants: dict[tuple[str, str], float] = {}
         self.stats: Counter[str] = Counter()
+        #: decode speed (tokens per second of one answer, moving average) measured on the
+        #: answers this node received: from its own engine (key: our peer id) and from each
+        #: executor; what :attr:`NodeView.speed_ratio` is computed from
+        self.speeds: dict[str, float] = {}
         #: seconds from a request's arrival to its dispatch to a peer (the last 1024)
         self.offload_delays: deque[float] = deque(maxlen=1024)
         self._waiting = 0
@@ -277,7 +311,27 @@ class Dispatcher:
             load = m.engine.load()
             if load.healthy:
                 views.append(ModelView(m.name, load, m.target_token_usage))
-        return NodeView(tuple(views), self._waiting, self.credit.balance(), self.credit.stake())
+        return NodeView(tuple(views), self._waiting, self.credit.balance(), self.credit.stake(),
+                        speed_ratio=self.speed_ratio(model))
+
+    def speed_ratio(self, model: str = "auto") -> float:
+        """How many times faster than our own engine the fastest live peer serving
+        ``model`` has answered us (1.0 while either is unmeasured, or none is faster)."""
+        own = self.speeds.get(self.peer_id)
+        if own is None:
+            return 1.0
+        live = self.peers()
+        best = max((v for p, v in self.speeds.items() if p != self.peer_id and p in live
+                    and live[p].status is PeerStatus.ALIVE and _serves(live[p], model)),
+                   default=own)
+        return max(1.0, best / own)
+
+    def _measured(self, who: str, meter: _Meter) -> None:
+        """Fold one answer's decode speed into ``speeds[who]``."""
+        speed = meter.speed()
+        if speed is not None:
+            old = self.speeds.get(who)
+            self.speeds[who] = speed if old is None else old + SPEED_WEIGHT * (speed - old)
 
     def _by_name(self, name: str) -> LocalModel:
         return next(m for m in self.models if m.name == name)
@@ -376,11 +430,18 @@ class Dispatcher:
             scope.cancel()
         self._local_runs.add(scope)
         try:
+            meter = _Meter()
+
+            async def emit(chunk: Chunk) -> None:
+                meter.note(chunk)
+                await sink.send(chunk)
+
             with scope, trio.fail_after(max(0.0, deadline - trio.current_time())):
-                usage = await model.engine.generate(request, sink.send)
+                usage = await model.engine.generate(request, emit)
             if scope.cancelled_caught:
                 sink.failed("the node is stopping")
                 return None
+            self._measured(self.peer_id, meter)
             await sink.finish()
             return usage
         except (EngineError, trio.TooSlowError) as exc:
@@ -563,6 +624,7 @@ class Dispatcher:
         sent = trio.current_time()
         usage: Usage | None = None
         started = False
+        meter = _Meter()
         try:
             with trio.move_on_at(deadline):
                 idle = min(self.stall_timeout, max(0.001, deadline - trio.current_time()))
@@ -586,6 +648,7 @@ class Dispatcher:
                             raise ProtocolError(f"unexpected {msg.TYPE!r} in an answer")
                         if msg == _KEEPALIVE:
                             continue  # the executor is alive, the answer not moving yet
+                        meter.note(msg)
                         await sink.send(msg)
                         if msg.finish_reason is not None:
                             usage = msg.usage or Usage()
@@ -605,6 +668,7 @@ class Dispatcher:
             self.stats["offload_failed"] += 1
             sink.failed(f"executor {executor[-8:]} ended without finishing")
             return None
+        self._measured(executor, meter)
         await sink.finish()
         if self.credit.pay(executor, self.reward, request.request_id):
             self.stats["paid"] += 1

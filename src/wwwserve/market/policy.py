@@ -14,14 +14,15 @@ from __future__ import annotations
 import importlib
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ..config import ServerParams
 from ..engines import EngineLoad
 from ..errors import ConfigError
 
-__all__ = ["DefaultPolicy", "NodeView", "Policy", "get_policy", "register_policy"]
+__all__ = ["DefaultPolicy", "NodeView", "Policy", "SpeedAwarePolicy", "get_policy",
+           "register_policy"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,9 @@ class NodeView:
     own_waiting: int
     balance: float
     stake: float
+    #: how many times faster than the node's own engine the fastest live peer it has
+    #: measured answers (>= 1; 1 while unmeasured); see :class:`SpeedAwarePolicy`
+    speed_ratio: float = 1.0
 
 
 class Policy(Protocol):
@@ -112,10 +116,49 @@ class DefaultPolicy:
         return self.stake_fraction * (view.balance + view.stake) * (1.0 - busy)
 
 
+class SpeedAwarePolicy(DefaultPolicy):
+    """The authors' rule, with each local model's target divided by the square of
+    ``view.speed_ratio``: a node whose peers answer it several times faster than its own
+    engine keeps less of its users' work, accepts less and stakes less, as if busier.
+
+    The speeds are the node's own measurements of the answers it got (its engine's and
+    each executor's), so a peer cannot talk its way into more work. With equal engines
+    the ratio is about 1 and the policy is the default one.
+    """
+
+    def __init__(self, params: ServerParams, *, stake_fraction: float = 0.5,
+                 exponent: float = 2.0) -> None:
+        super().__init__(params, stake_fraction=stake_fraction)
+        self.exponent = exponent
+
+    def _scaled(self, view: NodeView) -> NodeView:
+        if view.speed_ratio <= 1.0:
+            return view
+        f = view.speed_ratio ** self.exponent
+        return replace(view, models=tuple(replace(m, target_token_usage=m.target_token_usage / f)
+                                          for m in view.models))
+
+    def run_locally(self, view: NodeView) -> str | None:
+        """The least loaded model under its (scaled) target, if any."""
+        return super().run_locally(self._scaled(view))
+
+    def accept(self, view: NodeView, rng: random.Random) -> str | None:
+        """As the default, against the scaled targets."""
+        view = self._scaled(view)
+        if view.own_waiting or rng.random() >= self.accept_frequency:
+            return None
+        return DefaultPolicy.run_locally(self, view)
+
+    def target_stake(self, view: NodeView) -> float:
+        """As the default, busier by the scaled targets."""
+        return super().target_stake(self._scaled(view))
+
+
 PolicyFactory = Callable[[ServerParams], Policy]
 _REGISTRY: dict[str, PolicyFactory] = {
     "default_sglang": DefaultPolicy,
     "default_vllm": DefaultPolicy,
+    "speed_aware": SpeedAwarePolicy,
 }
 
 

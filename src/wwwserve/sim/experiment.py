@@ -53,7 +53,7 @@ from ..engines import Chunk, CompletionRequest, EngineLoad, SimEngine, Usage, ge
 from ..engines.base import Emit
 from ..engines.sim import ADMISSIONS
 from ..errors import ConfigError, WWWServeError
-from ..market import CreditBook
+from ..market import CreditBook, get_policy
 from ._determinism import seed_trio_scheduler
 
 __all__ = ["STRATEGIES", "NodeSpec", "Record", "Scenario", "list_scenarios", "load_scenario",
@@ -77,6 +77,9 @@ class NodeSpec:
     queue_frequency: float = 0.2
     accept_frequency: float = 0.8
     target_token_usage: float = 0.6
+    #: the provider's policy: a registered name (default_sglang, speed_aware, ...) or a
+    #: ``package.module:Class`` path (decentralized only)
+    policy: str = "default_sglang"
     #: trace workloads: where in the trace hour this node's users start (seconds) and the
     #: share of the trace's requests they send
     trace_shift: float = 0.0
@@ -195,6 +198,11 @@ class Scenario:
         for i, n in enumerate(self.nodes):
             if not 0 <= n.join_at < (n.leave_at if n.leave_at is not None else self.duration):
                 raise ConfigError(f"nodes[{i}]: need 0 <= join_at < leave_at <= duration")
+            try:
+                get_policy(ServerParams(policy=n.policy))
+            except ConfigError as exc:
+                raise ConfigError(f"nodes[{i}].{str(exc).removeprefix('server_params.')}"
+                                  ) from None
         if self.workload not in ("poisson", "azure-conv"):
             raise ConfigError(f"workload: must be poisson or azure-conv, got {self.workload!r}")
 
@@ -557,7 +565,8 @@ class _SimNetwork:
         cfg = NodeConfig(
             server_params=ServerParams(offload_frequency=spec.offload_frequency,
                                        queue_frequency=spec.queue_frequency,
-                                       accept_frequency=spec.accept_frequency),
+                                       accept_frequency=spec.accept_frequency,
+                                       policy=spec.policy),
             models=(ModelConfig(model_path=_node_model(scenario, spec), engine="sim"),),
             network=NetworkParams(network_id="sim", bootstrap=boot),
             membership=MembershipParams(heartbeat_interval=1.0, suspect_timeout=3.0,
