@@ -132,11 +132,12 @@ class SpeedAwarePolicy(DefaultPolicy):
         self.exponent = exponent
 
     def _scaled(self, view: NodeView) -> NodeView:
+        """``view`` with scaled targets, and a ratio of 1 (scaling it again is a no-op)."""
         if view.speed_ratio <= 1.0:
             return view
         f = view.speed_ratio ** self.exponent
-        return replace(view, models=tuple(replace(m, target_token_usage=m.target_token_usage / f)
-                                          for m in view.models))
+        return replace(view, speed_ratio=1.0, models=tuple(
+            replace(m, target_token_usage=m.target_token_usage / f) for m in view.models))
 
     def run_locally(self, view: NodeView) -> str | None:
         """The least loaded model under its (scaled) target, if any."""
@@ -144,10 +145,7 @@ class SpeedAwarePolicy(DefaultPolicy):
 
     def accept(self, view: NodeView, rng: random.Random) -> str | None:
         """As the default, against the scaled targets."""
-        view = self._scaled(view)
-        if view.own_waiting or rng.random() >= self.accept_frequency:
-            return None
-        return DefaultPolicy.run_locally(self, view)
+        return super().accept(self._scaled(view), rng)
 
     def target_stake(self, view: NodeView) -> float:
         """As the default, busier by the scaled targets."""
