@@ -313,6 +313,7 @@ async def membership_processes(n: int) -> dict[str, float]:
                 members = list(procs)
                 t_join = trio.current_time()
                 jid = (await start(tmp, "joiner", boot).start(nursery, 60.0))["peer_id"]
+                startup = trio.current_time() - t_join  # until the joiner's node was up
                 seen = None
                 if await all_of(members, lambda p: jid in peers(p), 30) is not None:
                     seen = trio.current_time() - t_join  # the joiner's start-up included
@@ -328,6 +329,7 @@ async def membership_processes(n: int) -> dict[str, float]:
     return {f"membership_procs_n{n}_converged": 1,
             f"procs_n{n}_idle_cpu_per_node_pct": round(100 * idle, 1),
             f"procs_n{n}_join_seen_by_all_s": secs(seen),
+            f"procs_n{n}_joiner_startup_s": secs(startup),
             f"procs_n{n}_kill_dropped_by_all_s": secs(dropped),
             "procs_peer_timeout_s": peer_timeout}
 
@@ -388,7 +390,8 @@ async def main(quick: bool) -> dict[str, float]:
         out.update(mp)
         if mp[f"membership_procs_n{n}_converged"]:
             print(f"membership, {n} node processes: joiner seen by all in "
-                  f"{mp[f'procs_n{n}_join_seen_by_all_s']:.2f} s; SIGKILLed node dropped by "
+                  f"{mp[f'procs_n{n}_join_seen_by_all_s']:.2f} s (its start-up "
+                  f"{mp[f'procs_n{n}_joiner_startup_s']:.2f} s of it); SIGKILLed node dropped by "
                   f"all in {mp[f'procs_n{n}_kill_dropped_by_all_s']:.2f} s (peer_timeout "
                   f"{mp['procs_peer_timeout_s']:.0f} s; -1: not within 30 s); an idle node "
                   f"process uses {mp[f'procs_n{n}_idle_cpu_per_node_pct']}% of a core",

@@ -21,6 +21,7 @@ from . import __version__
 from .config import NodeConfig, NodeParams, load_config
 from .errors import ConfigError, IdentityError, WWWServeError
 from .identity import Identity, load_or_create_identity
+from .membership import MembershipEventKind
 
 if TYPE_CHECKING:
     from .ledger import Chain
@@ -89,6 +90,8 @@ async def _run_node(cfg: NodeConfig, json_events: bool) -> None:
 
             nursery.start_soon(stop_on_signal)
             async for ev in events:
+                if ev.kind is MembershipEventKind.UPDATED:
+                    continue  # a live peer's routine heartbeat: the table is unchanged
                 peers = sorted(node.peers)
                 if json_events:
                     _print_json({"event": ev.kind.value, "peer_id": ev.peer_id,
@@ -788,7 +791,8 @@ def build_parser() -> argparse.ArgumentParser:
             "wwwserve node node_configs/node1.yaml")
     p.add_argument("config", help="node YAML file (see node_configs/)")
     p.add_argument("--json-events", action="store_true",
-                   help="print one JSON object per line for start and membership events")
+                   help="print one JSON object per line for the start and each change of the "
+                   "peer table (joined, suspected, recovered, rejoined, left)")
     p.set_defaults(func=cmd_node)
 
     p = add("sim-engine", "serve a simulated GPU engine over an SGLang-compatible HTTP API",

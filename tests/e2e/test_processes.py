@@ -98,6 +98,11 @@ async def test_three_processes_kill_and_restart(tmp_path: Path) -> None:
             assert c2.peer_id == c.peer_id
             await wait_for(lambda: c.peer_id in a.peers and c.peer_id in b.peers, 30)
             assert (tmp_path / "data" / "c" / "node.key").exists()
+            # the event stream holds changes of the table, not every peer's heartbeat
+            for n in (a, b):
+                kinds = {kind for _, kind, _ in n.events}
+                assert "joined" in kinds and "left" in kinds
+                assert kinds <= {"joined", "suspected", "recovered", "rejoined", "left"}, kinds
         finally:
             for n in (a, b, c, locals().get("c2")):
                 if n is not None and n.proc.returncode is None:

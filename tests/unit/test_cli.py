@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,13 @@ def test_genesis_needs_some_stake(tmp_path: Path, capsys: pytest.CaptureFixture[
         p.write_text(p.read_text().replace("initial_staked: 100.0", "initial_staked: 0.0"))
     assert main(["genesis", *configs, "-o", str(tmp_path / "g.yaml")]) == 2
     assert "somebody must stake at genesis" in capsys.readouterr().err
+
+
+def test_a_node_without_http_engines_does_not_import_openai() -> None:
+    # the openai package costs ~0.3 s to import: a node's start-up (and so how soon a
+    # joiner is seen on a busy machine) should not pay it unless it drives an HTTP engine
+    code = ("import sys, wwwserve.cli, wwwserve.node, wwwserve.engines; "
+            "assert 'openai' not in sys.modules, 'openai imported'; "
+            "from wwwserve.engines.http import HTTPEngine; HTTPEngine('http://127.0.0.1:1', 'm'); "
+            "assert 'openai' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -22,16 +22,18 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import openai
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from .._compat import TaskStatus
 from ..errors import BadRequestError, EngineError, EngineUnavailableError, ProtocolError
 from .base import Chunk, CompletionRequest, Emit, EngineLoad, Usage, approx_tokens
+
+if TYPE_CHECKING:
+    import openai
 
 __all__ = ["METRIC_NAMES", "HTTPEngine", "parse_load"]
 
@@ -141,6 +143,10 @@ class HTTPEngine:
         self.scrape_interval = scrape_interval
         self.scrape_timeout = scrape_timeout
         self.unstreamed_max_tokens = unstreamed_max_tokens
+        # imported here, not at the top: the openai package takes a third of a second to
+        # import, which every node and CLI command would pay even without an HTTP engine
+        import openai
+
         self._client = openai.AsyncOpenAI(
             base_url=self.base_url + "/v1", api_key=api_key or "EMPTY", max_retries=0,
             timeout=openai.Timeout(timeout, connect=connect_timeout))
@@ -183,6 +189,8 @@ class HTTPEngine:
             self._inflight.discard(scope)
 
     async def _generate(self, request: CompletionRequest, emit: Emit) -> Usage:
+        import openai  # (loaded by __init__)
+
         # the client's generic post with plain dicts: no request-model transforms and no
         # pydantic models per streamed event (they cost more CPU than the rest of a hop)
         streamed = request.stream or request.max_tokens > self.unstreamed_max_tokens
