@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from contextlib import asynccontextmanager
@@ -310,3 +311,65 @@ async def test_decode_speeds_are_measured_on_answers_and_give_the_speed_ratio(
         assert d.view(MODEL).speed_ratio == d.speed_ratio()
         assert d.speed_ratio("another/model") == 1.0  # no peer serving it was measured
         assert fast.dispatcher.speed_ratio() == 1.0  # never measured a faster peer
+
+
+class _DownWhilePaused(_PausesAfterFirstChunk):
+    """Pauses after the first token like its parent, and reports itself down meanwhile (a
+    custom engine whose health check fails while a request on it is still alive)."""
+
+    def __init__(self, engine, pause: float) -> None:
+        super().__init__(engine, pause)
+        self.down = False
+        self.loads_while_down = 0
+
+    def load(self):
+        load = self.engine.load()
+        if not self.down:
+            return load
+        self.loads_while_down += 1
+        if self.loads_while_down > 10_000:
+            raise AssertionError("the executor polls an engine that is down in a loop")
+        return dataclasses.replace(load, healthy=False)
+
+    async def generate(self, request, emit):
+        first = True
+
+        async def paused(chunk: Chunk) -> None:
+            nonlocal first
+            await emit(chunk)
+            if first:
+                first = False
+                self.down = True
+                await trio.sleep(self.pause)
+                self.down = False
+
+        return await self.engine.generate(request, paused)
+
+
+async def test_an_executor_whose_engine_is_down_sends_no_keepalives_and_does_not_spin(
+        memory_testnet, autojump_clock):
+    """The executor's engine reports itself down for 20 s after the first token (longer
+    than the keepalive interval, shorter than the requester's stall timeout). The
+    keepalive task looks at it once an interval, not in a loop (which would also stop
+    virtual time), and the answer completes when the engine is back."""
+    engines: list[_DownWhilePaused] = []
+
+    def flaky(k: int, engine):
+        if k != 1:
+            return engine
+        engines.append(_DownWhilePaused(engine, 20.0))
+        return engines[-1]
+
+    async with memory_testnet(2, accept_frequency=[0.0, 1.0], target_token_usage=[0.0, 0.6],
+                              latency=ONE_WAY, engine_wrapper=flaky) as net:
+        requester, executor = net.nodes
+        assert executor.dispatcher.keepalive_interval < 20.0 < requester.dispatcher.stall_timeout
+        chunks: list[Chunk] = []
+
+        async def emit(c: Chunk) -> None:
+            chunks.append(c)
+
+        usage = await requester.submit(request(1, out=100, stream=True, timeout=300), emit)
+        assert usage.completion_tokens == 100 == sum(c.tokens for c in chunks)
+        assert requester.dispatcher.stats["offloaded"] == 1
+        assert 0 < engines[0].loads_while_down < 1000

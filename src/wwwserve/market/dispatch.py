@@ -769,10 +769,12 @@ class Dispatcher:
             nonlocal last
             while True:
                 await trio.sleep_until(last + self.keepalive_interval)
-                if trio.current_time() >= last + self.keepalive_interval \
-                        and engine.load().healthy:
-                    async with sending:
-                        await sender.send(_KEEPALIVE_BYTES)
+                if trio.current_time() >= last + self.keepalive_interval:
+                    # an engine reported down gets no keepalive (the requester's stall
+                    # timeout then decides), and is looked at again one interval later
+                    if engine.load().healthy:
+                        async with sending:
+                            await sender.send(_KEEPALIVE_BYTES)
                     last = trio.current_time()
 
         try:
