@@ -342,6 +342,7 @@ async def membership_processes(n: int) -> dict[str, float]:
                 for p in procs:
                     await p.stop()
                 nursery.cancel_scope.cancel()
+
     def fmt(ts: list[float | None]) -> str:
         return " ".join("-" if t is None else f"{t:.2f}" for t in ts)
 
@@ -413,7 +414,7 @@ async def main(quick: bool) -> dict[str, float]:
         mp = await membership_processes(n)
         out.update(mp)
         if mp[f"membership_procs_n{n}_converged"]:
-            print(f"membership, {n} node processes ({TRIALS} trials, median / worst): joiner "
+            print(f"membership, {n} node processes ({TRIALS} rounds, median / worst): joiner "
                   f"seen by all in {mp[f'procs_n{n}_join_seen_by_all_s']:.2f} / "
                   f"{mp[f'procs_n{n}_join_seen_by_all_max_s']:.2f} s (its start-up "
                   f"{mp[f'procs_n{n}_joiner_startup_s']:.2f} s of it); SIGKILLed node dropped by "
