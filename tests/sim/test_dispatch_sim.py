@@ -255,9 +255,12 @@ class _PausesAfterFirstChunk:
             await emit(chunk)
             if first:
                 first = False
-                await trio.sleep(self.pause)
+                await self.pausing()
 
         return await self.engine.generate(request, paused)
+
+    async def pausing(self) -> None:
+        await trio.sleep(self.pause)
 
 
 @pytest.mark.parametrize("keepalive", [True, False])
@@ -331,19 +334,10 @@ class _DownWhilePaused(_PausesAfterFirstChunk):
             raise AssertionError("the executor polls an engine that is down in a loop")
         return dataclasses.replace(load, healthy=False)
 
-    async def generate(self, request, emit):
-        first = True
-
-        async def paused(chunk: Chunk) -> None:
-            nonlocal first
-            await emit(chunk)
-            if first:
-                first = False
-                self.down = True
-                await trio.sleep(self.pause)
-                self.down = False
-
-        return await self.engine.generate(request, paused)
+    async def pausing(self) -> None:
+        self.down = True
+        await super().pausing()
+        self.down = False
 
 
 async def test_an_executor_whose_engine_is_down_sends_no_keepalives_and_does_not_spin(
