@@ -21,7 +21,6 @@ from . import __version__
 from .config import NodeConfig, NodeParams, load_config
 from .errors import ConfigError, IdentityError, WWWServeError
 from .identity import Identity, load_or_create_identity
-from .membership import MembershipEventKind
 
 if TYPE_CHECKING:
     from .ledger import Chain
@@ -67,6 +66,7 @@ def _print_json(obj: object) -> None:
 
 
 async def _run_node(cfg: NodeConfig, json_events: bool) -> None:
+    from .membership import MembershipEventKind
     from .node import Node
 
     node = Node(cfg)
