@@ -151,6 +151,10 @@ async def test_duels_are_judged_settled_and_agreed_on_by_every_node(tmp_path: Pa
             rated = {s.labels["peer"]: s.value for s in samples
                      if s.name == "wwwserve_peer_rating"}
             assert rated == {p: r["rating"] for p, r in ratings[0].items()}
+            # duel events as counted where the duels were requested (node 3 may never have
+            # been drawn as a judge, and then has none)
+            metrics = await client.get(nodes[0]["gateway"] + "/metrics", cast_to=str)
+            samples = [s for f in text_string_to_metric_families(metrics) for s in f.samples]
             assert any(s.name == "wwwserve_duel_events_total" for s in samples)
         finally:
             await client.close()
