@@ -17,6 +17,7 @@ from wwwserve.engines import Chunk, CompletionRequest
 from wwwserve.errors import (
     ClosedError,
     DeadlineExceededError,
+    EngineError,
     ModelNotFoundError,
     StreamBrokenError,
 )
@@ -367,3 +368,38 @@ async def test_an_executor_whose_engine_is_down_sends_no_keepalives_and_does_not
         assert usage.completion_tokens == 100 == sum(c.tokens for c in chunks)
         assert requester.dispatcher.stats["offloaded"] == 1
         assert 0 < engines[0].loads_while_down < 1000
+
+
+class _FailsAfterTheAnswer(_PausesAfterFirstChunk):
+    """Streams a whole answer, then fails: the executor's stream ends in an error, not in
+    the receipt and END that should follow its last chunk (the parent only delegates)."""
+
+    async def generate(self, request, emit):
+        await self.engine.generate(request, emit)
+        raise EngineError("lost the engine after the answer")
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_stream_that_breaks_after_the_whole_answer_still_serves_it_once(
+        memory_testnet, autojump_clock, caplog, stream):
+    """The user has the whole answer when the executor's stream breaks: no error chunk
+    after it, no second run elsewhere, and the answer is paid for once."""
+    def failing(k: int, engine):
+        return _FailsAfterTheAnswer(engine, 0.0) if k == 1 else engine
+
+    async with memory_testnet(2, accept_frequency=[0.0, 1.0], target_token_usage=[0.0, 0.6],
+                              latency=ONE_WAY, engine_wrapper=failing) as net:
+        requester = net.nodes[0]
+        chunks: list[Chunk] = []
+
+        async def emit(c: Chunk) -> None:
+            chunks.append(c)
+
+        usage = await requester.submit(request(1, out=100, stream=stream, timeout=300), emit)
+        assert usage.completion_tokens == 100 == sum(c.tokens for c in chunks)
+        assert chunks[-1].finish_reason is not None
+        d = requester.dispatcher
+        assert (d.stats["offloaded"], d.stats["offload_failed"], d.stats["paid"]) == (1, 0, 1)
+        assert net.book.settled and len(net.book.settled) == 1
+        assert net.engines[1].completed == 1 and net.engines[0].completed == 0
+        assert "broke its stream after a whole answer" in caplog.text

@@ -652,6 +652,9 @@ class Dispatcher:
                         await sink.send(msg)
                         if msg.finish_reason is not None:
                             usage = msg.usage or Usage()
+                            # the answer is whole: hand it over now (only the receipt
+                            # and the end of the stream are still to come)
+                            await sink.finish()
         except StopAsyncIteration:
             return _REFUSED  # the executor closed the stream without answering
         except (OverlayError, ProtocolError) as exc:
@@ -659,9 +662,13 @@ class Dispatcher:
                 logger.debug("%s to %s failed: %s", "offer" if offer else "offload",
                              executor[-8:], exc)
                 return _REFUSED
-            self.stats["offload_failed"] += 1
-            sink.failed(f"executor {executor[-8:]}: {exc}")
-            return None
+            if usage is None:
+                self.stats["offload_failed"] += 1
+                sink.failed(f"executor {executor[-8:]}: {exc}")
+                return None
+            # the whole answer came (and reached the user): it counts, and is paid for
+            logger.warning("executor %s broke its stream after a whole answer: %s",
+                           executor[-8:], exc)
         if not started:
             return _REFUSED  # the deadline passed before the executor answered
         if usage is None:
@@ -669,7 +676,6 @@ class Dispatcher:
             sink.failed(f"executor {executor[-8:]} ended without finishing")
             return None
         self._measured(executor, meter)
-        await sink.finish()
         if self.credit.pay(executor, self.reward, request.request_id):
             self.stats["paid"] += 1
         self.stats["duel_copies" if sink.duel_copy else "offloaded"] += 1
