@@ -1,4 +1,5 @@
-"""The HTTP engine driver against a minimal engine whose plain answers carry no ``usage``."""
+"""The HTTP engine driver against minimal engines: one whose plain answers carry no
+``usage``, one that reports errors inside its streams as SGLang and vLLM do."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import json
 from functools import partial
 
 import h11
+import pytest
 import trio
 
 from wwwserve.engines import ChatMessage, Chunk, CompletionRequest
 from wwwserve.engines.base import approx_tokens
 from wwwserve.engines.http import HTTPEngine
+from wwwserve.errors import BadRequestError, EngineError
 
 METRICS = b"""# TYPE sglang:token_usage gauge
 sglang:token_usage 0.1
@@ -22,8 +25,11 @@ sglang:num_queue_reqs 0
 ANSWER = "a plain answer of several words"
 
 
-async def engine(bodies: list[dict[str, object]], stream: trio.SocketStream) -> None:
-    """One connection of an OpenAI-compatible server without usage in its answers."""
+async def engine(bodies: list[dict[str, object]], stream: trio.SocketStream, *,
+                 stream_error: int | None = None) -> None:
+    """One connection of an OpenAI-compatible server without usage in its answers; with
+    ``stream_error``, streamed requests get 200, one token and then an error event with
+    that status as its code (SGLang's and vLLM's form), then ``[DONE]``."""
     conn = h11.Connection(h11.SERVER)
     while True:
         target, data = b"", b""
@@ -44,6 +50,15 @@ async def engine(bodies: list[dict[str, object]], stream: trio.SocketStream) -> 
                 return
         if target == b"/metrics":
             payload, kind = METRICS, b"text/plain"
+        elif stream_error is not None:
+            bodies.append(json.loads(data))
+            token = {"choices": [{"index": 0, "delta": {"content": "a"},
+                                  "finish_reason": None}]}
+            error = {"error": {"message": "Input is too long", "type": "BadRequestError",
+                               "param": None, "code": stream_error}}
+            payload = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n"
+                               for e in (token, error)) + b"data: [DONE]\n\n"
+            kind = b"text/event-stream"
         else:
             bodies.append(json.loads(data))
             payload, kind = json.dumps({"choices": [{
@@ -77,3 +92,27 @@ async def test_a_plain_answer_without_usage_counts_its_tokens_by_estimate() -> N
     assert [c.text for c in chunks] == [ANSWER, ""]
     assert usage.completion_tokens == approx_tokens(ANSWER) == chunks[0].tokens > 1
     assert chunks[-1].finish_reason == "stop" and chunks[-1].usage == usage
+
+
+@pytest.mark.parametrize(("code", "error"), [(400, BadRequestError), (500, EngineError)])
+async def test_an_error_inside_a_stream_is_raised_by_its_code(code: int, error: type) -> None:
+    bodies: list[dict[str, object]] = []
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, partial(
+            engine, bodies, stream_error=code), 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        driver = HTTPEngine(f"http://127.0.0.1:{port}/v1", "m", scrape_interval=0.05)
+        await nursery.start(driver.run)
+        chunks: list[Chunk] = []
+
+        async def emit(chunk: Chunk) -> None:
+            chunks.append(chunk)
+
+        with trio.fail_after(10), pytest.raises(error, match="Input is too long") as got:
+            await driver.generate(CompletionRequest(
+                request_id="r", messages=(ChatMessage("user", "hi"),), max_tokens=32,
+                stream=True), emit)
+        assert type(got.value) is error  # a 400 is the user's to fix, not an engine failure
+        assert [c.text for c in chunks] == ["a"]
+        assert driver.load().healthy  # the engine answered: it is not down
+        nursery.cancel_scope.cancel()

@@ -1,4 +1,5 @@
-"""Parsing OpenAI request bodies and building OpenAI response shapes (sans-IO)."""
+"""Parsing OpenAI request bodies, building OpenAI response shapes, and the ASGI app driven
+without a network."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import contextlib
 import json
 
 import pytest
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
 from wwwserve.engines import ChatMessage, Usage
-from wwwserve.errors import BadRequestError
+from wwwserve.errors import BadRequestError, NoCapacityError
 from wwwserve.http.openai_api import (
+    OpenAIApp,
     completion_body,
     error_body,
     parse_completion,
@@ -111,3 +114,68 @@ def test_response_shapes() -> None:
     assert stream_chunk(text, 1, text="b", finish_reason="stop")["choices"][0] == {
         "index": 0, "text": "b", "finish_reason": "stop", "logprobs": None}
     assert error_body(503, "busy")["error"]["type"] == "service_unavailable"
+
+
+# ---- the ASGI app, driven without a network -----------------------------------------------
+
+async def _run_app(app: OpenAIApp, raw: bytes, until: trio.Event) -> list[dict]:
+    """Run one chat request through ``app`` until ``until`` is set or the app returns."""
+    sent: list[dict] = []
+    events = [{"type": "http.request", "body": raw, "more_body": False}]
+
+    async def receive():
+        if events:
+            return events.pop()
+        await trio.sleep_forever()
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+             "headers": []}
+    with trio.move_on_after(5):
+        async with trio.open_nursery() as nursery:
+            async def run() -> None:
+                await app(scope, receive, send)
+                until.set()
+            nursery.start_soon(run)
+            await until.wait()
+            nursery.cancel_scope.cancel()
+    return sent
+
+
+STREAMED = body(model="m", messages=[{"role": "user", "content": "x"}], stream=True)
+
+
+@pytest.mark.parametrize("at_once", [True, False])
+async def test_a_stream_starts_with_its_first_chunk_or_at_once(at_once: bool) -> None:
+    """A node's gateway starts a stream with its first chunk (a failure before it still
+    gets its status); the simulated engine starts at once, as SGLang does."""
+    waiting = trio.Event()
+
+    async def generate(request, emit):
+        waiting.set()  # the engine has the request, and no token yet
+        await trio.sleep_forever()
+
+    app = OpenAIApp(generate, lambda: ["m"], headers_at_once=at_once)
+    sent = await _run_app(app, STREAMED, waiting)
+    assert [m["type"] for m in sent] == (["http.response.start"] if at_once else [])
+    if at_once:
+        assert sent[0]["status"] == 200
+
+
+async def test_an_error_after_the_start_is_an_error_event_with_its_status() -> None:
+    async def generate(request, emit):
+        raise NoCapacityError("all engines busy", retry_after=1.0)
+
+    for at_once, status in ((False, 503), (True, 200)):
+        sent = await _run_app(OpenAIApp(generate, lambda: ["m"], headers_at_once=at_once),
+                              STREAMED, trio.Event())
+        assert sent[0]["status"] == status
+        raw = b"".join(m.get("body", b"") for m in sent[1:])
+        if not at_once:
+            assert json.loads(raw)["error"]["message"] == "all engines busy"
+            continue
+        assert raw.startswith(b"data: ") and b"[DONE]" not in raw  # it broke off
+        error = json.loads(raw.removeprefix(b"data: "))["error"]
+        assert (error["code"], error["message"]) == (503, "all engines busy")

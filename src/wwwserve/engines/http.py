@@ -251,6 +251,15 @@ class HTTPEngine:
         except (openai.APIConnectionError, openai.APIResponseValidationError) as exc:
             self._mark_down(f"{type(exc).__name__}: {exc}")
             raise EngineUnavailableError(f"engine at {self.base_url}: {exc}") from None
+        except openai.APIError as exc:
+            # an error event inside the stream, after the engine had answered 200: SGLang
+            # and vLLM put the status in the error's "code"
+            body = exc.body if isinstance(exc.body, dict) else {}
+            code = body.get("code")
+            if isinstance(code, int) and 400 <= code < 500 and code not in (408, 429):
+                raise BadRequestError(f"engine refused the request: {exc.message}") from None
+            raise EngineError(f"engine error in its stream (code {code}): {exc.message}"
+                              ) from None
         except openai.OpenAIError as exc:
             raise EngineError(f"engine at {self.base_url}: {exc}") from None
         except (AttributeError, TypeError, ValueError) as exc:

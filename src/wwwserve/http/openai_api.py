@@ -256,7 +256,7 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
 
 
 def error_body(status: int, message: str, param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
+               code: str | int | None = None) -> dict[str, Any]:
     """OpenAI's error envelope."""
     return {"error": {"message": message, "type": _ERROR_TYPES.get(status, "server_error"),
                       "param": param, "code": code}}
@@ -328,7 +328,11 @@ class OpenAIApp:
     ``Authorization: Bearer <key>`` on ``/v1/*``; ``max_body`` limits request bodies;
     ``timeout`` is the default and maximum per-request budget in seconds;
     ``on_done(outcome, latency, ttft)`` observes every completion request, including the
-    refused ones (outcome ``bad_request``).
+    refused ones (outcome ``bad_request``). A streamed response starts (status 200 and
+    headers) with its first chunk, so that a request failing before any output gets its
+    proper status; with ``headers_at_once`` it starts at once, as SGLang's and vLLM's do.
+    An error after the start is sent as a last event, ``{"error": {...}}`` with the status
+    as its ``code`` (SGLang's and vLLM's form), and no ``[DONE]``.
     """
 
     def __init__(
@@ -342,8 +346,10 @@ class OpenAIApp:
         max_tokens_default: int = 256,
         health: Callable[[], bool] = lambda: True,
         on_done: Callable[[str, float, float | None], None] | None = None,
+        headers_at_once: bool = False,
     ) -> None:
         self.generate = generate
+        self.headers_at_once = headers_at_once
         self.models = models
         self.api_key = api_key
         self.max_body = max_body
@@ -503,18 +509,20 @@ class OpenAIApp:
             await event(stream_chunk(request, created, text=chunk.text,
                                      finish_reason=chunk.finish_reason, first=is_first))
 
+        if self.headers_at_once:
+            await begin()
         try:
             with trio.fail_after(request.timeout + 1.0):
                 usage = await self.generate(request, forward)
         except (WWWServeError, trio.TooSlowError) as exc:
             status = _status_of(exc)
             self._done(request, _outcome(status), start, first)
-            body = error_body(status, str(exc) or "deadline exceeded")
             if not started:
-                await send_json(send, status, body,
+                await send_json(send, status, error_body(status, str(exc) or "deadline exceeded"),
                                 [*_retry_headers(exc), ("x-request-id", request.request_id)])
                 return
-            await event(body)
+            # no [DONE] after it: a client that waits for one sees that the answer broke off
+            await event(error_body(status, str(exc) or "deadline exceeded", code=status))
             await send({"type": "http.response.body", "body": b""})
             return
         if not started:

@@ -55,8 +55,9 @@ def sim_engine_app(engine: SimEngine, *, api_key: str | None = None) -> OpenAIAp
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SGLangCollector(engine))
 
+    # SGLang's streamed responses start before the first token (a StreamingResponse)
     app = OpenAIApp(engine.generate, lambda: engine.models, api_key=api_key,
-                    health=lambda: engine.load().healthy)
+                    health=lambda: engine.load().healthy, headers_at_once=True)
     app.route("GET", "/metrics", metrics_handler(registry))
     return app
 
