@@ -403,3 +403,36 @@ async def test_a_stream_that_breaks_after_the_whole_answer_still_serves_it_once(
         assert net.book.settled and len(net.book.settled) == 1
         assert net.engines[1].completed == 1 and net.engines[0].completed == 0
         assert "broke its stream after a whole answer" in caplog.text
+
+
+class _HangsAfterTheAnswer(_PausesAfterFirstChunk):
+    """Streams a whole answer, then never returns: the executor sends neither its receipt
+    nor the end of its stream (the parent only delegates)."""
+
+    async def generate(self, request, emit):
+        await self.engine.generate(request, emit)
+        await trio.sleep_forever()
+
+
+async def test_an_executor_silent_after_the_whole_answer_is_not_waited_for_long(
+        memory_testnet, autojump_clock, caplog):
+    """The requester waits for the receipt and END after a whole answer only briefly (the
+    probe timeout), not as long as for an answer that stalled halfway."""
+    def hanging(k: int, engine):
+        return _HangsAfterTheAnswer(engine, 0.0) if k == 1 else engine
+
+    async with memory_testnet(2, accept_frequency=[0.0, 1.0], target_token_usage=[0.0, 0.6],
+                              latency=ONE_WAY, engine_wrapper=hanging) as net:
+        requester = net.nodes[0]
+        d = requester.dispatcher
+        last: list[float] = []
+
+        async def emit(c: Chunk) -> None:
+            last.append(trio.current_time())
+
+        usage = await requester.submit(request(1, out=100, stream=True, timeout=300), emit)
+        waited = trio.current_time() - last[-1]
+        assert usage.completion_tokens == 100
+        assert d.probe_timeout <= waited < d.probe_timeout + 1.0 < d.keepalive_interval
+        assert (d.stats["offloaded"], d.stats["offload_failed"], d.stats["paid"]) == (1, 0, 1)
+        assert "did not end its stream after a whole answer" in caplog.text

@@ -641,10 +641,7 @@ class Dispatcher:
                     self.offload_delays.append(sent - arrived)
                     async for data in frames:
                         msg = decode(data)
-                        if isinstance(msg, Signed) and usage is not None:
-                            sink.receipt(data)  # the executor's signed word on its answer
-                            continue
-                        if not isinstance(msg, Chunk) or usage is not None:
+                        if not isinstance(msg, Chunk):
                             raise ProtocolError(f"unexpected {msg.TYPE!r} in an answer")
                         if msg == _KEEPALIVE:
                             continue  # the executor is alive, the answer not moving yet
@@ -652,9 +649,20 @@ class Dispatcher:
                         await sink.send(msg)
                         if msg.finish_reason is not None:
                             usage = msg.usage or Usage()
-                            # the answer is whole: hand it over now (only the receipt
-                            # and the end of the stream are still to come)
-                            await sink.finish()
+                            break
+                    if usage is not None:
+                        # the answer is whole: hand it over now. The executor's receipt
+                        # and the end of its stream follow at once; one that does not
+                        # send them soon is not waited for as long as for a stalled answer
+                        await sink.finish()
+                        with trio.move_on_after(self.probe_timeout) as tail:
+                            async for data in frames:
+                                if not isinstance(decode(data), Signed):
+                                    raise ProtocolError("more after the end of an answer")
+                                sink.receipt(data)  # the executor's word on its answer
+                        if tail.cancelled_caught:
+                            logger.warning("executor %s did not end its stream after a "
+                                           "whole answer", executor[-8:])
         except StopAsyncIteration:
             return _REFUSED  # the executor closed the stream without answering
         except (OverlayError, ProtocolError) as exc:
