@@ -13,6 +13,8 @@ be prefilled again) sends an empty keepalive chunk every ``keepalive_interval``,
 slow answer is not taken for a dead executor. Streamed requests whose tokens
 already reached the user cannot be retried: they end with :class:`StreamBrokenError`.
 Non-streamed requests are buffered per attempt, so a failed attempt leaves no trace.
+An answer counts once its last chunk (with its usage) arrived: if the executor's stream then
+breaks, or its receipt and end do not follow within ``probe_timeout``, the answer stands.
 A request is paid for once, only after it completed, by request id.
 """
 
