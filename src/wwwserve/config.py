@@ -218,6 +218,9 @@ class NetworkParams:
     listen: tuple[str, ...] = ()
     bootstrap: tuple[str, ...] = ()
     target_degree: int = 8
+    #: GossipSub's D: each topic's mesh keeps between D - 1 and 2 D peers (lower: less CPU
+    #: per message on crowded machines, fewer redundant paths)
+    gossip_degree: int = 4
     #: the network's genesis file (``wwwserve genesis``); without one, credit is kept in
     #: memory by each node for itself (no ledger)
     genesis: Path | None = None
@@ -242,6 +245,9 @@ class NetworkParams:
                     f"got {_fmt(addr)}"
                 )
         _positive(self, "target_degree")
+        if not 1 <= self.gossip_degree <= 16:
+            raise ConfigError(f"gossip_degree: must be an integer in [1, 16], "
+                              f"got {_fmt(self.gossip_degree)}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -111,7 +111,8 @@ class Node:
         if self._overlay is None:
             from .overlay import Libp2pOverlay
 
-            self._overlay = Libp2pOverlay(self.identity, listen=self.config.listen_addrs)
+            self._overlay = Libp2pOverlay(self.identity, listen=self.config.listen_addrs,
+                                          gossip_degree=self.config.network.gossip_degree)
         return self._overlay
 
     @property

@@ -148,6 +148,18 @@ def test_bootstrap_needs_peer_id(tmp_path):
     assert "network.bootstrap[0]: must end with /p2p/<peer id>" in msg
 
 
+def test_gossip_degree_is_bounded_and_reaches_the_overlay(tmp_path):
+    from wwwserve.node import Node
+
+    cfg = load_config(write(tmp_path, GOOD + "network: {gossip_degree: 3}\n"))
+    assert cfg.network.gossip_degree == 3
+    assert Node(cfg).overlay.gossip_degree == 3  # (built, not started)
+    assert NodeConfig().network.gossip_degree == 4
+    for bad in (0, 17):
+        msg = error_of(tmp_path, GOOD + f"network: {{gossip_degree: {bad}}}\n")
+        assert "network.gossip_degree: must be an integer in [1, 16]" in msg
+
+
 def test_membership_timing_is_consistent(tmp_path):
     msg = error_of(tmp_path, GOOD + "membership:\n  heartbeat_interval: 5\n  peer_timeout: 2\n")
     assert "membership.peer_timeout: must be greater than heartbeat_interval" in msg
