@@ -310,6 +310,8 @@ async def _testnet(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     async with ProcessTestnet(n, root=root, engines=engines, profiles=profiles, model=model,
                               target_token_usage=default_targets(n),
                               p_inspect=args.p_inspect,
+                              config={"network": {"gossip_degree": args.gossip_degree}}
+                              if args.gossip_degree is not None else None,
                               start_within=max(60.0, 4.0 * n)) as net:
         console.print(f"all {n} nodes up and see each other after "
                       f"{trio.current_time() - started:.0f} s; bootstrap "
@@ -402,6 +404,8 @@ def cmd_testnet(args: argparse.Namespace) -> int:
                           f"({args.nodes}), got {len(args.engine)}")
     if args.workload not in WORKLOADS:
         raise ConfigError(f"--workload: must be one of {', '.join(WORKLOADS)}")
+    if args.gossip_degree is not None and not 1 <= args.gossip_degree <= 16:
+        raise ConfigError(f"--gossip-degree: must be between 1 and 16, got {args.gossip_degree}")
     if args.out:
         root = Path(args.out)
         if root.exists() and any(root.iterdir()):
@@ -845,6 +849,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-request limit in seconds (default 120)")
     p.add_argument("--p-inspect", type=float, default=0.1,
                    help="share of offloaded requests duelled (default 0.1)")
+    p.add_argument("--gossip-degree", type=int, default=None,
+                   help="GossipSub's D for every node (network.gossip_degree; default 4; "
+                        "3 eases many processes on a small machine)")
     p.add_argument("--seed", type=int, default=0, help="workload random seed (default 0)")
     p.add_argument("--out", default=None,
                    help="keep configs, keys, chains, logs and report.json in this new folder "

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import trio
+import yaml
 
 from wwwserve.testnet import Workload, report, run_workload
 
@@ -64,7 +65,8 @@ async def test_the_testnet_command_reports_json_and_leaves_nothing_behind(tmp_pa
     proc = await trio.run_process(
         [sys.executable, "-m", "wwwserve", "testnet", "--nodes", "2", "--workload", "uniform",
          "--rate", "2", "--duration", "3", "--max-tokens", "30", "--json", "--quiet",
-         "--out", str(out)], capture_stdout=True, capture_stderr=True, check=False)
+         "--gossip-degree", "3", "--out", str(out)],
+        capture_stdout=True, capture_stderr=True, check=False)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     rep = json.loads(proc.stdout.decode().strip().splitlines()[-1])
     assert rep["failed"] == 0 and rep["ok"] == rep["requests"] > 0
@@ -72,6 +74,8 @@ async def test_the_testnet_command_reports_json_and_leaves_nothing_behind(tmp_pa
     assert all(row["rss_mb"] > 10 for row in rep["nodes"])
     assert json.loads((out / "report.json").read_text()) == rep
     assert (out / "genesis.yaml").exists() and (out / "node1" / "node.yaml").exists()
+    network = yaml.safe_load((out / "node1" / "node.yaml").read_text())["network"]
+    assert network["gossip_degree"] == 3 and network["bootstrap"]  # merged, not replaced
     assert not processes_under(out)
 
 

@@ -32,6 +32,7 @@ def test_sim_engine_lists_profiles(capsys: pytest.CaptureFixture[str]) -> None:
     (["sim-engine", "--admission", "lazy"], "unknown admission rule 'lazy'; known: sglang"),
     (["demo", "--nodes", "1"], "--nodes: must be between 2 and 30"),
     (["demo", "--burst", "-1"], "--burst: must be >= 0"),
+    (["testnet", "--gossip-degree", "0"], "--gossip-degree: must be between 1 and 16"),
 ])
 def test_bad_arguments_are_one_line_errors(argv: list[str], message: str,
                                            capsys: pytest.CaptureFixture[str]) -> None:
