@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 import yaml
 
@@ -81,22 +82,36 @@ async def test_the_testnet_command_reports_json_and_leaves_nothing_behind(tmp_pa
 
 async def test_ctrl_c_stops_every_child(tmp_path) -> None:
     out = tmp_path / "tn"
+    seen = bytearray()
+    up = trio.Event()
+
+    async def drain(stream: trio.abc.ReceiveStream, keep: bool) -> None:
+        # read to the end: a child blocked on a full pipe could not stop
+        async for chunk in stream:
+            if keep:
+                seen.extend(chunk)
+                if b"see each other" in seen:
+                    up.set()
+
     async with trio.open_nursery() as nursery:
         proc: trio.Process = await nursery.start(functools.partial(
             trio.run_process, [sys.executable, "-m", "wwwserve", "testnet", "--nodes", "2",
                                "--duration", "120", "--out", str(out)],
             stdout=-1, stderr=-1, check=False))
-        assert proc.stderr is not None
-        seen = b""
+        assert proc.stderr is not None and proc.stdout is not None
+        nursery.start_soon(drain, proc.stderr, True)
+        nursery.start_soon(drain, proc.stdout, False)
         with trio.fail_after(60):
-            async for chunk in proc.stderr:
-                seen += chunk
-                if b"see each other" in seen:
-                    break
+            await up.wait()
         assert processes_under(out)  # nodes and engines are running
         proc.send_signal(signal.SIGINT)  # to the testnet command only, as a terminal's ^C
-        with trio.fail_after(40):
+        with trio.move_on_after(40):
             await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+            pytest.fail("the testnet command did not stop within 40 s of Ctrl-C; it said:\n"
+                        + seen[-3000:].decode(errors="replace"))
+        nursery.cancel_scope.cancel()  # (a child left holding a pipe must not hang this)
     assert proc.returncode == 0
     assert not processes_under(out)
 
