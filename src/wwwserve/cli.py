@@ -280,6 +280,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def _testnet(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """Run the testnet; Ctrl-C or SIGTERM stops every child and ends with KeyboardInterrupt.
+
+    The signals are taken as events (not as a KeyboardInterrupt raised wherever the code
+    happens to be), so shutdown always starts from a clean cancellation.
+    """
+    result: dict[str, Any] = {}
+    interrupted = False
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            async def stop_on_signal() -> None:
+                nonlocal interrupted
+                async for _ in signals:
+                    interrupted = True
+                    nursery.cancel_scope.cancel()
+                    return
+
+            async def run() -> None:
+                result.update(await _run_testnet(args, root))
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_on_signal)
+            nursery.start_soon(run)
+    if interrupted:
+        print("wwwserve testnet: interrupted; every node and engine was stopped",
+              file=sys.stderr)
+        raise KeyboardInterrupt
+    return result
+
+
+async def _run_testnet(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
