@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 
 import h11
@@ -71,23 +73,31 @@ async def engine(bodies: list[dict[str, object]], stream: trio.SocketStream, *,
         conn.start_next_cycle()
 
 
-async def test_a_plain_answer_without_usage_counts_its_tokens_by_estimate() -> None:
-    bodies: list[dict[str, object]] = []
+@asynccontextmanager
+async def driver_of(bodies: list[dict[str, object]], **behaviour: object
+                    ) -> AsyncIterator[HTTPEngine]:
+    """An HTTPEngine in front of :func:`engine` on a free loopback port."""
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, partial(engine, bodies), 0,
-                                                host="127.0.0.1"))
+        listeners = await nursery.start(partial(trio.serve_tcp, partial(
+            engine, bodies, **behaviour), 0, host="127.0.0.1"))
         port = listeners[0].socket.getsockname()[1]
         driver = HTTPEngine(f"http://127.0.0.1:{port}/v1", "m", scrape_interval=0.05)
         await nursery.start(driver.run)
-        chunks: list[Chunk] = []
+        yield driver
+        nursery.cancel_scope.cancel()
 
-        async def emit(chunk: Chunk) -> None:
-            chunks.append(chunk)
 
+async def test_a_plain_answer_without_usage_counts_its_tokens_by_estimate() -> None:
+    bodies: list[dict[str, object]] = []
+    chunks: list[Chunk] = []
+
+    async def emit(chunk: Chunk) -> None:
+        chunks.append(chunk)
+
+    async with driver_of(bodies) as driver:
         with trio.fail_after(10):
             usage = await driver.generate(CompletionRequest(
                 request_id="r", messages=(ChatMessage("user", "hi"),), max_tokens=32), emit)
-        nursery.cancel_scope.cancel()
     assert bodies[0]["stream"] is False and "stream_options" not in bodies[0]
     assert [c.text for c in chunks] == [ANSWER, ""]
     assert usage.completion_tokens == approx_tokens(ANSWER) == chunks[0].tokens > 1
@@ -96,18 +106,12 @@ async def test_a_plain_answer_without_usage_counts_its_tokens_by_estimate() -> N
 
 @pytest.mark.parametrize(("code", "error"), [(400, BadRequestError), (500, EngineError)])
 async def test_an_error_inside_a_stream_is_raised_by_its_code(code: int, error: type) -> None:
-    bodies: list[dict[str, object]] = []
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, partial(
-            engine, bodies, stream_error=code), 0, host="127.0.0.1"))
-        port = listeners[0].socket.getsockname()[1]
-        driver = HTTPEngine(f"http://127.0.0.1:{port}/v1", "m", scrape_interval=0.05)
-        await nursery.start(driver.run)
-        chunks: list[Chunk] = []
+    chunks: list[Chunk] = []
 
-        async def emit(chunk: Chunk) -> None:
-            chunks.append(chunk)
+    async def emit(chunk: Chunk) -> None:
+        chunks.append(chunk)
 
+    async with driver_of([], stream_error=code) as driver:
         with trio.fail_after(10), pytest.raises(error, match="Input is too long") as got:
             await driver.generate(CompletionRequest(
                 request_id="r", messages=(ChatMessage("user", "hi"),), max_tokens=32,
@@ -115,4 +119,3 @@ async def test_an_error_inside_a_stream_is_raised_by_its_code(code: int, error: 
         assert type(got.value) is error  # a 400 is the user's to fix, not an engine failure
         assert [c.text for c in chunks] == ["a"]
         assert driver.load().healthy  # the engine answered: it is not down
-        nursery.cancel_scope.cancel()
