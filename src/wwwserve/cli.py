@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from . import __version__
-from .config import NodeConfig, NodeParams, load_config
+from .config import GOSSIP_DEGREES, NodeConfig, NodeParams, load_config
 from .errors import ConfigError, IdentityError, WWWServeError
 from .identity import Identity, load_or_create_identity
 
@@ -434,8 +434,10 @@ def cmd_testnet(args: argparse.Namespace) -> int:
                           f"({args.nodes}), got {len(args.engine)}")
     if args.workload not in WORKLOADS:
         raise ConfigError(f"--workload: must be one of {', '.join(WORKLOADS)}")
-    if args.gossip_degree is not None and not 1 <= args.gossip_degree <= 16:
-        raise ConfigError(f"--gossip-degree: must be between 1 and 16, got {args.gossip_degree}")
+    low, high = GOSSIP_DEGREES
+    if args.gossip_degree is not None and not low <= args.gossip_degree <= high:
+        raise ConfigError(f"--gossip-degree: must be between {low} and {high}, "
+                          f"got {args.gossip_degree}")
     if args.out:
         root = Path(args.out)
         if root.exists() and any(root.iterdir()):

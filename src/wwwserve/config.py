@@ -29,6 +29,7 @@ import yaml
 from .errors import ConfigError
 
 __all__ = [
+    "GOSSIP_DEGREES",
     "DispatchParams",
     "DuelParams",
     "GatewayParams",
@@ -206,6 +207,10 @@ class NodeParams:
         return self.key_path if self.key_path is not None else self.data_dir / "node.key"
 
 
+#: the GossipSub degrees (D) a node accepts, lowest and highest
+GOSSIP_DEGREES = (1, 16)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NetworkParams:
     """``network`` (optional): which network to join and how to reach it.
@@ -245,8 +250,9 @@ class NetworkParams:
                     f"got {_fmt(addr)}"
                 )
         _positive(self, "target_degree")
-        if not 1 <= self.gossip_degree <= 16:
-            raise ConfigError(f"gossip_degree: must be an integer in [1, 16], "
+        low, high = GOSSIP_DEGREES
+        if not low <= self.gossip_degree <= high:
+            raise ConfigError(f"gossip_degree: must be an integer in [{low}, {high}], "
                               f"got {_fmt(self.gossip_degree)}")
 
 

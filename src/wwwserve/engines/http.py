@@ -245,7 +245,7 @@ class HTTPEngine:
                         if choice.get("finish_reason") is not None:
                             finish = str(choice["finish_reason"])
         except openai.APIStatusError as exc:
-            if 400 <= exc.status_code < 500 and exc.status_code not in (408, 429):
+            if _refused(exc.status_code):
                 raise BadRequestError(f"engine refused the request: {_message(exc)}") from None
             raise EngineError(f"engine error {exc.status_code}: {_message(exc)}") from None
         except (openai.APIConnectionError, openai.APIResponseValidationError) as exc:
@@ -256,7 +256,7 @@ class HTTPEngine:
             # and vLLM put the status in the error's "code"
             body = exc.body if isinstance(exc.body, dict) else {}
             code = body.get("code")
-            if isinstance(code, int) and 400 <= code < 500 and code not in (408, 429):
+            if isinstance(code, int) and _refused(code):
                 raise BadRequestError(f"engine refused the request: {exc.message}") from None
             raise EngineError(f"engine error in its stream (code {code}): {exc.message}"
                               ) from None
@@ -324,6 +324,12 @@ class HTTPEngine:
             with trio.CancelScope(shield=True):
                 await self._client.close()
                 await self._scraper.aclose()
+
+
+def _refused(status: int) -> bool:
+    """Whether an engine's error status puts the fault in the request (the user's to fix,
+    no use retrying elsewhere): a 4xx other than timeout and rate limit."""
+    return 400 <= status < 500 and status not in (408, 429)
 
 
 def _message(exc: openai.APIStatusError) -> str:

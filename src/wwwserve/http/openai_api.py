@@ -516,13 +516,14 @@ class OpenAIApp:
                 usage = await self.generate(request, forward)
         except (WWWServeError, trio.TooSlowError) as exc:
             status = _status_of(exc)
+            message = str(exc) or "deadline exceeded"
             self._done(request, _outcome(status), start, first)
             if not started:
-                await send_json(send, status, error_body(status, str(exc) or "deadline exceeded"),
+                await send_json(send, status, error_body(status, message),
                                 [*_retry_headers(exc), ("x-request-id", request.request_id)])
                 return
             # no [DONE] after it: a client that waits for one sees that the answer broke off
-            await event(error_body(status, str(exc) or "deadline exceeded", code=status))
+            await event(error_body(status, message, code=status))
             await send({"type": "http.response.body", "body": b""})
             return
         if not started:
