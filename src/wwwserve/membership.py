@@ -10,7 +10,10 @@ A peer silent for ``suspect_timeout`` is SUSPECT; silent for ``peer_timeout`` it
 (LEFT) and a tombstone keeps its last (incarnation, seq) so replays cannot resurrect it; a
 heartbeat with a larger incarnation re-admits it (REJOINED). Heartbeats that are forged (bad
 signature, or relayed by someone other than their signer), replayed, stale, from another
-network or malformed are ignored and counted in :attr:`PeerTable.rejected`.
+network or malformed are ignored and counted in :attr:`PeerTable.rejected`, and so are
+heartbeats whose values are out of range (:func:`heartbeat_problem`: a stake of 1e300, a
+negative credit, 201 models, an address of another peer). The same stateless checks run as
+the topic's gossip validator (:meth:`PeerTable.valid`), so a node relays none of these.
 
 :class:`Membership` is the I/O shell: it publishes, receives, ticks, and keeps the node
 connected (bootstrap peers first, then up to ``target_degree`` known peers).
@@ -49,12 +52,21 @@ __all__ = [
     "PeerInfo",
     "PeerStatus",
     "PeerTable",
+    "heartbeat_problem",
     "peers_topic",
 ]
 
 logger = logging.getLogger(__name__)
 
 MAX_PEERS = 10_000
+#: bounds of what a heartbeat may claim (anything beyond is a lie or garbage)
+MAX_MODELS = 16
+MAX_ADDRESSES = 8
+MAX_NAME = 256
+MAX_POLICY_KEYS = 16
+MAX_CREDIT = 1e15
+MAX_REQUESTS = 1_000_000
+MAX_COUNTER = 1 << 62
 
 
 def peers_topic(network_id: str) -> str:
@@ -113,6 +125,41 @@ class LocalState:
     policy: Mapping[str, float] = field(default_factory=dict)
     stake: float = 0.0
     credit: float = 0.0
+
+
+def heartbeat_problem(msg: Heartbeat | Goodbye) -> str | None:
+    """What is out of range in ``msg`` (None if nothing): counters, clock, addresses (at
+    most :data:`MAX_ADDRESSES`, each naming the sender's own peer id), models (at most
+    :data:`MAX_MODELS`, names of at most :data:`MAX_NAME` characters, token usage in
+    [0, 1], request counts in [0, :data:`MAX_REQUESTS`]), policy knobs (finite numbers) and
+    stake and credit (in [0, :data:`MAX_CREDIT`])."""
+    if not 0 <= msg.incarnation < MAX_COUNTER or not 0 <= msg.seq < MAX_COUNTER:
+        return "incarnation or sequence number out of range"
+    if len(msg.peer_id) > MAX_NAME or len(msg.network_id) > MAX_NAME:
+        return "peer or network id too long"
+    if isinstance(msg, Goodbye):
+        return None
+    if len(msg.addresses) > MAX_ADDRESSES:
+        return f"{len(msg.addresses)} addresses (at most {MAX_ADDRESSES})"
+    for address in msg.addresses:
+        if len(address) > MAX_NAME or not address.endswith("/p2p/" + msg.peer_id):
+            return "an address that is not the sender's"
+    if len(msg.models) > MAX_MODELS:
+        return f"{len(msg.models)} models (at most {MAX_MODELS})"
+    for m in msg.models:
+        if not 0 < len(m.model) <= MAX_NAME:
+            return "a model name that is empty or too long"
+        if not 0.0 <= m.token_usage <= 1.0:
+            return f"token usage {m.token_usage!r} outside [0, 1]"
+        if not (0 <= m.running <= MAX_REQUESTS and 0 <= m.queued <= MAX_REQUESTS):
+            return "request counts out of range"
+    if len(msg.policy) > MAX_POLICY_KEYS or any(len(k) > MAX_NAME for k in msg.policy):
+        return "too many or too long policy keys"
+    if any(abs(v) > MAX_CREDIT for v in msg.policy.values()):
+        return "a policy value out of range"
+    if not (0.0 <= msg.stake <= MAX_CREDIT and 0.0 <= msg.credit <= MAX_CREDIT):
+        return "stake or credit out of range"
+    return None
 
 
 # ---- the sans-IO peer table --------------------------------------------------------------
@@ -193,6 +240,19 @@ class PeerTable:
         """Live peers (ALIVE or SUSPECT), by peer ID."""
         return self._peers
 
+    def valid(self, data: bytes) -> bool:
+        """The gossip validator of the peers topic: True if ``data`` is a well-formed,
+        well-signed heartbeat or goodbye of this network with values in range (the checks
+        that need no state; replays and staleness are :meth:`receive`'s)."""
+        try:
+            envelope = decode(data, expect=Signed)
+            msg = decode(envelope.body)
+        except ProtocolError:
+            return False
+        return (isinstance(msg, Heartbeat | Goodbye) and msg.network_id == self.network_id
+                and envelope.signer == msg.peer_id and heartbeat_problem(msg) is None
+                and verify(envelope.signer, envelope.body, envelope.signature))
+
     def receive(self, data: bytes, *, source: str, now: float,
                 wall_now: float) -> list[MembershipEvent]:
         """Apply one gossip payload (a signed heartbeat or goodbye) from ``source``.
@@ -228,6 +288,8 @@ class PeerTable:
             return "forged"  # signed or relayed by someone who is not its subject
         if not verify(envelope.signer, envelope.body, envelope.signature):
             return "forged"
+        if heartbeat_problem(msg) is not None:
+            return "out_of_range"
         if abs(wall_now - msg.timestamp) > self.params.max_heartbeat_age:
             return "stale"
         last: PeerInfo | _Tombstone | None = self._peers.get(msg.peer_id)
@@ -390,7 +452,8 @@ class Membership:
         # microseconds of wall time: larger after every restart of the process
         self.incarnation = int(self.wall_clock() * 1_000_000)
         try:
-            async with self.overlay.subscribe(self.topic) as inbox, trio.open_nursery() as n:
+            async with self.overlay.subscribe(self.topic, validate=self.table.valid) as inbox, \
+                    trio.open_nursery() as n:
                 n.start_soon(self._receive_loop, inbox)
                 n.start_soon(self._tick_loop)
                 n.start_soon(self._connect_loop)

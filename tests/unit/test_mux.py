@@ -14,6 +14,7 @@ from wwwserve.errors import PeerUnavailableError, ProtocolError, RemoteError
 from wwwserve.overlay import ResponseSender
 from wwwserve.overlay._mux import (
     MuxClient,
+    ReceiveBudget,
     decode_mux,
     decode_open,
     encode_mux,
@@ -128,4 +129,78 @@ async def test_stream_death_fails_pending_requests() -> None:
                 await right.aclose()  # the server's side of the connection dies
                 await resp.__anext__()
         assert client.broken
+        n.cancel_scope.cancel()
+
+
+async def test_a_frame_left_unfinished_is_dropped_after_the_partial_timeout(
+        autojump_clock) -> None:
+    """A peer that sends the start of a frame and then nothing holds its bytes for at most
+    ``partial_timeout``: then the stream is reset and the budget is whole again."""
+    budget = ReceiveBudget(limit=1 << 20)
+    left, right = trio.testing.memory_stream_pair()
+    ended = trio.Event()
+
+    async def serve() -> None:
+        await serve_mux_stream(Adapter(right), "p", {}.get, max_frame=1 << 20,
+                               write_timeout=5, budget=budget, partial_timeout=30.0)
+        ended.set()
+
+    async with trio.open_nursery() as n:
+        n.start_soon(serve)
+        start = trio.current_time()
+        await left.send_all((100_000).to_bytes(4, "big") + b"O" + b"\0" * 50_000)
+        await trio.sleep(1)
+        assert budget.held == 50_005  # the header too
+        await ended.wait()
+        assert trio.current_time() - start == pytest.approx(30.0, abs=1.0)
+        assert budget.held == 0
+        n.cancel_scope.cancel()
+
+
+async def test_a_stream_that_keeps_frames_flowing_is_never_timed_out(autojump_clock) -> None:
+    """Reads that end inside a frame are normal on a busy stream: only a frame that takes
+    longer than the timeout from its own first byte ends the stream."""
+    seen: list[bytes] = []
+
+    async def note(peer: str, req: bytes, sender: ResponseSender) -> None:
+        seen.append(req)
+
+    left, right = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as n:
+        n.start_soon(lambda: serve_mux_stream(
+            Adapter(right), "p", {"/n": note}.get, max_frame=1 << 20, write_timeout=5,
+            partial_timeout=5.0))
+        record = encode_mux(b"O", 1, encode_open("/n", b"x" * 100), 1 << 20)
+        for i in range(60):  # a minute of traffic, every read ending mid-frame
+            rec = record[:5] + (i + 1).to_bytes(4, "big") + record[9:]
+            await left.send_all(rec[:50])
+            await trio.sleep(1)
+            await left.send_all(rec[50:])
+        await trio.sleep(1)
+        assert len(seen) == 60
+        n.cancel_scope.cancel()
+
+
+async def test_unfinished_frames_of_all_streams_share_one_budget() -> None:
+    """Streams that together would hold more than the budget in unfinished frames are
+    reset (the one that would pass it), the others are unharmed."""
+    budget = ReceiveBudget(limit=250_000)
+    ended: list[int] = []
+
+    async def serve(k: int, stream: trio.abc.Stream) -> None:
+        await serve_mux_stream(Adapter(stream), f"p{k}", {}.get, max_frame=1 << 20,
+                               write_timeout=5, budget=budget)
+        ended.append(k)
+
+    async with trio.open_nursery() as n:
+        lefts = []
+        for k in range(3):
+            left, right = trio.testing.memory_stream_pair()
+            lefts.append(left)
+            n.start_soon(serve, k, right)
+        for left in lefts:
+            await left.send_all((500_000).to_bytes(4, "big") + b"O" + b"\0" * 99_999)
+            await trio.sleep(0.1)
+        assert ended == [2]
+        assert budget.held == 200_008 and budget.refused == 1
         n.cancel_scope.cancel()

@@ -181,3 +181,33 @@ def test_tombstones_expire(table):
     assert table._tombstones
     table.tick(5 + PARAMS.max_heartbeat_age + PARAMS.peer_timeout)
     assert not table._tombstones
+
+
+@pytest.mark.parametrize("claims", [
+    {"stake": 1e300}, {"credit": -1e300}, {"stake": -1.0},
+    {"models": tuple(ModelLoad(f"m{i}", 0.1, 0, 0) for i in range(201))},
+    {"models": (ModelLoad("m", 7.0, 0, 0),)}, {"models": (ModelLoad("m", 0.5, -1, 0),)},
+    {"models": (ModelLoad("", 0.5, 0, 0),)}, {"models": (ModelLoad("m" * 300, 0.5, 0, 0),)},
+    {"policy": {"accept_frequency": 1e300}},
+    {"policy": {f"k{i}": 0.5 for i in range(40)}},
+    {"addresses": (f"/memory/1/p2p/{MALLORY.peer_id}",)},  # someone else's address
+    {"addresses": tuple(f"/memory/{i}/p2p/{ALICE.peer_id}" for i in range(20))},
+], ids=lambda c: next(iter(c)))
+def test_heartbeats_with_values_out_of_range_are_rejected_and_not_relayed(table, claims):
+    addresses = claims.pop("addresses", None)
+    msg = Heartbeat(network_id=NET, peer_id=ALICE.peer_id, incarnation=1, seq=1,
+                    timestamp=WALL,
+                    addresses=addresses or (f"/memory/1/p2p/{ALICE.peer_id}",), **claims)
+    data = encode(seal(msg, ALICE))
+    assert not table.valid(data)  # the gossip validator: not relayed
+    assert feed(table, data, now=0) == []
+    assert table.rejected == {"out_of_range": 1}
+    assert ALICE.peer_id not in table.peers
+
+
+def test_the_validator_takes_good_heartbeats_and_refuses_garbage(table):
+    assert table.valid(hb(models=(ModelLoad("Qwen/Qwen3-8B", 0.4, 3, 1),), stake=5.0))
+    assert table.valid(bye())
+    assert not table.valid(b"\x93garbage")
+    assert not table.valid(hb(network="elsewhere"))
+    assert not table.valid(hb(signer=MALLORY))  # signed by someone else

@@ -13,6 +13,12 @@ name, request payload); ``C`` cancels it. Server to requester: ``D`` data chunk,
 
 The module is written against :class:`ByteStream` (read / write / close / reset), so the
 protocol can be tested without a network.
+
+**Memory a peer can hold.** A frame that has started must be complete within
+``partial_timeout`` (else the stream is reset), and the bytes of unfinished frames held by
+all streams that share a :class:`ReceiveBudget` stay under its limit (a stream that would
+pass it is reset). So a peer that opens streams and sends the first bytes of huge frames,
+then nothing, holds at most the budget, for at most the timeout.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from ..errors import PeerUnavailableError, ProtocolError
 from ..wire import FrameDecoder, encode_frame
 from ._base import Handler, StreamCode, raise_for_frame, receive_with_idle_timeout
 
-__all__ = ["MUX_PROTOCOL", "ByteStream", "MuxClient", "serve_mux_stream"]
+__all__ = ["MUX_PROTOCOL", "ByteStream", "MuxClient", "ReceiveBudget", "serve_mux_stream"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +48,76 @@ READ_CHUNK = 64 * 1024
 RESPONSE_BUFFER = 1024
 #: Requests one requester may have running on a server at once (more are refused).
 MAX_INFLIGHT = 256
+#: Seconds a frame may take from its first byte to its last.
+PARTIAL_TIMEOUT = 30.0
+#: Bytes of unfinished frames all streams of one overlay may hold together.
+RECEIVE_BUDGET = 64 * 1024 * 1024
+
+
+class ReceiveBudget:
+    """Bytes held in unfinished frames by the streams that share it, under ``limit``."""
+
+    def __init__(self, limit: int = RECEIVE_BUDGET) -> None:
+        self.limit = limit
+        self.held = 0
+        #: streams reset because they would have passed the limit
+        self.refused = 0
+
+    def move(self, old: int, new: int) -> None:
+        """A stream's holding goes from ``old`` to ``new`` bytes; raises
+        :class:`ProtocolError` (and holds ``old`` still) if that passes the limit."""
+        if new > old and self.held - old + new > self.limit:
+            self.refused += 1
+            raise ProtocolError(f"unfinished frames would hold more than {self.limit} bytes")
+        self.held += new - old
+
+
+class _Receiver:
+    """Reads frames from one stream within its budget and its partial-frame deadline.
+
+    Call :meth:`release` when done with the stream (it gives the budget back).
+    """
+
+    def __init__(self, stream: ByteStream, max_frame: int, budget: ReceiveBudget,
+                 partial_timeout: float) -> None:
+        self._stream = stream
+        self._decoder = FrameDecoder(max_size=max_frame)
+        self._budget = budget
+        self._timeout = partial_timeout
+        self._held = 0
+        self._since = 0.0
+
+    async def next_frame(self) -> bytes | None:
+        """The next complete frame, or None when the stream ends; raises
+        :class:`ProtocolError` for bad framing, an exhausted budget or a frame not
+        finished within the timeout."""
+        while (frame := self._decoder.next_frame()) is None:
+            if self._held:
+                data: bytes | None = None
+                with trio.move_on_at(self._since + self._timeout):
+                    data = await _read(self._stream)
+                if data is None:
+                    raise ProtocolError(f"a frame was not finished within {self._timeout:g} s")
+            else:
+                data = await _read(self._stream)
+            if not data:
+                return None
+            self._decoder.feed(data)
+            self._account(started=not self._held)
+        self._account(started=True)  # what is left begins the next frame
+        return frame
+
+    def _account(self, *, started: bool) -> None:
+        held = self._decoder.buffered
+        if held and started:
+            self._since = trio.current_time()
+        self._budget.move(self._held, held)
+        self._held = held
+
+    def release(self) -> None:
+        """Give back what this stream holds of the budget."""
+        self._budget.move(self._held, 0)
+        self._held = 0
 
 
 class ByteStream(Protocol):
@@ -207,10 +283,13 @@ class MuxClient:
     """
 
     def __init__(
-        self, stream: ByteStream, peer: str, *, max_frame: int, write_timeout: float
+        self, stream: ByteStream, peer: str, *, max_frame: int, write_timeout: float,
+        budget: ReceiveBudget | None = None, partial_timeout: float = PARTIAL_TIMEOUT,
     ) -> None:
         self.peer = peer
         self.max_frame = max_frame
+        self._budget = budget if budget is not None else ReceiveBudget()
+        self._partial_timeout = partial_timeout
         self._stream = stream
         self._writer = _Writer(stream, write_timeout)
         self._pending: dict[int, _Response] = {}
@@ -219,20 +298,20 @@ class MuxClient:
 
     async def run(self) -> None:
         """Read records and route them to their requests until the stream ends."""
-        decoder = FrameDecoder(max_size=self.max_frame)
+        receiver = _Receiver(self._stream, self.max_frame, self._budget,
+                             self._partial_timeout)
         why = "stream closed"
         try:
-            while data := await _read(self._stream):
-                decoder.feed(data)
-                while (frame := decoder.next_frame()) is not None:
-                    kind, rid, body = decode_mux(frame)
-                    if kind in (OPEN, CANCEL):
-                        raise ProtocolError(f"server sent a {kind!r} record")
-                    self._route(kind, rid, body)
+            while (frame := await receiver.next_frame()) is not None:
+                kind, rid, body = decode_mux(frame)
+                if kind in (OPEN, CANCEL):
+                    raise ProtocolError(f"server sent a {kind!r} record")
+                self._route(kind, rid, body)
         except ProtocolError as exc:
             why = str(exc)
             logger.debug("mux stream to %s: %s", self.peer, exc)
         finally:
+            receiver.release()
             self.broken = True
             failure = PeerUnavailableError(f"connection to peer {self.peer[-8:]} lost: {why}")
             for resp in self._pending.values():
@@ -310,6 +389,8 @@ async def serve_mux_stream(
     max_frame: int,
     write_timeout: float,
     max_inflight: int = MAX_INFLIGHT,
+    budget: ReceiveBudget | None = None,
+    partial_timeout: float = PARTIAL_TIMEOUT,
 ) -> None:
     """Serve requests arriving on one multiplexed stream until it ends.
 
@@ -343,33 +424,33 @@ async def serve_mux_stream(
         finally:
             scopes.pop(rid, None)
 
-    decoder = FrameDecoder(max_size=max_frame)
+    receiver = _Receiver(stream, max_frame, budget if budget is not None else ReceiveBudget(),
+                         partial_timeout)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(writer.run)
             try:
-                while data := await _read(stream):
-                    decoder.feed(data)
-                    while (frame := decoder.next_frame()) is not None:
-                        kind, rid, body = decode_mux(frame)
-                        if kind == CANCEL:
-                            if (scope := scopes.get(rid)) is not None:
-                                scope.cancel()
-                        elif kind != OPEN:
-                            raise ProtocolError(f"requester sent a {kind!r} record")
-                        elif rid in scopes:
-                            raise ProtocolError(f"request id {rid} reused while running")
-                        elif len(scopes) >= max_inflight:
-                            nursery.start_soon(
-                                answer, rid, ERROR,
-                                f"too many concurrent requests (limit {max_inflight})".encode())
-                        else:
-                            protocol, payload = decode_open(body)
-                            scopes[rid] = scope = trio.CancelScope()
-                            nursery.start_soon(run_one, rid, protocol, payload, scope)
+                while (frame := await receiver.next_frame()) is not None:
+                    kind, rid, body = decode_mux(frame)
+                    if kind == CANCEL:
+                        if (scope := scopes.get(rid)) is not None:
+                            scope.cancel()
+                    elif kind != OPEN:
+                        raise ProtocolError(f"requester sent a {kind!r} record")
+                    elif rid in scopes:
+                        raise ProtocolError(f"request id {rid} reused while running")
+                    elif len(scopes) >= max_inflight:
+                        nursery.start_soon(
+                            answer, rid, ERROR,
+                            f"too many concurrent requests (limit {max_inflight})".encode())
+                    else:
+                        protocol, payload = decode_open(body)
+                        scopes[rid] = scope = trio.CancelScope()
+                        nursery.start_soon(run_one, rid, protocol, payload, scope)
             except ProtocolError as exc:
                 logger.debug("mux stream from %s: %s", peer, exc)
             nursery.cancel_scope.cancel()
     finally:
+        receiver.release()
         with trio.CancelScope(shield=True), trio.move_on_after(1), suppress(Exception):
             await stream.reset()

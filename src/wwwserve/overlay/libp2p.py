@@ -1,16 +1,19 @@
 """Libp2pOverlay: the real overlay on py-libp2p 0.8.1 (TCP, Noise, Yamux, GossipSub).
 
-This is the only module of wwwserve that imports libp2p. It applies the workarounds listed in
-LIBP2P_NOTES.md: Noise and Yamux only, one connection per peer (no 250 ms dial stall), a 1 s
-GossipSub heartbeat with spam and eclipse protection off (all loopback peers share one IP),
-bigger per-peer RPC queues and subscription buffers, guarded stream handlers and topic
-validators, a deadline on every network wait, unblocking peers stuck in the dial back-off
-cache, and a shutdown that closes connections and the host *before* the pubsub services stop.
-Beyond those notes: Yamux receive credit is released in batches of half a window (0.8.1
-writes a WINDOW_UPDATE frame after nearly every read), the signed peer record of every
-pubsub RPC is reused for 10 s and verified once, GossipSub v1.2's IDONTWANT is off, and
-GossipSub meshes stay within their degree bounds (0.8.1's per-heartbeat opportunistic
-grafting fills every mesh with every peer).
+This is the only module of wwwserve (with :mod:`._libp2p_fixes`, which holds the changes to
+py-libp2p's own behaviour) that imports libp2p. The adapter: Noise and Yamux only, one
+connection per peer (no 250 ms dial stall), a 1 s GossipSub heartbeat with spam and
+eclipse protection off (all loopback peers share one IP), guarded stream handlers and
+topic validators, a deadline on every network wait, unblocking peers stuck in the dial
+back-off cache, and a shutdown that closes connections and the host *before* the pubsub
+services stop.
+
+**Untrusted bytes.** Every inbound stream handler of the host (pubsub's RPC reader,
+identify, ping, the request multiplexer) and every pubsub message task runs under a
+guard (:func:`._libp2p_fixes.guard_host`): input that breaks a parser ends that stream,
+closes the offender's connection and refuses it for a while; the node goes on. Every
+topic has a validator (a subscriber without its own gets one that drops what is empty or
+oversized), so nothing undecodable is relayed by a node that cannot read it.
 
 Requests are multiplexed over one long-lived libp2p stream per peer and direction
 (:mod:`._mux`): opening a stream per request costs a multistream-select negotiation, several
@@ -20,9 +23,6 @@ times the round trip itself.
 from __future__ import annotations
 
 import logging
-import os
-import time
-import weakref
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from typing import Any, Self
@@ -37,14 +37,10 @@ from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
-from libp2p.pubsub import gossipsub as _gossipsub_module
-from libp2p.pubsub import pubsub as _pubsub_module
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
-from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
-from libp2p.stream_muxer.yamux import yamux as _yamux_module
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
@@ -52,7 +48,6 @@ from multiaddr import Multiaddr
 
 from ..errors import ClosedError, PeerUnavailableError, ProtocolError, RemoteError
 from ..identity import Identity
-from ..log import route_libp2p_logger
 from ..wire import DEFAULT_MAX_FRAME
 from ._base import (
     DEFAULT_IDLE_TIMEOUT,
@@ -66,171 +61,27 @@ from ._base import (
     peer_id_of,
     run_validator,
 )
-from ._mux import MUX_PROTOCOL, MuxClient, serve_mux_stream
+from ._libp2p_fixes import (
+    Offenders,
+    bounded_mesh,
+    close_leftovers,
+    guard_host,
+    patch_pubsub_queues,
+    track_dials,
+)
+from ._mux import MUX_PROTOCOL, MuxClient, ReceiveBudget, serve_mux_stream
 from .memory import EVENT_BUFFER, MAX_GOSSIP_SIZE, SUBSCRIPTION_BUFFER, _sink_context
 
 __all__ = ["Libp2pOverlay"]
 
 logger = logging.getLogger(__name__)
 
-RPC_QUEUE_SIZE = 4096
-
-
-class _DeepRpcQueue(RpcQueue):
-    """RpcQueue with room for bursts (the default of 32 RPCs drops messages silently)."""
-
-    def __init__(self, max_size: int = RPC_QUEUE_SIZE, **kwargs: Any) -> None:
-        super().__init__(max_size=max_size, **kwargs)
-
-
-#: how long a host's own signed peer record is reused before its addresses are re-read
-SPR_REUSE_S = 10.0
-_spr_out: weakref.WeakKeyDictionary[Any, tuple[float, bytes]] = weakref.WeakKeyDictionary()
-_spr_in: weakref.WeakKeyDictionary[Any, set[tuple[str, bytes]]] = weakref.WeakKeyDictionary()
-_SPR_IN_MAX = 4096
-
-
-def _env_to_send(host: Any) -> tuple[bytes, bool]:
-    """py-libp2p's ``env_to_send_in_RPC``, re-reading the host's addresses every 10 s.
-
-    py-libp2p 0.8.1 attaches its signed peer record to every pubsub RPC and, each time,
-    rebuilds the host's multiaddrs to see whether the cached record is current: 14% of an
-    idle node's CPU at 20 peers. Our hosts never change their listen addresses after start.
-    """
-    now = time.monotonic()
-    hit = _spr_out.get(host)
-    if hit is not None and now < hit[0]:
-        return hit[1], False
-    envelope, fresh = _orig_env_to_send(host)
-    _spr_out[host] = (now + SPR_REUSE_S, envelope)
-    return envelope, fresh
-
-
-def _consume_record(msg: Any, host: Any, peer_id: Any) -> bool:
-    """py-libp2p's ``maybe_consume_signed_record``, skipping records already verified.
-
-    Every RPC carries the sender's signed peer record, and 0.8.1 verifies its Ed25519
-    signature on each one (the largest single cost of receiving gossip). The same bytes
-    from the same peer verify the same way, so an accepted record is remembered.
-    """
-    if not msg.HasField("senderRecord"):
-        return True
-    key = (str(peer_id), bytes(msg.senderRecord))
-    seen = _spr_in.setdefault(host, set())
-    if key in seen:
-        return True
-    ok = bool(_orig_consume_record(msg, host, peer_id))
-    if ok:
-        if len(seen) >= _SPR_IN_MAX:
-            seen.clear()
-        seen.add(key)
-    return ok
-
-
-_orig_env_to_send = getattr(_pubsub_module, "env_to_send_in_RPC")  # noqa: B009
-_orig_consume_record = getattr(_pubsub_module, "maybe_consume_signed_record")  # noqa: B009
-
-
-def _patch_pubsub_queues() -> None:
-    # Module-level knobs of py-libp2p 0.8.1 (see LIBP2P_NOTES.md, trap 5); idempotent.
-    setattr(_pubsub_module, "RpcQueue", _DeepRpcQueue)  # noqa: B010
-    _pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = SUBSCRIPTION_BUFFER
-    # per-RPC signed peer record costs (see _env_to_send and _consume_record)
-    for module in (_pubsub_module, _gossipsub_module):
-        setattr(module, "env_to_send_in_RPC", _env_to_send)  # noqa: B010
-        setattr(module, "maybe_consume_signed_record", _consume_record)  # noqa: B010
-    # Yamux: 0.8.1 answers every read with a WINDOW_UPDATE frame by default (an encrypted
-    # write per gossip message received, 12% of an idle node's CPU at 10 peers); credit is
-    # released in batches of half a window instead, as go-yamux does. The debug switch is
-    # read from the environment on every frame. PY_YAMUX_* set by the user still win.
-    if "PY_YAMUX_RELEASE_ON_READ" not in os.environ:
-        setattr(_yamux_module, "_yamux_release_on_read", _false)  # noqa: B010
-        # and its "partial slack" branch still answered every small read with an update
-        _yamux_module.YamuxStream._auto_tune_and_send_window_update = (  # type: ignore[method-assign]
-            _release_in_batches)
-    if "PY_YAMUX_DEBUG" not in os.environ:
-        setattr(_yamux_module, "_perf_yamux_debug_enabled", _false)  # noqa: B010
-
-
-def _false() -> bool:
-    return False
-
-
-def _bounded_mesh(router: GossipSub) -> None:
-    """Keep each topic's mesh between ``degree_low`` and ``degree_high`` peers.
-
-    py-libp2p 0.8.1 runs "opportunistic grafting" on every heartbeat (the GossipSub v1.1
-    spec: every 60 heartbeats, 2 peers, only when the mesh's median score is low) and
-    grafts every peer scoring at least half the median; with the equal scores of a healthy
-    network that is every peer, so each mesh grows to ``degree_high`` or to all peers, and
-    every message reaches each node once from every one of them. Measured at 10 nodes in
-    one process: meshes of 8-9 peers instead of 3-8, and 10% of a core per idle node
-    instead of 6.6%; at 14 nodes a joiner took 31 s to reach all instead of 7 s. Meshes
-    still fill to ``degree`` from below, and peer scoring (penalties, graylisting) stays on.
-    """
-    def no_opportunistic_grafting(topic: str, peers_to_graft: Any) -> int:
-        return 0
-
-    setattr(router, "_perform_opportunistic_grafting", no_opportunistic_grafting)  # noqa: B010
-
-
-async def _release_in_batches(self: Any, *, bytes_read: int = 0) -> None:
-    """Yamux receive credit, go-yamux style: released once half a window was consumed.
-
-    (py-libp2p 0.8.1's version sends a WINDOW_UPDATE frame, an encrypted write, after
-    almost every read of a small message.) The window does not auto-grow: on loopback
-    and LANs a 256 KiB window per stream is not the bottleneck.
-    """
-    async with self.window_lock:
-        self._pending_recv_release += bytes_read
-        pending = self._pending_recv_release
-        if pending <= 0 or pending < self._grow_threshold():
-            return
-        self.recv_window += pending
-        self._pending_recv_release = 0
-    await self.send_window_update(pending, skip_lock=True)
-
-
-def _tame_libp2p_logging() -> None:
-    # py-libp2p logs routine events at ERROR (trap 9): route it through the application's
-    # logging, quiet unless a level was asked for (wwwserve.log.setup_logging)
-    quiet = logging.getLogger("libp2p").level in (logging.NOTSET, logging.WARNING)
-    route_libp2p_logger(logging.CRITICAL if quiet else None)
-
-
-_tame_libp2p_logging()
-
-
-def _track_dials(host: IHost) -> weakref.WeakSet[Any]:
-    """Remember every raw connection ``host`` dials, so none outlives the overlay.
-
-    Some of py-libp2p's paths (a connection given up on during shutdown or in a dial race)
-    drop a dialed TCP socket without closing it; it is then closed, with a
-    ``ResourceWarning``, only when garbage collected. The set lets the overlay close
-    whatever is left once the host has stopped.
-    """
-    dialed: weakref.WeakSet[Any] = weakref.WeakSet()
-    manager = getattr(host.get_network(), "transport_manager", None)
-    for transport in manager.get_transports() if manager is not None else ():
-        original = transport.dial
-
-        async def dial(maddr: Multiaddr, _original: Any = original) -> Any:
-            conn = await _original(maddr)
-            dialed.add(conn)
-            return conn
-
-        transport.dial = dial
-    return dialed
-
-
-def _close_leftovers(dialed: weakref.WeakSet[Any]) -> None:
-    for conn in list(dialed):
-        sock = getattr(getattr(getattr(conn, "stream", None), "stream", None), "socket", None)
-        if sock is not None and sock.fileno() != -1:
-            logger.debug("closing a connection py-libp2p left open: %s", sock)
-            sock.close()
-
-
+#: connections of offenders waiting to be closed (more are dropped: they are being closed)
+OFFENDER_QUEUE = 256
+#: request streams one peer may have open towards us at once (a well-behaved one has one)
+MAX_MUX_STREAMS_PER_PEER = 4
+#: request streams all peers together may have open towards us
+MAX_MUX_STREAMS = 1024
 def _keypair(identity: Identity) -> KeyPair:
     private = deserialize_private_key(identity.to_libp2p_bytes())
     return KeyPair(private, private.get_public_key())
@@ -254,6 +105,9 @@ class _Notifee(INotifee):
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
         peer = conn.muxed_conn.peer_id
+        if self._overlay.offenders.banned(peer.to_base58()):
+            self._overlay._drop(peer)
+            return
         if len(network.get_connections(peer)) <= 1:
             self._overlay._emit(PeerEvent(PeerEventKind.CONNECTED, peer.to_base58()))
 
@@ -305,6 +159,16 @@ class Libp2pOverlay:
         self._validators: dict[str, Validator] = {}
         #: gossip messages a topic validator rejected (not delivered, not relayed)
         self.gossip_rejected = 0
+        #: peers whose bytes broke a parser of the stack (refused for a while)
+        self.offenders = Offenders(clock=trio.current_time)
+        self._drop_send, self._drop_receive = trio.open_memory_channel[ID](OFFENDER_QUEUE)
+        #: bytes of unfinished frames that peers' request streams (in) and the answers to
+        #: ours (out) may hold, each side in all (see :mod:`._mux`)
+        self.receive_budget_in = ReceiveBudget()
+        self.receive_budget_out = ReceiveBudget()
+        self._mux_streams: dict[str, int] = {}
+        #: request streams refused (over the per-peer or total limit)
+        self.mux_streams_refused = 0
         self._clients: dict[str, MuxClient] = {}
         self._client_locks: dict[str, trio.Lock] = {}
         self._open = False
@@ -341,7 +205,7 @@ class Libp2pOverlay:
 
     @asynccontextmanager
     async def _lifetime(self) -> AsyncIterator[None]:
-        _patch_pubsub_queues()
+        patch_pubsub_queues(SUBSCRIPTION_BUFFER)
         kp = _keypair(self.identity)
         host = new_host(
             key_pair=kp,
@@ -369,14 +233,15 @@ class Libp2pOverlay:
             eclipse_protection_enabled=False,
             adaptive_gossip_enabled=False,
         )
-        _bounded_mesh(gossipsub)
+        bounded_mesh(gossipsub)
         pubsub = Pubsub(host, gossipsub, strict_signing=True)
         self._pubsub = pubsub
+        guard_host(host, pubsub, self._offence)
         try:
             listen = [Multiaddr(a) for a in self.listen]
         except Exception as exc:
             raise PeerUnavailableError(f"invalid listen address {self.listen}: {exc}") from None
-        dialed = _track_dials(host)
+        dialed = track_dials(host)
         try:
             async with host.run(listen):
                 self._host = host
@@ -388,6 +253,7 @@ class Libp2pOverlay:
                         async with trio.open_nursery() as nursery:
                             self._nursery = nursery
                             self._open = True
+                            nursery.start_soon(self._drop_offenders)
                             host.set_stream_handler(TProtocol(MUX_PROTOCOL), self._on_mux_stream)
                             try:
                                 yield
@@ -407,7 +273,7 @@ class Libp2pOverlay:
                             ev_sink.close()
                 self._host = None
         finally:
-            _close_leftovers(dialed)
+            close_leftovers(dialed)
 
     async def _drain_gossip(self, limit: float = 0.5) -> None:
         """Let queued gossip (a goodbye, say) leave before connections close (bounded)."""
@@ -436,6 +302,25 @@ class Libp2pOverlay:
             await host.close()
         except Exception as exc:
             logger.debug("host close failed: %r", exc)
+
+    def _offence(self, peer: ID, where: str, exc: BaseException) -> None:
+        """A peer's input broke a parser (see the module docs): drop and refuse it."""
+        pid = peer.to_base58()
+        self.offenders.record(pid, where)
+        logger.warning("peer %s sent input its %s could not handle (%s: %s); closing its "
+                       "connection", pid[-8:], where, type(exc).__name__, str(exc)[:200])
+        self._drop(peer)
+
+    def _drop(self, peer: ID) -> None:
+        with suppress(trio.WouldBlock):  # a drop for it (or many others) is queued
+            self._drop_send.send_nowait(peer)
+
+    async def _drop_offenders(self) -> None:
+        async for peer in self._drop_receive:
+            try:
+                await self.host.get_network().close_peer(peer)
+            except Exception as exc:
+                logger.debug("closing the connection of %s failed: %r", peer, exc)
 
     def _check_open(self) -> None:
         if not self._open or self._host is None:
@@ -573,13 +458,29 @@ class Libp2pOverlay:
         self._handlers[protocol] = handler
 
     async def _on_mux_stream(self, stream: INetStream) -> None:
+        peer = stream.muxed_conn.peer_id.to_base58()
+        open_ = self._mux_streams.get(peer, 0)
+        if open_ >= MAX_MUX_STREAMS_PER_PEER or \
+                sum(self._mux_streams.values()) >= MAX_MUX_STREAMS:
+            self.mux_streams_refused += 1
+            logger.debug("refusing a request stream from %s (%d open)", peer[-8:], open_)
+            with suppress(Exception):
+                await stream.reset()
+            return
+        self._mux_streams[peer] = open_ + 1
         try:
-            peer = stream.muxed_conn.peer_id.to_base58()
             await serve_mux_stream(
                 stream, peer, self._handlers.get,
-                max_frame=self.max_frame, write_timeout=self.request_timeout)
+                max_frame=self.max_frame, write_timeout=self.request_timeout,
+                budget=self.receive_budget_in)
         except Exception as exc:  # never let a peer's stream take the host down
             logger.debug("mux stream handler aborted: %r", exc)
+        finally:
+            left = self._mux_streams[peer] - 1
+            if left:
+                self._mux_streams[peer] = left
+            else:
+                del self._mux_streams[peer]
 
     async def _client(self, peer_id: str, pid: ID) -> MuxClient:
         client = self._clients.get(peer_id)
@@ -605,7 +506,8 @@ class Libp2pOverlay:
                     ) from None
                 raise _map_dial_error(exc, peer_id) from None
             client = MuxClient(
-                stream, peer_id, max_frame=self.max_frame, write_timeout=self.request_timeout)
+                stream, peer_id, max_frame=self.max_frame, write_timeout=self.request_timeout,
+                budget=self.receive_budget_out)
             self._clients[peer_id] = client
             self._nursery.start_soon(self._run_client, client)
             return client
