@@ -654,7 +654,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         source = str(path)
         if args.action == "verify":
             state = chain.state
-            expected = state.genesis_supply + state.issued
+            expected = state.genesis_supply + state.issued - state.burned
             if state.total() != expected:
                 raise WWWServeError(f"{path}: total credit {state.total()} != {expected}")
             print(f"{path}: OK: {chain.height} block(s) verified (signatures, proposers, "

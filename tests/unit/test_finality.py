@@ -21,8 +21,9 @@ from wwwserve.ledger import (
     VoteRecord,
     make_block,
 )
+from wwwserve.ledger.block import sign_block
 from wwwserve.ledger.finality import decode_vote, sign_vote, slashable
-from wwwserve.wire import decode, encode, signable_bytes
+from wwwserve.wire import decode, encode
 
 NET = "test"
 IDS = [Identity.from_seed(bytes([40 + i]) * 32) for i in range(5)]
@@ -132,7 +133,7 @@ def test_a_block_with_a_vote_it_may_not_carry_is_rejected(case):
     good = make_block(ident, network=NET, height=chain.height + 1, parent=chain.tip, slot=100,
                       txs=[], state_root=chain.state.root())
     block = dataclasses.replace(good, votes=tuple(envelopes), signature=b"")
-    block = dataclasses.replace(block, signature=ident.sign(signable_bytes(block)))
+    block = sign_block(block, ident)
     reason = {"not a checkpoint": "not a checkpoint", "target off the branch": "not on this",
               "source not justified": "not justified", "voter without stake": "no stake",
               "same vote twice": "already voted", "forged signature": "bad vote"}[case]

@@ -9,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chain_driver
+from wwwserve.duel.evidence import DuelRecord
+from wwwserve.duel.service import unseal_record
 from wwwserve.errors import (
     ConfigError,
     InvalidBlockError,
@@ -23,9 +25,11 @@ from wwwserve.ledger import (
     Block,
     BlockStore,
     Chain,
+    DuelSettlement,
     Genesis,
     JoinGrant,
     Payment,
+    Skip,
     Stake,
     Unstake,
     block_id,
@@ -33,6 +37,8 @@ from wwwserve.ledger import (
     make_block,
     sign_tx,
 )
+from wwwserve.ledger.block import sign_block
+from wwwserve.ledger.service import replay
 from wwwserve.testing import signed_duel
 from wwwserve.wire import encode
 
@@ -315,15 +321,103 @@ def test_a_longer_branch_wins_and_the_losing_branch_transactions_are_kept_once()
     assert a.state.root() == b.state.root()
 
 
-def test_a_proposer_signing_two_blocks_for_one_slot_is_recorded():
-    chain = Chain(genesis())
+def test_an_equivocating_proposer_is_followed_by_the_majority_and_slashed():
+    g = genesis()
+    a, b = Chain(g), Chain(g)
+    block, ident = _next_block(a)
+    twin = _with_payment(a, ident, block.slot)
+    assert block_id(twin) != block_id(block)
+    assert a.add_block(block) is AddResult.EXTENDED
+    b.add_block(twin)
+    # the others build on the twin; a, which saw the first block, keeps the twin as a side
+    # block (it used to refuse it for good) and follows the longer branch
+    assert a.add_block(twin) in (AddResult.SIDE, AddResult.REORGANIZED)
+    assert a.equivocations == [(block, twin)]
+    b.add_block(block)  # gossip relays the first one to the others too
+    third = make_block(ident, network=NET, height=1, parent=g_id(a), slot=block.slot,
+                       txs=[], state_root=b"\x03" * 32)
+    with pytest.raises(InvalidBlockError, match="more than 2 blocks"):
+        a.add_block(third)  # a third version proves nothing new: not kept
+    more = run_slots(b, range(2, 12))
+    for blk in more:
+        a.add_block(blk)
+    assert a.tip == b.tip and a.state.root() == b.state.root()
+    # b's proposers put the evidence of the equivocation on chain: slashed, part burned
+    stake = 10 * UNIT
+    burned = stake * g.equivocation_ppm // 1_000_000
+    for chain in (a, b):
+        assert chain.state.stake(ident.peer_id) == 0
+        assert chain.state.unbonding_total(ident.peer_id) == stake - burned
+        assert chain.state.burned == burned
+        assert chain.state.total() == chain.state.genesis_supply - burned
+    assert sum(len(blk.evidence) for blk in more) == 1  # once, never again
+
+
+def _with_payment(chain: Chain, ident: Identity, slot: int) -> Block:
+    """A block of ``ident`` for ``slot`` on the tip that carries one payment."""
+    payer = (IDS.index(ident) + 1) % 4
+    return chain.build_block(ident, slot, [pay(payer, 0 if payer else 1, UNIT, 0)])
+
+
+def test_a_block_with_evidence_already_used_or_forged_is_rejected():
+    g = genesis()
+    chain = Chain(g)
     block, ident = _next_block(chain)
+    twin = _with_payment(chain, ident, block.slot)
     chain.add_block(block)
-    twin = make_block(ident, network=NET, height=1, parent=g_id(chain), slot=block.slot,
-                      txs=[], state_root=b"\x02" * 32)
-    with pytest.raises(InvalidBlockError, match="two blocks"):
-        chain.add_block(twin)
-    assert chain.equivocations == [(block, twin)]
+    chain.add_block(twin)
+    (evidence,) = chain.evidence.values()
+    nxt = chain.leader_of(2)
+    prop = next(i for i in IDS if i.peer_id == nxt)
+    good = chain.build_block(prop, 2, [], evidence=[evidence])
+    forged = dataclasses.replace(good, evidence=(evidence[:-3] + b"xyz",))
+    with pytest.raises(InvalidBlockError):
+        chain.add_block(sign_block(forged, prop))
+    assert chain.add_block(good) is AddResult.EXTENDED
+    slot = 3
+    leader3 = next(i for i in IDS if i.peer_id == chain.leader_of(slot))
+    twice = make_block(leader3, network=NET, height=chain.height + 1, parent=chain.tip,
+                       slot=slot, txs=[], state_root=chain.state.root(), evidence=[evidence])
+    with pytest.raises(InvalidBlockError, match="already slashed"):
+        chain.add_block(twice)
+
+
+def test_blocks_of_keys_without_stake_are_neither_kept_nor_stored():
+    stored: list[Block] = []
+    chain = Chain(genesis(), on_block=stored.append)
+    stranger = IDS[5]
+    junk = make_block(stranger, network=NET, height=1, parent=g_id(chain), slot=1, txs=[],
+                      state_root=b"\x00" * 32)
+    with pytest.raises(InvalidBlockError, match="holds no stake"):
+        chain.add_block(junk)
+    assert not chain.knows(block_id(junk)) and not stored
+    # a staker's side block lives in memory only; what is applied is stored once
+    block, ident = _next_block(chain)
+    side = make_block(IDS[(IDS.index(ident) + 1) % 4], network=NET, height=1,
+                      parent=g_id(chain), slot=1, txs=[], state_root=chain.state.root())
+    chain.add_block(block)
+    chain.add_block(side)
+    assert stored == [block]
+
+
+def test_side_blocks_are_bounded_in_bytes():
+    chain = Chain(genesis(finality_depth=100), max_side_bytes=2_000)
+    run_slots(chain, range(1, 12))
+    assert chain.height >= 3
+    base = chain.canonical_id(1)
+    assert base is not None
+    kept = 0
+    for ident in IDS[:4]:
+        for slot in range(100, 110):
+            side = make_block(ident, network=NET, height=2, parent=base, slot=slot, txs=[],
+                              state_root=b"\x00" * 32)
+            try:
+                chain.add_block(side)
+                kept += 1
+            except InvalidBlockError:
+                pass
+    assert kept > 8
+    assert sum(chain._entries[b].size for b in chain._side) <= 2_000
 
 
 def g_id(chain: Chain) -> bytes:
@@ -374,6 +468,77 @@ def test_pool_limits_and_expiry():
     assert chain.expire(now=11.0) == 3 and not chain.pool
 
 
+def test_the_pool_refuses_what_cannot_apply_and_shares_room_fairly():
+    chain = Chain(genesis(balance=10 * UNIT), pool_size=8, pool_per_account=6)
+    stranger = Identity.from_seed(b"\x77" * 32)
+    free = sign_tx(Payment(network=NET, payer=stranger.peer_id, payee=PEERS[0], amount=1,
+                           request_id="x", nonce=0), stranger)
+    with pytest.raises(InvalidTransactionError, match="holds no credit"):
+        chain.add_tx(free, now=0.0)  # a free key cannot fill any pool
+    with pytest.raises(InvalidTransactionError, match="would spend"):
+        chain.add_tx(pay(0, 1, 11 * UNIT, 0), now=0.0)  # more than the balance
+    for n in range(6):
+        chain.add_tx(pay(0, 1, 1, n), now=0.0)
+    for n in range(2):
+        chain.add_tx(pay(1, 0, 1, n), now=0.0)
+    # full: the account with the most pending makes room for one with fewer
+    chain.add_tx(pay(2, 0, 1, 0), now=0.0)
+    assert len(chain.pending(PEERS[0])) == 5 and len(chain.pending(PEERS[2])) == 1
+
+
+def test_a_skip_replaces_a_pending_transaction_that_cannot_apply():
+    chain = Chain(genesis())
+    chain.add_tx(pay(0, 1, UNIT, 0, rid="dup"), now=0.0)
+    chain.add_tx(pay(0, 1, UNIT, 1, rid="dup"), now=0.0)  # a payment that can never apply
+    chain.add_tx(pay(0, 1, UNIT, 2), now=0.0)
+    run_slots(chain, range(1, 4))
+    assert chain.state.nonce(PEERS[0]) == 1  # stuck: the proposer dropped nonce 1 ...
+    assert [s.tx.nonce for s in chain.pending(PEERS[0])] == [2]
+    skip = sign_tx(Skip(network=NET, account=PEERS[0], nonce=1), IDS[0])
+    chain.add_tx(skip, now=1.0)
+    assert chain.pending(PEERS[0])[0].tx.nonce == 1
+    with pytest.raises(InvalidTransactionError, match="already pending"):
+        chain.add_tx(pay(0, 1, UNIT, 1, rid="late"), now=1.0)  # no replacing a skip
+    run_slots(chain, range(4, 8))
+    assert chain.state.nonce(PEERS[0]) == 3  # ... and moving again
+    assert not chain.pending(PEERS[0])
+    # a skip also takes the place of its signer's pending transaction of that nonce
+    other = Chain(genesis())
+    other.add_tx(pay(0, 1, UNIT, 0), now=0.0)
+    other.add_tx(sign_tx(Skip(network=NET, account=PEERS[0], nonce=0), IDS[0]), now=0.0)
+    assert isinstance(other.pending(PEERS[0])[0].tx, Skip)
+
+
+def test_a_judged_duel_settles_only_with_the_judges_drawn_at_its_checkpoint():
+    g = genesis(6, finality_depth=4)
+    chain = Chain(g)
+    run_slots(chain, range(1, 10))
+    req, xy = IDS[0], (IDS[1], IDS[2])
+    anchor, drawn = chain.judge_draw(req.peer_id, {PEERS[1], PEERS[2]}, 2)
+    assert anchor % 4 == 0 and len(drawn) == 2 and not {PEERS[0], PEERS[1], PEERS[2]} & set(drawn)
+    by_id = {i.peer_id: i for i in IDS}
+    others = [i for i in IDS[3:6] if i.peer_id not in drawn]
+    # the red team's forgery: the requester's own choice of judges (and so of the winner)
+    forged = signed_duel(req, xy, [by_id[drawn[0]], others[0]], ["B", "B"], network=NET,
+                         anchor=anchor, nonce=0)
+    assert chain.record_problem(decode_record(forged)) is not None
+    chain.add_tx(sign_tx(forged, req), now=0.0)
+    run_slots(chain, range(10, 14))
+    assert (PEERS[0], forged.duel_id) not in chain.state.settled
+    assert chain.state.stake(PEERS[1]) == 10 * UNIT  # nothing moved
+    fair = signed_duel(req, xy, [by_id[j] for j in drawn], ["B", "B"], network=NET,
+                       anchor=anchor, duel_id="duel-2", nonce=chain.state.nonce(PEERS[0]))
+    assert chain.record_problem(decode_record(fair)) is None
+    chain.add_tx(sign_tx(fair, req), now=0.0)
+    run_slots(chain, range(14, 18))
+    assert (PEERS[0], "duel-2") in chain.state.settled
+    assert chain.state.stake(PEERS[1]) == 0  # the drawn judges' verdict: y won
+
+
+def decode_record(settlement: DuelSettlement) -> DuelRecord:
+    return unseal_record(settlement.evidence)
+
+
 # ---- the block file -----------------------------------------------------------------------
 def test_store_resumes_and_drops_a_torn_tail(tmp_path):
     g = genesis()
@@ -392,6 +557,21 @@ def test_store_resumes_and_drops_a_torn_tail(tmp_path):
         again.add_block(decode(payload, expect=Block))
     assert again.tip == chain.tip and again.state.root() == chain.state.root()
     assert BlockStore(store.path).load()  # the tail was truncated: loads cleanly now
+
+
+def test_store_truncates_a_zero_filled_tail_loudly(tmp_path, caplog):
+    g = genesis()
+    store = BlockStore(tmp_path / "blocks")
+    chain = Chain(g, on_block=lambda b: store.append(encode(b)))
+    run_slots(chain, range(1, 6))
+    good = store.size()
+    with open(store.path, "ab") as f:
+        f.write(b"\x00" * 4096)  # a crash artefact: the length grew, the data never came
+    replica = Chain(g)
+    n = replay(replica, BlockStore(store.path))
+    assert n == chain.height and replica.tip == chain.tip
+    assert store.size() == good
+    assert "torn" in caplog.text
 
 
 def test_store_corruption_in_the_middle_is_an_error(tmp_path):

@@ -1,7 +1,8 @@
 """The credit ledger: signed transactions in stake-elected, hash-chained blocks.
 
-- :mod:`.tx`: transactions (payment, stake, unstake, join grant, duel settlement), signed by
-  the account they debit; amounts in integer micro-credits.
+- :mod:`.tx`: transactions (payment, stake, unstake, join grant, skip, duel settlement),
+  signed by the account they debit; amounts in integer micro-credits.
+- :mod:`.slashing`: equivocation evidence (two blocks for one slot, conflicting votes).
 - :mod:`.state`: balances, stakes, unbonding and nonces, the rules, apply and revert.
 - :mod:`.block`: blocks, the genesis, and the stake-weighted proposer lottery.
 - :mod:`.finality`: checkpoint votes and what they justify and finalize (sans-IO).
@@ -20,6 +21,7 @@ from .tx import (
     JoinGrant,
     Payment,
     SignedTx,
+    Skip,
     Stake,
     Transaction,
     Unstake,
@@ -49,6 +51,7 @@ __all__ = [
     "Rules",
     "SignedTx",
     "SignedVote",
+    "Skip",
     "Stake",
     "Transaction",
     "Undo",

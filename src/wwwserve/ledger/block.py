@@ -1,8 +1,10 @@
 """Blocks, the genesis of a network, and the proposer lottery.
 
-A :class:`Block` names its ``parent`` by id (:func:`block_id`: the SHA-256 of the block's
-canonical bytes without the signature), carries transaction envelopes, the state root
-after applying them, and the proposer's signature.
+A :class:`Block` names its ``parent`` by id (:func:`block_id`: the SHA-256 of its
+:class:`BlockHeader` without the signature), carries transaction envelopes, finality votes,
+equivocation evidence, the state root after applying them, and the proposer's signature
+over the header (which holds the hash of the contents), so that two blocks one proposer
+signed for one slot are proven by two small headers.
 
 **Proposer lottery.** Time is cut into slots of ``slot_length`` seconds from the genesis
 time. The proposer of slot ``s`` on top of parent ``p`` is drawn by :func:`leader`: one
@@ -16,6 +18,7 @@ influence the next draws; a VRF-based lottery would close that.)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
@@ -32,10 +35,11 @@ from .finality import SignedVote
 from .state import LedgerState, Rules
 from .tx import SignedTx, credits, micro
 
-__all__ = ["Allocation", "Block", "Genesis", "block_id", "leader", "make_block"]
+__all__ = ["Allocation", "Block", "BlockHeader", "Genesis", "block_id", "header_id",
+           "header_of", "header_signature_ok", "leader", "make_block", "sign_block"]
 
 
-@message("block", 1)
+@message("block", 2)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Block(Message):
     """One block of the chain (see the module docs)."""
@@ -49,27 +53,77 @@ class Block(Message):
     state_root: bytes
     #: finality vote envelopes (:mod:`.finality`)
     votes: tuple[bytes, ...] = ()
+    #: equivocation evidence (:mod:`.slashing`) the proposer includes
+    evidence: tuple[bytes, ...] = ()
     signature: bytes = b""
 
 
+@message("block-header", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlockHeader(Message):
+    """What a proposer signs: a block without its contents, which ``body`` (the SHA-256 of
+    transactions, votes and evidence) stands for. Two headers one proposer signed for one
+    slot are the evidence of its equivocation, small enough to carry in any block."""
+
+    network: str
+    height: int
+    parent: bytes
+    slot: int
+    proposer: str
+    state_root: bytes
+    body: bytes
+    signature: bytes = b""
+
+
+@functools.lru_cache(maxsize=2048)
+def _body_hash(txs: tuple[bytes, ...], votes: tuple[bytes, ...],
+               evidence: tuple[bytes, ...]) -> bytes:
+    return hashlib.sha256(canonical_bytes([list(txs), list(votes), list(evidence)])).digest()
+
+
+def header_of(block: Block) -> BlockHeader:
+    """The signed header of ``block``."""
+    return BlockHeader(network=block.network, height=block.height, parent=block.parent,
+                       slot=block.slot, proposer=block.proposer, state_root=block.state_root,
+                       body=_body_hash(block.txs, block.votes, block.evidence),
+                       signature=block.signature)
+
+
+def header_id(header: BlockHeader) -> bytes:
+    """The id of the block a header stands for."""
+    return hashlib.sha256(signable_bytes(header)).digest()
+
+
 def block_id(block: Block) -> bytes:
-    """The block's id: SHA-256 of its canonical bytes without the signature."""
-    return hashlib.sha256(signable_bytes(block)).digest()
+    """The block's id: SHA-256 of its header's canonical bytes without the signature."""
+    return header_id(header_of(block))
+
+
+def header_signature_ok(header: BlockHeader) -> bool:
+    """True if the header is signed by its proposer."""
+    return verify(header.proposer, signable_bytes(header), header.signature)
 
 
 def block_signature_ok(block: Block) -> bool:
     """True if the block is signed by its proposer."""
-    return verify(block.proposer, signable_bytes(block), block.signature)
+    return header_signature_ok(header_of(block))
 
 
 def make_block(identity: Identity, *, network: str, height: int, parent: bytes, slot: int,
                txs: Sequence[SignedTx], state_root: bytes,
-               votes: Sequence[SignedVote] = ()) -> Block:
+               votes: Sequence[SignedVote] = (), evidence: Sequence[bytes] = ()) -> Block:
     """A block proposed and signed by ``identity``."""
     unsigned = Block(network=network, height=height, parent=parent, slot=slot,
                      proposer=identity.peer_id, txs=tuple(t.envelope for t in txs),
-                     state_root=state_root, votes=tuple(v.envelope for v in votes))
-    return dataclasses.replace(unsigned, signature=identity.sign(signable_bytes(unsigned)))
+                     state_root=state_root, votes=tuple(v.envelope for v in votes),
+                     evidence=tuple(evidence))
+    return sign_block(unsigned, identity)
+
+
+def sign_block(block: Block, identity: Identity) -> Block:
+    """``block`` signed by ``identity`` (over its header)."""
+    unsigned = dataclasses.replace(block, signature=b"")
+    return dataclasses.replace(block, signature=identity.sign(signable_bytes(header_of(unsigned))))
 
 
 def leader(seed: bytes, slot: int, stakes: Mapping[str, int]) -> str | None:
@@ -123,6 +177,8 @@ class Genesis:
     duel_loser_ppm: int = 1_000_000
     duel_minority_ppm: int = 200_000
     duel_silent_ppm: int = 50_000
+    #: share of an equivocator's stake and unbonding credit burned (ppm; :mod:`.slashing`)
+    equivocation_ppm: int = 100_000
     id: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -143,8 +199,10 @@ class Genesis:
             raise ValueError("unbonding_blocks and join_grant must be >= 0, "
                              "finality_depth >= 1")
         if self.duel_reward < 0 or not all(0 <= p <= 1_000_000 for p in (
-                self.duel_loser_ppm, self.duel_minority_ppm, self.duel_silent_ppm)):
-            raise ValueError("duel reward must be >= 0 and duel penalties in [0, 1]")
+                self.duel_loser_ppm, self.duel_minority_ppm, self.duel_silent_ppm,
+                self.equivocation_ppm)):
+            raise ValueError("duel reward must be >= 0, duel and equivocation penalties "
+                             "in [0, 1]")
         if sum(a.stake for a in self.allocations) <= 0:
             raise ValueError("somebody must stake at genesis, or no block can be proposed")
         object.__setattr__(self, "id", hashlib.sha256(canonical_bytes(self._plain())).digest())
@@ -155,7 +213,8 @@ class Genesis:
         return Rules(self.network, self.unbonding_blocks, self.join_grant,
                      duel_reward=self.duel_reward, duel_loser_ppm=self.duel_loser_ppm,
                      duel_minority_ppm=self.duel_minority_ppm,
-                     duel_silent_ppm=self.duel_silent_ppm)
+                     duel_silent_ppm=self.duel_silent_ppm,
+                     equivocation_ppm=self.equivocation_ppm)
 
     def state(self) -> LedgerState:
         """The state at height 0."""
@@ -172,6 +231,7 @@ class Genesis:
                 "finality_depth": self.finality_depth,
                 "duel": [self.duel_reward, self.duel_loser_ppm, self.duel_minority_ppm,
                          self.duel_silent_ppm],
+                "equivocation": self.equivocation_ppm,
                 "allocations": [[a.account, a.balance, a.stake] for a in self.allocations]}
 
     # ---- files --------------------------------------------------------------------------
@@ -184,6 +244,7 @@ class Genesis:
                         "loser_penalty": self.duel_loser_ppm / 1e6,
                         "minority_penalty": self.duel_minority_ppm / 1e6,
                         "silent_penalty": self.duel_silent_ppm / 1e6},
+               "equivocation_penalty": self.equivocation_ppm / 1e6,
                "allocations": [{"account": a.account, "credit": credits(a.balance + a.stake),
                                 "staked": credits(a.stake)} for a in self.allocations]}
         return str(yaml.safe_dump(doc, sort_keys=False))
@@ -207,7 +268,7 @@ class Genesis:
         if not isinstance(doc, dict):
             raise bad("(top level)", "must be a mapping", doc)
         known = {"network", "time", "slot_length", "unbonding_blocks", "join_grant",
-                 "finality_depth", "duel", "allocations"}
+                 "finality_depth", "duel", "equivocation_penalty", "allocations"}
         for key in doc:
             if key not in known:
                 raise bad(str(key), f"unknown key (allowed: {', '.join(sorted(known))})", key)
@@ -243,6 +304,10 @@ class Genesis:
                     or (key != "reward" and value > 1):
                 raise bad(f"duel.{key}", "must be a number >= 0 (a penalty: in [0, 1])",
                           value)
+        equivocation = doc.get("equivocation_penalty", 0.1)
+        if not isinstance(equivocation, number) or isinstance(equivocation, bool) \
+                or not 0 <= equivocation <= 1:
+            raise bad("equivocation_penalty", "must be a number in [0, 1]", equivocation)
         try:
             return cls(network=network, time=float(doc.get("time", 0.0)),
                        allocations=tuple(out),
@@ -253,6 +318,7 @@ class Genesis:
                        duel_reward=micro(duel.get("reward", 1.0)),
                        duel_loser_ppm=round(duel.get("loser_penalty", 1.0) * 1e6),
                        duel_minority_ppm=round(duel.get("minority_penalty", 0.2) * 1e6),
-                       duel_silent_ppm=round(duel.get("silent_penalty", 0.05) * 1e6))
+                       duel_silent_ppm=round(duel.get("silent_penalty", 0.05) * 1e6),
+                       equivocation_ppm=round(equivocation * 1e6))
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None

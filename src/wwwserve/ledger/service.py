@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -48,6 +49,7 @@ from .tx import (
     DuelSettlement,
     Payment,
     SignedTx,
+    Skip,
     Stake,
     Transaction,
     Unstake,
@@ -63,8 +65,18 @@ __all__ = ["SYNC_BATCH", "SYNC_PROTOCOL", "LedgerAccount", "LedgerService", "blo
 logger = logging.getLogger(__name__)
 
 SYNC_PROTOCOL = "/wwwserve/ledger-sync/1.0.0"
+#: requests one payer may owe us for at once (served, payment not on the chain yet)
+MAX_OWED = 64
+#: payers whose debts are remembered, at most (the least recent are forgotten)
+MAX_DEBTORS = 4096
+#: seconds after which a debt is forgotten (a payment that never came stops counting)
+OWED_TTL = 3600.0
 #: Most blocks one sync request returns.
 SYNC_BATCH = 64
+#: seconds one sync batch may take in all (a peer trickling blocks is left)
+SYNC_BATCH_TIMEOUT = 20.0
+#: seconds a sync peer that was too slow or failed is not asked again
+SLOW_PEER_PENALTY = 120.0
 
 
 def tx_topic(network: str) -> str:
@@ -127,7 +139,7 @@ def replay(chain: Chain, store: BlockStore, *, repair: bool = True) -> int:
     n = 0
     for payload in store.load(repair=repair):
         try:
-            chain.add_block(decode(payload, expect=Block))
+            chain.add_block(decode(payload, expect=Block), from_disk=True)
         except (ProtocolError, InvalidBlockError) as exc:
             raise InvalidBlockError(
                 f"{store.path}: block {n} does not fit this network's chain: {exc}") from None
@@ -167,6 +179,8 @@ class LedgerService:
         self._nursery: trio.Nursery | None = None
         self._sync_lock = trio.Lock()
         self._sync_from: str | None = None
+        #: sync peers that were too slow or failed, avoided until the time given
+        self._slow: dict[str, float] = {}
 
     @property
     def network(self) -> str:
@@ -226,7 +240,8 @@ class LedgerService:
     # ---- gossip validators (stateless: what may be relayed) ------------------------------
     def _valid_tx(self, data: bytes) -> bool:
         try:
-            return decode_tx(data).tx.network == self.network
+            self.chain.admissible(decode_tx(data))
+            return True
         except InvalidTransactionError:
             self._count("txs_rejected")
             return False
@@ -267,6 +282,30 @@ class LedgerService:
             await self.overlay.publish(topic, data)
         except OverlayError as exc:
             logger.debug("ledger publish failed: %s", exc)
+
+    def repair_nonces(self) -> bool:
+        """Keep our account's nonces moving: if our next pending transaction cannot apply
+        (or its nonce went missing from the pool while later ones wait), sign a
+        :class:`~.tx.Skip` for that nonce, which replaces it in every pool. True if one
+        was sent."""
+        me = self.identity.peer_id
+        mine = self.chain.pending(me)
+        if not mine:
+            return False
+        nonce = self.chain.state.nonce(me)
+        head = mine[0]
+        if head.tx.nonce == nonce and (isinstance(head.tx, Skip) or self.chain.applies(head)):
+            return False
+        skip = sign_tx(Skip(network=self.network, account=me, nonce=nonce), self.identity)
+        try:
+            self.submit(skip)
+        except InvalidTransactionError as exc:
+            logger.warning("cannot skip our nonce %d: %s", nonce, exc)
+            return False
+        self._count("nonces_skipped")
+        logger.warning("our transaction with nonce %d cannot apply (%s): skipped",
+                       nonce, type(head.tx).__name__ if head.tx.nonce == nonce else "missing")
+        return True
 
     async def _rebroadcast(self) -> None:
         """Gossip our pending transactions again (the oldest nonces first)."""
@@ -344,6 +383,7 @@ class LedgerService:
             now = self.wall_clock()
             slot = self.chain.genesis.slot_at(now)
             self.chain.expire(now)
+            self.repair_nonces()
             block = self.chain.propose(self.identity, slot)
             if block is not None:
                 self._count("blocks_proposed")
@@ -382,37 +422,69 @@ class LedgerService:
             self._sync_wanted = trio.Event()
             peer = self._sync_from
             self._sync_from = None
-            candidates = [p for p in self.peers() if p != self.overlay.peer_id]
-            if peer is None and candidates:
+            candidates = [p for p in self.peers()
+                          if p != self.overlay.peer_id and self._usable(p)]
+            if (peer is None or not self._usable(peer)) and candidates:
                 peer = self.rng.choice(sorted(candidates))
+            elif peer is not None and not self._usable(peer):
+                peer = None
             if peer is not None:
                 await self.sync_from(peer)
 
     async def sync_from(self, peer: str, *, max_rounds: int = 1000) -> int:
-        """Fetch the blocks ``peer`` has beyond ours; returns how many were new."""
+        """Fetch the blocks ``peer`` has beyond ours; returns how many were new.
+
+        Each batch must arrive within :data:`SYNC_BATCH_TIMEOUT` and bring something new:
+        a peer that trickles blocks, or sends only what we have, is left (and avoided for
+        :data:`SLOW_PEER_PENALTY` seconds) so that another one is asked.
+        """
         new = 0
         async with self._sync_lock:
             for _ in range(max_rounds):
-                got = 0
+                got = fresh = 0
                 request = encode(SyncRequest(locator=self.locator(), limit=SYNC_BATCH))
-                try:
-                    async with self.overlay.request(peer, SYNC_PROTOCOL, request,
-                                                    idle_timeout=10.0) as resp:
-                        async for data in resp:
-                            got += 1
-                            block = decode(data, expect=Block)
-                            if self._take(block, peer) in (AddResult.EXTENDED,
-                                                           AddResult.REORGANIZED,
-                                                           AddResult.SIDE):
-                                new += 1
-                except (OverlayError, ProtocolError) as exc:
-                    logger.debug("ledger sync from %s failed: %s", peer[-8:], exc)
+                with trio.move_on_after(SYNC_BATCH_TIMEOUT) as batch:
+                    try:
+                        async with self.overlay.request(peer, SYNC_PROTOCOL, request,
+                                                        idle_timeout=10.0) as resp:
+                            async for data in resp:
+                                got += 1
+                                block = decode(data, expect=Block)
+                                if self._take(block, peer) in (AddResult.EXTENDED,
+                                                               AddResult.REORGANIZED,
+                                                               AddResult.SIDE):
+                                    fresh += 1
+                    except (OverlayError, ProtocolError) as exc:
+                        logger.debug("ledger sync from %s failed: %s", peer[-8:], exc)
+                        self._avoid(peer)
+                        break
+                new += fresh
+                if batch.cancelled_caught:
+                    self._count("sync_timeouts")
+                    logger.info("ledger sync from %s: a batch took over %g s; asking "
+                                "another peer", peer[-8:], SYNC_BATCH_TIMEOUT)
+                    self._avoid(peer)
+                    self._want_sync()
                     break
-                if got < SYNC_BATCH:
+                if got < SYNC_BATCH or not fresh:
                     break
         if new:
             self._count("blocks_synced", new)
         return new
+
+    def _avoid(self, peer: str) -> None:
+        self._slow[peer] = self.wall_clock() + SLOW_PEER_PENALTY
+        while len(self._slow) > 1024:
+            del self._slow[next(iter(self._slow))]
+
+    def _usable(self, peer: str) -> bool:
+        until = self._slow.get(peer)
+        if until is None:
+            return True
+        if until <= self.wall_clock():
+            del self._slow[peer]
+            return True
+        return False
 
     async def _on_sync(self, peer: str, payload: bytes, sender: ResponseSender) -> None:
         req = decode(payload, expect=SyncRequest)
@@ -448,6 +520,8 @@ class LedgerAccount:
         self.service = service
         self.min_stake = min_stake
         self.min_stake_step = min_stake_step
+        #: payer -> request id -> when we served it, until its payment is on the chain
+        self._owed: OrderedDict[str, dict[str, float]] = OrderedDict()
 
     @property
     def owner(self) -> str:
@@ -502,8 +576,38 @@ class LedgerAccount:
             request_id=request_id, nonce=nonce))
 
     def earn(self, payer: str, amount: float, request_id: str) -> bool:
-        """Nothing to do: the payer's signed payment is the record."""
+        """Remember that ``payer`` owes us for ``request_id`` until its payment is on the
+        chain (the payer's signed payment is the record; see :meth:`can_serve`)."""
+        owed = self._owed.setdefault(payer, {})
+        self._owed.move_to_end(payer)
+        owed[request_id] = self.service.wall_clock()
+        while len(owed) > MAX_OWED:
+            del owed[next(iter(owed))]
+        while len(self._owed) > MAX_DEBTORS:
+            self._owed.popitem(last=False)
         return False
+
+    def owed_by(self, payer: str) -> int:
+        """Requests we served ``payer`` that it has not paid for on the chain yet."""
+        owed = self._owed.get(payer)
+        if not owed:
+            return 0
+        paid = self.service.chain.state.paid
+        stale = self.service.wall_clock() - OWED_TTL
+        for rid in [r for r, t in owed.items() if (payer, r) in paid or t < stale]:
+            del owed[rid]
+        if not owed:
+            del self._owed[payer]
+        return len(owed)
+
+    def can_serve(self, payer: str, amount: float, running: int) -> bool:
+        """Only if ``payer``'s credit on the chain (less what it has pending) covers this
+        request, the ``running`` ones and those it still owes us: a key without credit,
+        or Sybils sharing little, get nothing for free."""
+        owed = self.owed_by(payer)
+        if owed >= MAX_OWED:
+            return False
+        return self.service.chain.spendable(payer) >= micro(amount) * (running + owed + 1)
 
     def submit(self, make: Callable[[int], Transaction]) -> bool:
         """Sign and gossip ``make(nonce)`` with this account's next nonce; False (logged)

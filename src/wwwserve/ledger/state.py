@@ -16,23 +16,31 @@ Rules (each violation raises :class:`InvalidTransactionError` and changes nothin
   network's (:class:`Rules`) and its winner, loser and judge groups must be exactly what its
   signed evidence implies (:func:`wwwserve.duel.evidence.outcome_of`); penalties are taken
   from stake first, then from unbonding credit (so unstaking cannot dodge them), and go to
-  the winner and the majority judges.
+  the winner and the majority judges. A forfeit (one executor gave no receipted answer)
+  moves no stake: the answering executor gets the reward from the requester. A judged
+  duel's judges must be the ones :func:`wwwserve.duel.evidence.draw_judges` draws at the
+  record's checkpoint (:attr:`LedgerState.judge_check`, which the chain provides).
+
+- equivocation evidence (:mod:`.slashing`, carried by blocks) slashes its offender once
+  per offence: ``equivocation_ppm`` of its stake and unbonding credit is burned, the rest
+  of its stake moves to unbonding.
 
 Total credit (balances + stakes + unbonding) only changes by join grants, which
-:attr:`LedgerState.issued` counts: ``total() == genesis supply + issued`` always.
+:attr:`LedgerState.issued` counts, and by slashing, which burns what
+:attr:`LedgerState.burned` counts: ``total() == genesis supply + issued - burned`` always.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..duel.evidence import outcome_of
+from ..duel.evidence import DuelRecord, outcome_of
 from ..errors import IdentityError, InvalidTransactionError
 from ..identity import canonical_bytes, public_key_from_peer_id
-from .tx import DuelSettlement, JoinGrant, Payment, SignedTx, Stake, Unstake, signer_of
+from .tx import DuelSettlement, JoinGrant, Payment, SignedTx, Skip, Stake, Unstake, signer_of
 
 __all__ = ["LedgerState", "Rules", "Undo"]
 
@@ -54,6 +62,8 @@ class Rules:
     duel_loser_ppm: int = 1_000_000
     duel_minority_ppm: int = 200_000
     duel_silent_ppm: int = 50_000
+    #: share of an equivocator's stake and unbonding credit that is burned (ppm)
+    equivocation_ppm: int = 100_000
 
 
 @dataclass(slots=True)
@@ -81,14 +91,26 @@ class LedgerState:
         self.paid: dict[tuple[str, str], bool] = {}
         self.settled: dict[tuple[str, str], bool] = {}
         self.granted: dict[str, bool] = {}
-        self.meta: dict[str, int] = {"issued": 0}
+        #: offences already slashed (:class:`~.slashing.Offence` keys)
+        self.slashed: dict[tuple[str, str, int], bool] = {}
+        self.meta: dict[str, int] = {"issued": 0, "burned": 0}
         self.genesis_supply = self.total()
+        #: checks a judged duel's record (its checkpoint and its judges) at a height;
+        #: raises :class:`InvalidTransactionError`. Set by the chain, which keeps the
+        #: checkpoints' stake tables; without it judges are not checked (bare states in
+        #: tests of the other rules)
+        self.judge_check: Callable[[DuelRecord, int], None] | None = None
 
     # ---- reading ------------------------------------------------------------------------
     @property
     def issued(self) -> int:
         """Credit created by join grants since genesis."""
         return self.meta["issued"]
+
+    @property
+    def burned(self) -> int:
+        """Credit destroyed by slashing since genesis."""
+        return self.meta["burned"]
 
     def balance(self, account: str) -> int:
         """Spendable micro-credits of ``account``."""
@@ -124,8 +146,8 @@ class LedgerState:
         rows = [[a, self.balance(a), self.stake(a),
                  [list(e) for e in self.unbonding.get(a, ())], self.nonce(a)]
                 for a in self.accounts()]
-        return hashlib.sha256(canonical_bytes([self.rules.network, self.meta["issued"], rows])
-                              ).digest()
+        return hashlib.sha256(canonical_bytes([self.rules.network, self.meta["issued"],
+                                               self.meta["burned"], rows])).digest()
 
     # ---- changing -----------------------------------------------------------------------
     def _set(self, undo: Undo, table: dict[Any, Any], key: Any, value: Any) -> None:
@@ -192,7 +214,9 @@ class LedgerState:
                 self._set(undo, self.balances, signer, self.balance(signer) + self.rules.join_grant)
                 self._set(undo, self.meta, "issued", self.meta["issued"] + self.rules.join_grant)
             elif isinstance(tx, DuelSettlement):
-                self._duel(tx, undo)
+                self._duel(tx, undo, height)
+            elif isinstance(tx, Skip):
+                pass  # only the nonce moves on
             else:  # pragma: no cover - decode_tx admits only the types above
                 raise InvalidTransactionError(f"unknown transaction {type(tx).__name__}")
         except InvalidTransactionError:
@@ -210,6 +234,24 @@ class LedgerState:
         except BaseException:
             self.revert(undo)
             raise
+        return undo
+
+    def slash(self, offender: str, key: tuple[str, str, int], height: int) -> Undo:
+        """Slash ``offender`` for the offence ``key`` (see the module docs); raises if that
+        offence was already slashed."""
+        if key in self.slashed:
+            raise InvalidTransactionError(f"offence {key[0]} of {offender[-8:]} at {key[2]} "
+                                          "is already slashed")
+        undo = Undo()
+        self._set(undo, self.slashed, key, True)
+        burned = self._slash(undo, offender, self.rules.equivocation_ppm)
+        self._set(undo, self.meta, "burned", self.meta["burned"] + burned)
+        rest = self.stake(offender)
+        if rest:  # jailed: no more proposing or being drawn until it stakes again
+            self._set(undo, self.stakes, offender, 0)
+            release = height + self.rules.unbonding_blocks
+            self._set(undo, self.unbonding, offender,
+                      (*self.unbonding.get(offender, ()), (release, rest)))
         return undo
 
     # ---- rules --------------------------------------------------------------------------
@@ -266,7 +308,7 @@ class LedgerState:
             self._set(undo, self.unbonding, account, tuple(entries) or _MISSING)
         return amount
 
-    def _duel(self, tx: DuelSettlement, undo: Undo) -> None:
+    def _duel(self, tx: DuelSettlement, undo: Undo, height: int) -> None:
         if (tx.requester, tx.duel_id) in self.settled:
             raise InvalidTransactionError(f"duel {tx.duel_id!r} is already settled")
         r = self.rules
@@ -289,6 +331,9 @@ class LedgerState:
         for account in {tx.requester, *(p for group in derived[2:] for p in group),
                         *([tx.winner, tx.loser] if tx.winner else [])}:
             self._valid_account(account, "duel party")
+        record = outcome.record
+        if record is not None and record.judges and self.judge_check is not None:
+            self.judge_check(record, height)
         self._set(undo, self.settled, (tx.requester, tx.duel_id), True)
         if not outcome.tie:
             if tx.reward:
@@ -296,7 +341,9 @@ class LedgerState:
                     raise InvalidTransactionError("the requester cannot pay the duel's reward")
                 self._set(undo, self.balances, tx.requester,
                           self.balance(tx.requester) - tx.reward)
-            won = tx.reward + self._slash(undo, tx.loser, tx.loser_penalty_ppm)
+            won = tx.reward
+            if not outcome.forfeit:  # a missing answer cannot be proven: no stake moves
+                won += self._slash(undo, tx.loser, tx.loser_penalty_ppm)
             self._set(undo, self.balances, tx.winner, self.balance(tx.winner) + won)
         if not tx.majority:
             return  # judges are penalised only in favour of a majority (none voted)

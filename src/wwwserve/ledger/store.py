@@ -6,7 +6,9 @@ flushed and ``fsync``-ed before it returns, so a block the node announced surviv
 
 Reading back (:meth:`BlockStore.load`): a last record cut short or with a bad checksum is
 what a crash in the middle of an append leaves; it is dropped (the file is truncated to the
-last good record) and logged. A bad record *followed by* good ones is corruption: a
+last good record) and logged, and so is a zero-filled tail (what some file systems leave
+after a crash: records are never empty, so zeros are never a record). A bad record
+*followed by* good ones is corruption: a
 :class:`LedgerCorruptError` naming the file and offset, never a silent skip.
 """
 
@@ -78,6 +80,8 @@ class BlockStore:
         if len(data) - offset < _HEADER.size:
             return "cut-off header"
         length, crc = _HEADER.unpack_from(data, offset)
+        if length == 0:  # never written: a zero-filled tail (a crash artefact) reads so
+            return "empty record"
         if length > MAX_RECORD:
             return f"impossible length {length}"
         end = offset + _HEADER.size + length
@@ -91,13 +95,13 @@ class BlockStore:
         """True if no intact record starts anywhere after ``offset`` (a torn tail)."""
         for start in range(offset + 1, len(data) - _HEADER.size + 1):
             if self._bad_record(data, start) is None:
-                length, _ = _HEADER.unpack_from(data, start)
-                if length > 0:
-                    return False
+                return False
         return True
 
     def append(self, payload: bytes) -> None:
         """Append one record and fsync it."""
+        if not payload:
+            raise ValueError("a block record is never empty")
         record = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "ab") as f:

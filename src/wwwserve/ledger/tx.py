@@ -20,6 +20,9 @@ Unstake            the account                  up to ``amount`` of stake -> unb
                                                 that is on its way)
 JoinGrant          the new account              the network's ``join_grant`` (if any), once
                                                 per account, as its first transaction
+Skip               the account                  nothing: it uses up a nonce, so that a
+                                                transaction that could not apply (and was
+                                                dropped) holds up none of the later ones
 DuelSettlement     the duel's requester         defined here, evidence checked by the duel
                                                 protocol (see :mod:`wwwserve.ledger.state`)
 =================  ===========================  ============================================
@@ -44,6 +47,7 @@ __all__ = [
     "JoinGrant",
     "Payment",
     "SignedTx",
+    "Skip",
     "Stake",
     "Transaction",
     "Unstake",
@@ -114,6 +118,16 @@ class JoinGrant(Message):
     nonce: int
 
 
+@message("tx-skip", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Skip(Message):
+    """Use up nonce ``nonce`` of the account, changing nothing else."""
+
+    network: str
+    account: str
+    nonce: int
+
+
 @message("tx-duel-settlement", 1)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DuelSettlement(Message):
@@ -142,8 +156,8 @@ class DuelSettlement(Message):
     nonce: int
 
 
-Transaction: TypeAlias = Payment | Stake | Unstake | JoinGrant | DuelSettlement
-_TX_TYPES = (Payment, Stake, Unstake, JoinGrant, DuelSettlement)
+Transaction: TypeAlias = Payment | Stake | Unstake | JoinGrant | Skip | DuelSettlement
+_TX_TYPES = (Payment, Stake, Unstake, JoinGrant, Skip, DuelSettlement)
 
 
 def signer_of(tx: Transaction) -> str:
