@@ -26,7 +26,7 @@ import trio
 from ._compat import TaskStatus
 from .clock import WallClock, system_wall_clock
 from .config import NodeConfig
-from .duel.evidence import Outcome
+from .duel.evidence import DuelRecord, Outcome
 from .duel.ratings import PeerRecord
 from .duel.service import ChainRatings, DuelService
 from .engines import Chunk, CompletionRequest, Emit, Engine, SimEngine, Usage, get_profile
@@ -172,6 +172,16 @@ class Node:
         best = min(view.models, key=lambda m: (m.load.token_usage, m.load.queued)).name
         return best, next(m.engine for m in self._dispatcher.models if m.name == best)
 
+    async def _check_duel_record(self, record: DuelRecord) -> str | None:
+        """Why this node must not judge ``record`` (see :meth:`Chain.record_problem`),
+        waiting a little for our chain to reach the record's checkpoint."""
+        ledger = self._ledger
+        assert ledger is not None
+        with trio.move_on_after(self.config.duel.judge_timeout / 4):
+            while ledger.chain.height < record.anchor:
+                await ledger.wait_changed()
+        return ledger.chain.record_problem(record)
+
     def _settle_duel(self, duel_id: str, outcome: Outcome, evidence: bytes) -> bool:
         ledger = self._ledger
         credit = self._credit
@@ -302,7 +312,9 @@ class Node:
                 params=self.config.duel, peers=lambda: self.membership.peers,
                 judge_engine=self._judge_engine, rng=self.rng, stakes=stakes,
                 settle=self._settle_duel if self._ledger is not None else None,
-                on_engine_done=lambda: self.dispatcher.notify())
+                on_engine_done=lambda: self.dispatcher.notify(),
+                draw=self._ledger.chain.judge_draw if self._ledger is not None else None,
+                check_record=self._check_duel_record if self._ledger is not None else None)
             if self._ledger is not None:
                 self._chain_ratings = ChainRatings(self._ledger.chain)
             await nursery.start(self._duels.run)
@@ -310,7 +322,7 @@ class Node:
                 overlay=overlay, peer_id=self.peer_id, peers=lambda: self.membership.peers,
                 models=models, policy=get_policy(self.config.server_params),
                 credit=self.credit, rng=self.rng, stakes=stakes, duels=self._duels,
-                identity=self.identity)
+                identity=self.identity, id_prefix=f"{int(self.wall_clock() * 1e6):x}")
             await nursery.start(self._dispatcher.run)
             await nursery.start(self._membership.run)
             nursery.start_soon(self._notify_on_membership)

@@ -73,15 +73,29 @@ def test_silent_and_abstaining_judges_and_a_split_vote():
     assert tie.winner == "" and tie.majority == (P[3], P[4]) and tie.minority == (P[5],)
 
 
-def test_a_missing_answer_loses_without_judges():
+def test_a_missing_answer_wins_the_reward_but_moves_no_stake():
     rec = DuelRecord(network=NET, duel_id="d", requester=REQ.peer_id, executors=(X, Y),
                      answers=(b"", b"h" * 32), judges=(), x_first=())
-    assert tally(rec, {}) .winner == Y
+    assert tally(rec, {}).winner == Y and tally(rec, {}).forfeit
+    # the red team's forgery: a duel that never happened naming a victim as the executor
+    # that "did not answer" used to take the victim's whole stake; nobody can prove a
+    # missing answer, so the requester's word costs only the requester the reward
     t = signed_duel(REQ, XY, [], [], network=NET, answers=("done", None))
     assert (t.winner, t.loser) == (X, Y)
     st_ = state()
     st_.apply(sign_tx(t, REQ), 1)
-    assert st_.balance(X) == 111 * UNIT  # reward + the loser's whole stake
+    assert st_.balance(X) == 101 * UNIT  # the reward, paid by the requester
+    assert st_.stake(Y) == 10 * UNIT and st_.balance(REQ.peer_id) == 99 * UNIT
+
+
+def test_only_a_judge_that_committed_can_be_silent():
+    t = duel(["A", "A", "-"])  # judge 2 never committed: maybe never asked
+    assert t.silent == () and t.majority == (P[3], P[4])
+    s = state()
+    s.apply(sign_tx(t, REQ), 1)
+    assert s.stake(P[5]) == 10 * UNIT
+    t2 = duel(["A", "A", None], duel_id="d2")  # committed, then never revealed
+    assert t2.silent == (P[5],)
 
 
 # ---- settlement on the ledger -----------------------------------------------------------

@@ -18,14 +18,22 @@ evidence (:func:`outcome_of`) and rejects a settlement that claims anything else
   majority, the other voters the minority; a judge that committed nothing, revealed
   nothing (or a reveal that does not match its commit), or abstained is silent. In a tie
   without a plurality every voter counts as majority (nobody voted against the outcome).
-- A duel with one missing answer needs no judges: the executor that answered wins.
+- A duel with one missing answer needs no judges: the executor that answered wins the
+  reward, but no stake moves (:attr:`Outcome.forfeit`): nobody can prove that an answer
+  did not come, so the requester's word must cost nobody else anything.
+- Only a judge whose commit is in the evidence can be **silent** (penalised): a judge
+  that never committed may never have been asked.
+- On a ledger the **judges are drawn, not chosen** (:func:`draw_judges`): stake-weighted
+  from the stake table of the checkpoint named in the record (``anchor``), seeded with that
+  checkpoint's block id and the requester, skipping the requester and the executors.
+  Every replica redraws them, and so does every judge before it evaluates anything.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -44,6 +52,7 @@ __all__ = [
     "commitment",
     "decide",
     "digest",
+    "draw_judges",
     "outcome_of",
     "tally",
 ]
@@ -54,7 +63,7 @@ _V = TypeVar("_V", "VoteCommit", "VoteReveal")
 VERDICTS = ("A", "B", "tie", "abstain")
 
 
-@message("duel-record", 1)
+@message("duel-record", 2)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DuelRecord(Message):
     """The requester's account of a duel (see the module docs)."""
@@ -66,6 +75,9 @@ class DuelRecord(Message):
     answers: tuple[bytes, ...]
     judges: tuple[str, ...]
     x_first: tuple[bool, ...]
+    #: height of the checkpoint whose stake table and block id drew the judges (-1: no
+    #: ledger, judges drawn from the requester's peer table)
+    anchor: int = -1
 
 
 @message("duel-commit", 1)
@@ -126,6 +138,10 @@ class Outcome:
     majority: tuple[str, ...] = ()
     minority: tuple[str, ...] = ()
     silent: tuple[str, ...] = ()
+    #: one executor gave no (receipted) answer: the other wins the reward, no stake moves
+    forfeit: bool = False
+    #: the record it was derived from (None for a bare :func:`tally`)
+    record: DuelRecord | None = None
 
     @property
     def tie(self) -> bool:
@@ -154,13 +170,40 @@ def decide(n_x: int, n_y: int, n_tie: int) -> str:
     return leaders[0] if len(leaders) == 1 else "tie"
 
 
-def tally(record: DuelRecord, votes: Mapping[str, str]) -> Outcome:
-    """The outcome of ``record`` given each revealed judge's verdict (see module docs)."""
+def draw_judges(seed: bytes, requester: str, stakes: Mapping[str, int],
+                exclude: Iterable[str], k: int) -> tuple[str, ...]:
+    """The ``k`` judges of ``requester``'s duels at the checkpoint with block id ``seed``:
+    drawn one after the other by stake (``stakes``, micro-credits), without replacement,
+    skipping ``exclude`` (the requester and the executors). Fewer if fewer hold stake.
+    Integer arithmetic only: every replica draws the same judges."""
+    left = {a: s for a, s in stakes.items() if s > 0 and a not in set(exclude)}
+    chosen: list[str] = []
+    base = hashlib.sha256(b"wwwserve/judges/1" + seed + requester.encode()).digest()
+    while left and len(chosen) < k:
+        total = sum(left.values())
+        point = int.from_bytes(hashlib.sha256(
+            base + len(chosen).to_bytes(4, "big")).digest(), "big") % total
+        for account in sorted(left):
+            if point < left[account]:
+                chosen.append(account)
+                del left[account]
+                break
+            point -= left[account]
+    return tuple(chosen)
+
+
+def tally(record: DuelRecord, votes: Mapping[str, str],
+          committed: Collection[str] | None = None) -> Outcome:
+    """The outcome of ``record`` given each revealed judge's verdict (see module docs).
+
+    ``committed``: the judges whose commits are known; only they can be silent (default:
+    every judge)."""
     x, y = record.executors
     if not record.answers[0] or not record.answers[1]:
         if not record.answers[0] and not record.answers[1]:
             raise ValueError("a duel where neither executor answered has no outcome")
-        return Outcome(x, y) if record.answers[0] else Outcome(y, x)
+        return Outcome(x, y, forfeit=True, record=record) if record.answers[0] \
+            else Outcome(y, x, forfeit=True, record=record)
     choice: dict[str, str] = {}
     silent = []
     for judge, x_first in zip(record.judges, record.x_first, strict=True):
@@ -171,7 +214,7 @@ def tally(record: DuelRecord, votes: Mapping[str, str]) -> Outcome:
             choice[judge] = "y" if x_first else "x"
         elif verdict == "tie":
             choice[judge] = "tie"
-        else:
+        elif committed is None or judge in committed:
             silent.append(judge)
     counts = [sum(1 for c in choice.values() if c == k) for k in ("x", "y", "tie")]
     decision = decide(*counts)
@@ -182,10 +225,10 @@ def tally(record: DuelRecord, votes: Mapping[str, str]) -> Outcome:
         majority = tuple(j for j, c in choice.items() if c == decision)
         minority = tuple(j for j, c in choice.items() if c != decision)
     if decision == "x":
-        return Outcome(x, y, majority, minority, tuple(silent))
+        return Outcome(x, y, majority, minority, tuple(silent), record=record)
     if decision == "y":
-        return Outcome(y, x, majority, minority, tuple(silent))
-    return Outcome("", "", majority, minority, tuple(silent))
+        return Outcome(y, x, majority, minority, tuple(silent), record=record)
+    return Outcome("", "", majority, minority, tuple(silent), record=record)
 
 
 def _bad(why: str) -> InvalidTransactionError:
@@ -272,7 +315,7 @@ def _outcome_of(evidence: bytes, network: str, requester: str, duel_id: str) -> 
         if commitment(duel_id, r.judge, r.verdict, r.salt) != c_.commitment:
             raise _bad(f"{r.judge[-8:]}'s reveal does not open its commitment")
         votes[r.judge] = r.verdict
-    return tally(record, votes)
+    return tally(record, votes, committed=commits)
 
 
 def _open(raw: bytes, cls: type[_V], what: str) -> _V:

@@ -109,6 +109,11 @@ class Answer:
 Settle = Callable[[str, Outcome, bytes], bool]
 #: The model and engine this node judges with, or None if it has none available.
 JudgeEngine = Callable[[], tuple[str, Engine] | None]
+#: On a ledger: (requester, executors, k) -> (checkpoint height, the judges drawn there)
+Draw = Callable[[str, set[str], int], tuple[int, tuple[str, ...]]]
+#: On a ledger: why a judge must refuse a duel record (its requester holds no stake, its
+#: judges are not the ones drawn at its checkpoint), or None if it may judge
+CheckRecord = Callable[[DuelRecord], Awaitable[str | None]]
 
 
 class DuelService:
@@ -127,6 +132,8 @@ class DuelService:
         stakes: Callable[[], Mapping[str, float]] | None = None,
         settle: Settle | None = None,
         on_engine_done: Callable[[], None] = lambda: None,
+        draw: Draw | None = None,
+        check_record: CheckRecord | None = None,
     ) -> None:
         self.overlay = overlay
         self.identity = identity
@@ -138,6 +145,8 @@ class DuelService:
         self.stakes = stakes
         self.settle = settle
         self.on_engine_done = on_engine_done
+        self.draw = draw
+        self.check_record = check_record
         self.stats: Counter[str] = Counter()
         #: outcomes of the duels this node requested (the ledger's, network-wide, are in
         #: :meth:`wwwserve.node.Node.ratings`)
@@ -146,6 +155,8 @@ class DuelService:
         # (requester, duel id) -> (verdict, salt, forget at)
         self._votes: dict[tuple[str, str], tuple[str, bytes, float]] = {}
         self._judging = 0
+        #: judgements in progress per requester (one requester gets a share, not all)
+        self._judging_for: Counter[str] = Counter()
 
     @property
     def peer_id(self) -> str:
@@ -201,12 +212,18 @@ class DuelService:
         answers = (digest(x.text) if x.text is not None else b"",
                    digest(y.text) if y.text is not None else b"")
         judges: list[str] = []
+        anchor = -1
         if x.text is None or y.text is None:
             self.stats["missing_answer"] += 1
         else:
-            exclude = {self.peer_id, x.executor, y.executor, *route}
-            judges = weighted_sample(self._eligible_judges(exclude), self.params.k_judges,
-                                     self.rng)
+            if self.draw is not None:  # a ledger: drawn where every replica can redraw
+                anchor, drawn = self.draw(self.peer_id, {x.executor, y.executor},
+                                          self.params.k_judges)
+                judges = list(drawn)
+            else:
+                exclude = {self.peer_id, x.executor, y.executor, *route}
+                judges = weighted_sample(self._eligible_judges(exclude),
+                                         self.params.k_judges, self.rng)
             if len(judges) < self.params.k_judges:
                 self.stats["void_too_few_judges"] += 1
                 return None
@@ -215,7 +232,7 @@ class DuelService:
                     duel_id, x.executor, y.executor, ", ".join(judges) or "none", duel_id)
         record = DuelRecord(network=self.network, duel_id=duel_id, requester=self.peer_id,
                             executors=(x.executor, y.executor), answers=answers,
-                            judges=tuple(judges), x_first=x_first)
+                            judges=tuple(judges), x_first=x_first, anchor=anchor)
         record_env = encode(seal(record, self.identity))
         commits: dict[str, bytes] = {}
         reveals: dict[str, bytes] = {}
@@ -224,7 +241,7 @@ class DuelService:
             assert x.text is not None and y.text is not None
             await self._collect_commits(request, record, record_env, x.text, y.text, commits)
             await self._collect_reveals(record, commits, reveals, votes)
-        outcome = tally(record, votes)
+        outcome = tally(record, votes, committed=commits)
         self.stats["tie" if outcome.tie else "decided"] += 1
         self.stats["silent_judges"] += len(outcome.silent)
         if outcome.tie:
@@ -369,15 +386,29 @@ class DuelService:
         self._forget_expired()
         if key in self._votes:
             raise DuelError(f"duel {record.duel_id!r} is already judged")
+        share = max(1, self.params.max_judging // 4)
+        kept = sum(1 for requester, _ in self._votes if requester == peer)
+        if self._judging_for[peer] >= share or kept >= 4 * share:
+            self.stats["refused_requester_busy"] += 1
+            raise DuelError(f"too many judgements in progress for {peer[-8:]}")
         if self._judging >= self.params.max_judging or len(self._votes) >= \
                 4 * self.params.max_judging:
             self.stats["refused_busy"] += 1
             raise DuelError("too many judgements in progress")
         self._judging += 1
+        self._judging_for[peer] += 1
         try:
+            if self.check_record is not None:
+                problem = await self.check_record(record)
+                if problem is not None:
+                    self.stats["refused_record"] += 1
+                    raise DuelError(problem)
             verdict = await self.evaluate(record, msg.question, msg.answer_a, msg.answer_b)
         finally:
             self._judging -= 1
+            self._judging_for[peer] -= 1
+            if not self._judging_for[peer]:
+                del self._judging_for[peer]
         salt = self.rng.randbytes(16)
         until = trio.current_time() + self.params.judge_timeout + self.params.reveal_timeout
         self._votes[key] = (verdict, salt, until)

@@ -41,7 +41,7 @@ class ChatMessage:
     content: str
 
 
-@message("completion-request", 1)
+@message("completion-request", 2)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CompletionRequest(Message):
     """An OpenAI-style completion, normalised: a chat if ``messages``, else a text ``prompt``.
@@ -49,6 +49,11 @@ class CompletionRequest(Message):
     ``timeout`` is the request's budget in seconds from submission; ``ignore_eos`` asks the
     engine to generate exactly ``max_tokens`` (SGLang and vLLM both accept it; workloads
     replaying traces use it to fix output lengths).
+
+    ``request_id`` is the market's id for the request: made by the node that offloads it
+    (what a payment and a receipt name), never taken from a user. ``trace_id`` is the id
+    the request arrived with (the user's ``X-Request-Id``, or the gateway's), which logs
+    carry along.
     """
 
     request_id: str
@@ -61,6 +66,12 @@ class CompletionRequest(Message):
     stream: bool = False
     ignore_eos: bool = False
     timeout: float = 600.0
+    trace_id: str = ""
+
+    @property
+    def trace(self) -> str:
+        """The id the request arrived with (its ``request_id`` where it has none)."""
+        return self.trace_id or self.request_id
 
     @property
     def is_chat(self) -> bool:

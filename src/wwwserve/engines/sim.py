@@ -226,7 +226,7 @@ class SimEngine:
         """How many tokens this engine will generate for ``request`` (deterministic)."""
         if request.ignore_eos:
             return max(1, request.max_tokens)
-        rng = random.Random(f"{self.seed}:len:{request.request_id}")
+        rng = random.Random(f"{self.seed}:len:{request.trace}")
         p = 1.0 / max(1, self.mean_output_tokens)
         n = 1 + int(math.log(1.0 - rng.random()) / math.log(1.0 - p)) if p < 1 else 1
         return max(1, min(request.max_tokens, n))
@@ -236,13 +236,13 @@ class SimEngine:
         messages = tuple((m.role, m.content) for m in request.messages)
         if is_judge_prompt(messages):
             parts = split_judge_prompt(messages[1][1])
-            rng = random.Random(f"{self.seed}:judge:{request.request_id}")
+            rng = random.Random(f"{self.seed}:judge:{request.trace}")
             verdict = "abstain" if parts is None else self.quality_model.vote(
                 parts[1], parts[2], rng)
             return f"Verdict: {verdict}"
         if not self.quality_markers:
             return None
-        rng = random.Random(f"{self.seed}:quality:{request.request_id}")
+        rng = random.Random(f"{self.seed}:quality:{request.trace}")
         return quality_marker(self.quality_model.answer_quality(self.quality, rng))
 
     async def generate(self, request: CompletionRequest, emit: Emit) -> Usage:
@@ -259,7 +259,7 @@ class SimEngine:
             output = max(1, min(request.max_tokens, approx_tokens(script)))
         send, receive = trio.open_memory_channel[Chunk | Exception](math.inf)
         req = _Req(prompt, output,
-                   random.Random(f"{self.seed}:text:{request.request_id}"), send,
+                   random.Random(f"{self.seed}:text:{request.trace}"), send,
                    "length" if output >= request.max_tokens else "stop", script,
                    # like SGLang, which clips max_new_tokens to what its KV pool could hold
                    max_new=min(request.max_tokens,

@@ -47,6 +47,12 @@ class CreditAccount(Protocol):
         own :meth:`pay` is the truth, as in a shared book or a ledger)."""
         ...
 
+    def can_serve(self, payer: str, amount: float, running: int) -> bool:
+        """Executor side: may ``payer``, with ``running`` requests running here already,
+        have one more served for ``amount``? (On a ledger: only if it can pay for all of
+        them and what it still owes; a book trusts everyone.)"""
+        ...
+
 
 class CreditBook:
     """In-memory balances, stakes and settled request ids for one or many accounts."""
@@ -117,3 +123,6 @@ class _BookAccount:
         if self._book.shared:
             return False
         return self._book.settle(payer, self._owner, amount, request_id)
+
+    def can_serve(self, payer: str, amount: float, running: int) -> bool:
+        return True

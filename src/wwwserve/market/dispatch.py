@@ -21,8 +21,10 @@ A request is paid for once, only after it completed, by request id.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import random
+import secrets
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -249,7 +251,9 @@ class Dispatcher:
         duels: DuelService | None = None,
         identity: Identity | None = None,
         max_peer_inflight: int = 32,
+        max_peers_inflight: int = 64,
         grant_ttl: float = 30.0,
+        id_prefix: str | None = None,
     ) -> None:
         self.overlay = overlay
         self.peer_id = peer_id
@@ -274,9 +278,17 @@ class Dispatcher:
         self.identity = identity
         #: most requests one peer may have running here at once (a flood is refused)
         self.max_peer_inflight = max_peer_inflight
+        #: most requests of all peers together running here at once (identities are free:
+        #: a per-peer cap alone bounds nothing)
+        self.max_peers_inflight = max_peers_inflight
         #: how long an accepted probe entitles its peer to send that request (seconds)
         self.grant_ttl = grant_ttl
         self._inflight: Counter[str] = Counter()
+        #: market request ids are ``<prefix>.<counter>``: unique per node run (the node
+        #: passes its start time in microseconds), never the user's id, so a payment and
+        #: a receipt name exactly one offload
+        self._id_prefix = id_prefix if id_prefix is not None else secrets.token_hex(6)
+        self._ids = itertools.count()
         #: accepted probes: (peer, request id) -> expiry; an offload that is not an offer
         #: needs one (else it is judged as an offer: the policy decides)
         self._grants: dict[tuple[str, str], float] = {}
@@ -388,11 +400,12 @@ class Dispatcher:
                         and self.credit.balance() >= self.reward:
                     self._waiting -= 1
                     waiting = False
+                    market = self._market_request(request)
                     if self.duels is not None and self.duels.want_duel():
-                        usage = await self._offload_duel(request, sink, route, deadline,
+                        usage = await self._offload_duel(market, sink, route, deadline,
                                                          arrived)
                     else:
-                        usage = await self._offload(request, sink, route, deadline, arrived)
+                        usage = await self._offload(market, sink, route, deadline, arrived)
                     if usage is not None:
                         return usage
                     self._waiting += 1
@@ -424,6 +437,11 @@ class Dispatcher:
         finally:
             if waiting:
                 self._waiting -= 1
+
+    def _market_request(self, request: CompletionRequest) -> CompletionRequest:
+        """``request`` under a fresh market id of ours (its trace id stays)."""
+        market_id = f"{self._id_prefix}.{next(self._ids):x}"
+        return replace(request, request_id=market_id, trace_id=request.trace)
 
     async def _run_local(self, model: LocalModel, request: CompletionRequest, sink: _Sink,
                          deadline: float) -> Usage | None:
@@ -568,7 +586,7 @@ class Dispatcher:
         assert duels is not None
         race = _Race(sink, request.stream)
         first, second = _Tap(race), _Tap(race, copy=True)
-        copy = replace(request, request_id=self.rng.randbytes(8).hex())
+        copy = replace(request, request_id=self.rng.randbytes(8).hex(), trace_id="")
         self.stats["duels"] += 1
         logger.info("duelled: a copy goes out as request %s", copy.request_id)
 
@@ -720,29 +738,41 @@ class Dispatcher:
         expiry = self._grants.pop((peer, request_id), None)
         return expiry is not None and expiry > trio.current_time()
 
+    def _refusal(self, peer: str) -> str | None:
+        """Why ``peer`` may not have one more request run here now, if it may not: too
+        many of its own or of all peers' running, or it cannot pay for them."""
+        if self._inflight[peer] >= self.max_peer_inflight or \
+                self.running_for_peers >= self.max_peers_inflight:
+            self.stats["flood_refused"] += 1
+            return "too many requests"
+        if not self.credit.can_serve(peer, self.reward, self._inflight[peer]):
+            self.stats["unpaid_refused"] += 1
+            return "credit"
+        return None
+
     async def _on_probe(self, peer: str, payload: bytes, sender: ResponseSender) -> None:
         probe = decode(payload, expect=Probe)
-        name = (self._accepts(probe.model, probe.route)
-                if self._inflight[peer] < self.max_peer_inflight else None)
+        refusal = self._refusal(peer)
+        name = self._accepts(probe.model, probe.route) if refusal is None else None
         self.stats["probe_accepted" if name else "probe_refused"] += 1
         if name:
             self._grant(peer, probe.request_id)
         await sender.send(encode(ProbeReply(accept=name is not None, model=name or "",
-                                            reason="" if name else "busy")))
+                                            reason="" if name else refusal or "busy")))
 
     async def _on_offload(self, peer: str, payload: bytes, sender: ResponseSender) -> None:
         off = decode(payload, expect=Offload)
         request = decode(off.request, expect=CompletionRequest)
-        with tracing(request.request_id):
+        with tracing(request.trace):
             await self._execute(peer, off, request, sender)
 
     async def _execute(self, peer: str, off: Offload, request: CompletionRequest,
                        sender: ResponseSender) -> None:
         if self.peer_id in off.route or off.hops > self.max_hops:
             raise WWWServeError("route loop or hop limit exceeded")
-        if self._inflight[peer] >= self.max_peer_inflight:
-            self.stats["flood_refused"] += 1
-            await sender.send(encode(ProbeReply(accept=False, reason="too many requests")))
+        refusal = self._refusal(peer)
+        if refusal is not None:
+            await sender.send(encode(ProbeReply(accept=False, reason=refusal)))
             return
         self._inflight[peer] += 1
         try:

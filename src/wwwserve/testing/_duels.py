@@ -34,11 +34,14 @@ def signed_duel(
     answers: tuple[str | None, str | None] = ("answer x", "answer y"),
     x_first: Sequence[bool] | None = None,
     nonce: int = 0,
+    anchor: int = -1,
 ) -> DuelSettlement:
     """A duel settlement with real signed evidence, for tests.
 
     ``verdicts[i]`` is judge ``i``'s vote as it saw the answers (``A``, ``B``, ``tie``,
-    ``abstain``), or None for a judge that committed but never revealed. Each answer
+    ``abstain``), None for a judge that committed but never revealed, or ``"-"`` for one
+    that never committed. ``anchor``: the record's checkpoint height (on a chain the
+    judges must be the ones drawn there). Each answer
     (None: missing) comes with its executor's signed receipt. Winner, loser and
     judge groups are what the evidence implies (so the settlement is valid unless the
     test changes it); amounts are ``rules``' (default: the authors').
@@ -48,10 +51,13 @@ def signed_duel(
     record = DuelRecord(network=network, duel_id=duel_id, requester=requester.peer_id,
                         executors=(executors[0].peer_id, executors[1].peer_id),
                         answers=tuple(digest(a) if a is not None else b"" for a in answers),
-                        judges=tuple(j.peer_id for j in judges), x_first=order)
+                        judges=tuple(j.peer_id for j in judges), x_first=order,
+                        anchor=anchor)
     record_env = encode(seal(record, requester))
     commits, reveals, votes = [], [], {}
     for judge, verdict in zip(judges, verdicts, strict=True):
+        if verdict == "-":
+            continue
         salt = judge.peer_id.encode()[:16]
         shown = verdict or "abstain"
         commits.append(encode(seal(VoteCommit(
@@ -63,7 +69,8 @@ def signed_duel(
                 network=network, duel_id=duel_id, requester=requester.peer_id,
                 judge=judge.peer_id, verdict=verdict, salt=salt), judge)))
             votes[judge.peer_id] = verdict
-    outcome = tally(record, votes)
+    committed = {j.peer_id for j, v in zip(judges, verdicts, strict=True) if v != "-"}
+    outcome = tally(record, votes, committed=committed)
     receipts = tuple(encode(seal(AnswerReceipt(
         requester=requester.peer_id, request_id=f"{duel_id}-{k}", digest=digest(answer)),
         executor)) for k, (executor, answer) in enumerate(zip(executors, answers, strict=True))
