@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import httpx
 import openai
 import pytest
 import trio
@@ -249,3 +250,56 @@ async def test_a_request_is_logged_under_the_users_request_id_on_every_hop(
             await net.client.chat.completions.create(
                 model=A, max_tokens=3, messages=[{"role": "user", "content": "x"}],
                 extra_headers={"X-Request-Id": "no spaces allowed"})
+
+
+async def _raw(url: str, data: bytes) -> bytes:
+    """Send raw bytes to the gateway at ``url``; everything it answers until it closes."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    out = b""
+    async with stream:
+        await stream.send_all(data)
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some(65536):
+                out += chunk
+    return out
+
+
+async def test_hostile_http_gets_openai_errors_never_a_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """What the red team sent: JSON nested 1,000 deep (a 500 and a RecursionError traceback
+    in the log), ``n: true`` (accepted), a malformed request line and 64 KiB of headers
+    (hypercorn's bare 400/431 without a body)."""
+    async with gateway_net() as net:
+        c = net.client
+        deep = {"messages": [{"role": "user", "content": "x"}]}
+        url = net.a.gateway_url
+        assert url is not None
+        async with httpx.AsyncClient() as http:
+            for depth in (1_000, 100_000):
+                got = await http.post(url + "/v1/chat/completions",
+                                      content=b'{"a": ' + b"[" * depth + b"]" * depth + b"}")
+                assert got.status_code == 400
+                assert "nested too deeply" in got.json()["error"]["message"]
+        with pytest.raises(openai.BadRequestError, match="n: only n=1"):
+            await c.chat.completions.create(model=A, messages=deep["messages"],  # type: ignore[arg-type]
+                                            extra_body={"n": True})
+        bad_line = await _raw(url, b"GARBAGE\r\n\r\n")
+        assert bad_line.startswith(b"HTTP/1.1 400") and b'"error"' in bad_line
+        huge = await _raw(url, b"GET /health HTTP/1.1\r\nhost: x\r\nx-junk: "
+                          + b"a" * 65536 + b"\r\n\r\n")
+        assert huge.split(b" ", 2)[1] in (b"400", b"431") and b'"error"' in huge
+    assert "Traceback" not in caplog.text and "RecursionError" not in caplog.text
+
+
+async def test_an_idle_connection_is_closed_after_the_keep_alive() -> None:
+    """A connection that never sends a whole request (slow loris) does not stay open."""
+    async with gateway_net() as net:
+        url = net.a.gateway_url
+        assert url is not None
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(b"GET /health HTTP/1.1\r\nhost:")  # and nothing more
+            with trio.fail_after(45):  # the keep-alive is 30 s
+                assert await stream.receive_some(65536) == b""

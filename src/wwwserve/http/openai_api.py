@@ -139,13 +139,15 @@ def parse_completion(raw: bytes, *, chat: bool, request_id: str | None = None,
         body = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise _bad(f"request body is not valid JSON: {exc}", None) from None
+    except RecursionError:
+        raise _bad("request body is nested too deeply", None) from None
     if not isinstance(body, dict):
         raise _bad("request body must be a JSON object", None)
     model = body.get("model", "auto")
     if not isinstance(model, str) or not model:
         raise _bad("model: must be a non-empty string", "model")
     n = body.get("n", 1)
-    if n != 1:
+    if isinstance(n, bool) or n != 1:
         raise _bad(f"n: only n=1 is supported, got {n!r}", "n")
     messages: tuple[ChatMessage, ...] = ()
     prompt: str | None = None
