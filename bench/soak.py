@@ -16,6 +16,11 @@ Ends with one JSON line. CI runs 200 seeds of 5-8 nodes (tests/sim/test_dst.py);
 is for thousands:
 
     python bench/soak.py [--seeds 100] [--start 0] [--max-nodes 30] [--duration 90]
+        [--adversarial]
+
+``--adversarial``: the last node of every network also attacks (wwwserve.sim.attacks:
+forged settlements, equivocation, side-block and pool floods, free-riding strangers,
+lying heartbeats, stalled sync), and the honest stakes and bounds are checked too.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from wwwserve.sim.attacks import STRATEGIES
 from wwwserve.sim.dst import FAULT_KINDS, run
 
 
@@ -36,6 +42,8 @@ def main() -> None:
     parser.add_argument("--start", type=int, default=0)
     parser.add_argument("--max-nodes", type=int, default=30)
     parser.add_argument("--duration", type=float, default=90.0)
+    parser.add_argument("--adversarial", action="store_true",
+                        help="the last node of each network also plays attacker strategies")
     args = parser.parse_args()
 
     faults: Counter[str] = Counter()
@@ -48,7 +56,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 result = run(seed, Path(tmp), max_nodes=args.max_nodes,
-                             duration=args.duration)
+                             duration=args.duration, adversarial=args.adversarial)
             except Exception as exc:  # a node crashed the run: a violation, and go on
                 print(f"seed {seed}: VIOLATION the run crashed: {exc!r}", flush=True)
                 violations.append((seed, f"crashed: {exc!r}"))
@@ -70,6 +78,8 @@ def main() -> None:
           f"{served / virtual:.2f} served per virtual second under faults; "
           f"{served / wall:.1f} per wall second")
     print("faults: " + ", ".join(f"{k} {faults[k]}" for k in FAULT_KINDS))
+    if args.adversarial:
+        print("attacks: " + ", ".join(f"{k} {faults['attack_' + k]}" for k in STRATEGIES))
     lags.sort()
     print(f"final checkpoint behind the tip at the end: median {lags[len(lags) // 2]}, "
           f"max {lags[-1]} blocks")
@@ -79,6 +89,7 @@ def main() -> None:
         "served_per_virtual_s": round(served / virtual, 3),
         "served_per_wall_s": round(served / wall, 1),
         "faults": {k: faults[k] for k in FAULT_KINDS},
+        "attacks": {k: faults["attack_" + k] for k in STRATEGIES} if args.adversarial else {},
         "final_lag_median_blocks": lags[len(lags) // 2], "final_lag_max_blocks": lags[-1],
         "invariant_violations": len(violations), "wall_s": round(wall, 1)}))
 

@@ -186,10 +186,12 @@ async def test_a_double_spend_is_applied_once_everywhere(autojump_clock, tmp_pat
         assert len(spends) == 1  # one of the two, the same on every replica
 
 
-async def test_an_equivocating_proposer_is_rejected_and_recorded(autojump_clock, tmp_path):
+async def test_an_equivocating_proposer_is_slashed_and_the_chain_goes_on(autojump_clock,
+                                                                          tmp_path):
     """Node 4 signs a second, equally valid block for each slot it wins (with a payment
-    of its own that the first lacks): honest replicas take one, refuse the other and keep
-    the pair as evidence. (Stakes are pinned, so node 4 signs nothing else.)"""
+    of its own that the first lacks): honest replicas keep both, converge on one branch,
+    and put the pair on chain as evidence, which slashes node 4. (Stakes are pinned, so
+    node 4 signs nothing else.)"""
     async with MemoryTestnet(5, ledger=True, data_dir=tmp_path, seed=24, stake=10.0) as net:
         adv = net.nodes[HONEST]
         ledger = adv.ledger
@@ -227,6 +229,10 @@ async def test_an_equivocating_proposer_is_rejected_and_recorded(autojump_clock,
         seen = sum(len(n.ledger.chain.equivocations) for n in honest)  # type: ignore[union-attr]
         assert seen > 0
         ledger_sound(honest)
+        for node in honest:
+            state = node.ledger.chain.state  # type: ignore[union-attr]
+            assert any(k[1] == adv.peer_id for k in state.slashed)
+            assert state.burned > 0
         assert min(n.ledger.chain.finalized_height for n in honest) > 5  # type: ignore[union-attr]
 
 
@@ -315,8 +321,9 @@ async def test_a_stream_flood_is_refused_beyond_the_per_peer_limit(autojump_cloc
         assert len(replies) == 300
         assert sum(replies) <= limit
         assert peak <= limit
-        assert target.dispatcher.stats["flood_refused"] + \
-            target.dispatcher.stats["probe_refused"] >= 300 - limit
+        stats = target.dispatcher.stats
+        assert stats["flood_refused"] + stats["probe_refused"] + stats["unpaid_refused"] \
+            >= 300 - limit
         await trio.sleep(20)
         ledger_sound(net.nodes)
 
@@ -359,3 +366,142 @@ async def test_a_gossip_flood_keeps_memory_bounded_and_users_served(autojump_clo
         await serve(net, 0, 10, "g")
         await trio.sleep(20)
         ledger_sound(net.nodes[:HONEST])
+
+
+async def test_strangers_without_credit_get_nothing_served(autojump_clock, tmp_path):
+    """Four Sybil identities with no ledger account offer 40 requests each (the red team
+    had 112 of 2,000 tokens accepted at once and paid nothing): a node serves a peer only
+    if its credit on the chain covers what it runs and owes there."""
+    async with MemoryTestnet(4, ledger=True, data_dir=tmp_path, seed=31) as net:
+        target = net.nodes[1]
+        sybils = [net.network.node(Identity.from_seed(bytes([0x70 + k]) * 32))
+                  for k in range(4)]
+        accepted: list[bool] = []
+
+        async def offer(adv: object, i: int) -> None:
+            request = net.request(f"free{i}", max_tokens=2000)
+            payload = encode(Offload(request=encode(request), offer=True))
+            try:
+                async with adv.request(target.peer_id, OFFLOAD_PROTOCOL,  # type: ignore[attr-defined]
+                                       payload, idle_timeout=600.0) as resp:
+                    reply = decode(await anext(resp.__aiter__()), expect=ProbeReply)
+                    accepted.append(reply.accept)
+            except (OverlayError, ProtocolError):
+                accepted.append(False)
+
+        async with trio.open_nursery() as nursery:
+            for adv in sybils:
+                await nursery.start(_run_node, adv)
+                await adv.connect(target.addresses[0])
+                for i in range(40):
+                    nursery.start_soon(offer, adv, i)
+            await trio.sleep(5)
+            nursery.cancel_scope.cancel()
+        assert len(accepted) == 160 and not any(accepted)
+        assert target.dispatcher.stats["unpaid_refused"] == 160
+        await serve(net, 0, 10, "u")  # funded peers are served as before
+
+
+async def _run_node(node: object, *, task_status: trio.TaskStatus[None]) -> None:
+    async with node:  # type: ignore[attr-defined]
+        task_status.started()
+        await trio.sleep_forever()
+
+
+async def test_a_reused_user_request_id_never_freezes_the_nodes_account(autojump_clock,
+                                                                         tmp_path):
+    """Users send 20 requests with the same X-Request-Id (the red team's two made the node
+    sign a payment that could never apply, which blocked every later one): the market id
+    of each offload is the node's own, so every payment applies and none stays pending."""
+    async with MemoryTestnet(4, ledger=True, data_dir=tmp_path, seed=32) as net:
+        node = net.nodes[0]
+        done: list[int] = []
+
+        async def one() -> None:
+            _, usage = await node.complete(net.request("same-id", max_tokens=100))
+            done.append(usage.completion_tokens)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(20):
+                nursery.start_soon(one)
+        assert done == [100] * 20
+        assert node.dispatcher.stats["paid"] >= 2
+        await trio.sleep(30)
+        chain = node.ledger.chain  # type: ignore[union-attr]
+        assert not chain.pending(node.peer_id)
+        assert chain.state.nonce(node.peer_id) >= node.dispatcher.stats["paid"]
+        ledger_sound(net.nodes)
+
+
+async def test_a_sync_peer_trickling_stale_blocks_is_left_for_another(autojump_clock,
+                                                                      tmp_path):
+    """A peer answers sync requests with one old block every 8 s, forever (the red team
+    kept a restarted node behind this way for as long as it stayed connected): the batch
+    times out, the peer is avoided, and the node syncs from an honest one."""
+    async with MemoryTestnet(4, ledger=True, data_dir=tmp_path, seed=33) as net:
+        await serve(net, 0, 5, "a")
+        ledger = net.nodes[0].ledger
+        assert ledger is not None
+        old = ledger.chain.canonical_blocks(1, 1)[0]
+        adv = net.network.node(Identity.from_seed(b"\x7a" * 32))
+
+        async def trickle(peer: str, payload: bytes, sender: object) -> None:
+            while True:
+                await trio.sleep(8)
+                await sender.send(encode(old))  # type: ignore[attr-defined]
+
+        adv.serve(SYNC_PROTOCOL, trickle)
+        async with adv:
+            await adv.connect(net.nodes[0].addresses[0])
+            with trio.fail_after(60):  # it used to go on for 1,000 batches
+                await ledger.sync_from(adv.peer_id)
+            assert ledger.stats["sync_timeouts"] == 1
+            assert not ledger._usable(adv.peer_id)
+        ledger_sound(net.nodes)
+
+
+async def test_a_stranger_cannot_keep_judges_busy(autojump_clock, tmp_path):
+    """A key without stake sends 64 judge requests at once naming the target as judge (the
+    red team's 128 locked a judge out for everyone): every one is refused before any
+    engine runs, and the judge still judges for a staked requester's drawn duel."""
+    from wwwserve.duel.evidence import DuelRecord, digest
+    from wwwserve.duel.service import JudgeRequest
+
+    async with MemoryTestnet(4, ledger=True, data_dir=tmp_path, seed=34) as net:
+        await serve(net, 0, 4, "a")
+        req, x, y, judge = net.nodes
+        stranger = net.network.node(Identity.from_seed(b"\x7b" * 32))
+        refused = 0
+
+        def ask(signer: Identity, requester: str, anchor: int = 0, duel_id: str = "d") -> bytes:
+            record = DuelRecord(network=net.nodes[0].ledger.network,  # type: ignore[union-attr]
+                                duel_id=duel_id, requester=requester,
+                                executors=(x.peer_id, y.peer_id),
+                                answers=(digest("one"), digest("two")),
+                                judges=(judge.peer_id,), x_first=(True,), anchor=anchor)
+            return encode(JudgeRequest(record=encode(seal(record, signer)), question="q",
+                                       answer_a="one", answer_b="two"))
+
+        async def flood(i: int) -> None:
+            nonlocal refused
+            try:
+                async with stranger.request(judge.peer_id, JUDGE_PROTOCOL,
+                                            ask(stranger.identity, stranger.peer_id,
+                                                duel_id=f"f{i}")) as resp:
+                    async for _ in resp:
+                        pass
+            except (OverlayError, ProtocolError):
+                refused += 1
+
+        async with stranger:
+            await stranger.connect(judge.addresses[0])
+            async with trio.open_nursery() as nursery:
+                for i in range(64):
+                    nursery.start_soon(flood, i)
+        assert refused == 64 and judge.duels.stats["refused_record"] == 64
+        chain = req.ledger.chain  # type: ignore[union-attr]
+        anchor, drawn = chain.judge_draw(req.peer_id, {x.peer_id, y.peer_id}, 1)
+        assert drawn == (judge.peer_id,)
+        async with req.overlay.request(judge.peer_id, JUDGE_PROTOCOL,
+                                       ask(req.identity, req.peer_id, anchor)) as resp:
+            assert len([c async for c in resp]) == 1

@@ -7,8 +7,12 @@ seconds of requests under random faults, 60 s to settle (finality must move agai
 
 from __future__ import annotations
 
+import dataclasses
+import random
+
 import pytest
 
+from wwwserve.sim.attacks import STRATEGIES
 from wwwserve.sim.dst import FAULT_KINDS, _check_ledgers, run, run_seed
 from wwwserve.testing import MemoryTestnet
 
@@ -29,6 +33,52 @@ async def test_invariants_hold_under_faults(seed, autojump_clock, tmp_path):
     result = await run_seed(seed, tmp_path, max_nodes=8, duration=40.0, settle=60.0)
     assert result.violations == []
     assert result.requests > 0 and result.served > 0
+
+
+ADVERSARIAL_SEEDS = 200
+
+
+@pytest.mark.parametrize("seed", range(ADVERSARIAL_SEEDS))
+async def test_invariants_hold_with_an_attacker(seed, autojump_clock, tmp_path):
+    result = await run_seed(seed, tmp_path, max_nodes=8, duration=40.0, settle=60.0,
+                            adversarial=True)
+    assert result.violations == []
+    assert result.requests > 0 and result.served > 0
+
+
+async def test_every_attack_is_played_over_the_ci_seeds(autojump_clock, tmp_path):
+    seen: set[str] = set()
+    for seed in range(8):
+        result = await run_seed(seed, tmp_path / str(seed), max_nodes=6, duration=5.0,
+                                settle=0.0, adversarial=True)
+        seen |= {k for k, v in result.faults.items() if v and k.startswith("attack_")}
+    assert seen == {f"attack_{s}" for s in STRATEGIES}
+
+
+async def test_the_attacker_invariant_fails_when_the_forfeit_fix_is_reverted(
+        autojump_clock, tmp_path, monkeypatch):
+    """Revert the fix for forged missing-answer settlements (a forfeit takes the named
+    loser's stake again, as it used to): the harness sees the theft."""
+    from wwwserve.duel import evidence
+
+    real = evidence.tally
+
+    def old_tally(*args: object, **kw: object) -> evidence.Outcome:
+        return dataclasses.replace(real(*args, **kw), forfeit=False)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(evidence, "tally", old_tally)
+    evidence._outcome_of.cache_clear()
+    seed = next(s for s in range(50) if "forged_settlement" in _strategies(s))
+    result = await run_seed(seed, tmp_path, max_nodes=8, duration=40.0, settle=20.0,
+                            adversarial=True)
+    evidence._outcome_of.cache_clear()
+    assert any("was not judged" in v for v in result.violations)
+
+
+def _strategies(seed: int) -> list[str]:
+    rng = random.Random(seed)
+    rng.randint(5, 8)
+    return sorted(rng.sample(STRATEGIES, rng.randint(2, 4)))
 
 
 def test_a_seed_replays_exactly(tmp_path):

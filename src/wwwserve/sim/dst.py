@@ -12,6 +12,11 @@ injects random faults, heals everything, lets the ledger settle and checks the i
 - no request was billed twice (no two payments on the chain for one payer and request id);
 - no balance or stake is negative.
 
+Adversarial runs (``adversarial=True``) add an attacker (:mod:`.attacks`) and two
+invariants: an honest account loses stake only in a judged duel it lost (or was outvoted
+in, or committed to and never revealed), never to a forgery, and is never slashed; pools,
+side blocks, block files and peer tables stay within their bounds.
+
 Faults: crash and restart with the node's on-disk chain, partitions and heals, gossip loss,
 duplication and reordering (jitter), slow and failing engines, skewed wall clocks. Everything
 comes from the seed, so a failing seed reproduces exactly: ``run(seed)`` again. Run under
@@ -36,6 +41,7 @@ from ..errors import EngineError, WWWServeError
 from ..ledger import Payment, decode_tx
 from ..node import Node
 from ..testing import MemoryTestnet
+from .attacks import STRATEGIES, attack_counts, check_bounds, check_honest_stakes, run_attacks
 
 __all__ = ["FAULT_KINDS", "FaultyEngine", "SeedResult", "run", "run_seed"]
 
@@ -101,14 +107,20 @@ class SeedResult:
 
 
 async def run_seed(seed: int, data_dir: Path, *, max_nodes: int = 12,
-                   duration: float = 90.0, settle: float = 60.0) -> SeedResult:
+                   duration: float = 90.0, settle: float = 60.0,
+                   adversarial: bool = False) -> SeedResult:
     """Run one seeded network with faults for ``duration`` virtual seconds; check it.
 
-    Needs trio's virtual clock. ``data_dir`` receives the nodes' chains.
+    Needs trio's virtual clock. ``data_dir`` receives the nodes' chains. ``adversarial``:
+    the last node also plays 2-4 attacker strategies (:mod:`.attacks`) and the honest
+    nodes' stakes and bounds are checked too.
     """
     rng = random.Random(seed)
     n = rng.randint(5, max(5, max_nodes))
     result = SeedResult(seed=seed, nodes=n)
+    attacker = n - 1 if adversarial else None
+    strategies = sorted(rng.sample(STRATEGIES, rng.randint(2, 4))) if adversarial else []
+    result.faults.update(attack_counts(strategies))
     engines: dict[int, FaultyEngine] = {}
 
     def wrap(k: int, engine: SimEngine) -> FaultyEngine:
@@ -131,7 +143,10 @@ async def run_seed(seed: int, data_dir: Path, *, max_nodes: int = 12,
         down: set[int] = set()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_users, net, rng, duration, down, outcomes, result)
-            nursery.start_soon(_chaos, net, rng, duration, down, engines, result)
+            nursery.start_soon(_chaos, net, rng, duration, down, engines, result, attacker)
+            if attacker is not None:
+                nursery.start_soon(run_attacks, net, attacker, strategies,
+                                   random.Random(f"attacker:{seed}"), duration)
         # heal everything, bring every node back, let the chain settle
         net.network.heal()
         net.network.loss = net.network.duplicate = net.network.jitter = 0.0
@@ -143,6 +158,10 @@ async def run_seed(seed: int, data_dir: Path, *, max_nodes: int = 12,
         await trio.sleep(settle)
         result.virtual_s = trio.current_time() - start
         _check_ledgers(net.nodes, result)
+        if attacker is not None:
+            honest = {node.peer_id for k, node in enumerate(net.nodes) if k != attacker}
+            check_honest_stakes(net.nodes[0], honest, result.violations)
+            check_bounds(net.nodes, result.violations)
         if settle >= 20.0 and _lowest_final(net.nodes) <= healed:
             result.violations.append(f"finality stalled: the lowest final height stayed at "
                                      f"{healed} for {settle:g} s after the heal")
@@ -197,7 +216,8 @@ async def _users(net: MemoryTestnet, rng: random.Random, duration: float, down: 
 
 
 async def _chaos(net: MemoryTestnet, rng: random.Random, duration: float, down: set[int],
-                 engines: dict[int, FaultyEngine], result: SeedResult) -> None:
+                 engines: dict[int, FaultyEngine], result: SeedResult,
+                 attacker: int | None = None) -> None:
     """A random fault about every 8 s; each one is undone after a while (or at the end)."""
     async with trio.open_nursery() as nursery:
         end = trio.current_time() + duration
@@ -209,7 +229,7 @@ async def _chaos(net: MemoryTestnet, rng: random.Random, duration: float, down: 
             undo_after = rng.uniform(3.0, 25.0)
             if kind == "crash_restart":
                 # node0 is everyone's bootstrap and stays up; keep at least three running
-                choices = [k for k in range(1, net.n) if k not in down]
+                choices = [k for k in range(1, net.n) if k not in down and k != attacker]
                 if net.n - len(down) - 1 < 3:
                     continue
                 if rng.random() < 0.5:
@@ -279,9 +299,10 @@ def _check_ledgers(nodes: list[Node], result: SeedResult) -> None:
         result.violations.append(f"replicas disagree on the final block at height {final}")
     for k, chain in enumerate(chains):
         state = chain.state
-        if state.total() != state.genesis_supply + state.issued:
-            result.violations.append(f"node{k}: total credit {state.total()} != genesis "
-                                     f"{state.genesis_supply}")
+        if state.total() != state.genesis_supply + state.issued - state.burned:
+            result.violations.append(
+                f"node{k}: total credit {state.total()} != genesis {state.genesis_supply} "
+                f"+ issued {state.issued} - burned {state.burned}")
         negative = [a for a in state.accounts() if state.balance(a) < 0 or state.stake(a) < 0]
         if negative:
             result.violations.append(f"node{k}: negative balance or stake: {negative}")
