@@ -17,6 +17,7 @@ import dataclasses
 import random
 import tracemalloc
 
+import pytest
 import trio
 
 from wwwserve.duel.service import JUDGE_PROTOCOL
@@ -505,3 +506,32 @@ async def test_a_stranger_cannot_keep_judges_busy(autojump_clock, tmp_path):
         async with req.overlay.request(judge.peer_id, JUDGE_PROTOCOL,
                                        ask(req.identity, req.peer_id, anchor)) as resp:
             assert len([c async for c in resp]) == 1
+
+
+async def test_a_peer_claiming_a_model_it_does_not_serve_is_found_out_fast(autojump_clock,
+                                                                           tmp_path):
+    """Node 2 advertises a model it does not serve (the red team's requests for it ran to
+    their 15 s deadline): its refusal says so, it is not asked again, and the user gets a
+    clear 'no capacity' error at once."""
+    from wwwserve.errors import NoCapacityError
+    from wwwserve.membership import ModelLoad
+
+    async with MemoryTestnet(3, ledger=True, data_dir=tmp_path, seed=35) as net:
+        liar = net.nodes[2]
+        honest_state = liar.membership.local_state
+
+        def boast():  # type: ignore[no-untyped-def]
+            state = honest_state()
+            return dataclasses.replace(state, models=(*state.models, ModelLoad(
+                model="ghost", token_usage=0.0, running=0, queued=0)))
+
+        liar.membership.local_state = boast  # type: ignore[method-assign]
+        with trio.fail_after(30):
+            while "ghost" not in net.nodes[0].dispatcher.network_models():
+                await trio.sleep(0.5)
+        start = trio.current_time()
+        with pytest.raises(NoCapacityError):
+            await net.nodes[0].complete(dataclasses.replace(
+                net.request("g", max_tokens=50, timeout=15.0), model="ghost"))
+        assert trio.current_time() - start < 3.0
+        assert net.nodes[0].dispatcher.stats["model_demoted"] == 1

@@ -228,6 +228,10 @@ def _serves(info: PeerInfo, model: str) -> bool:
     return any(model in ("auto", m.model) for m in info.models)
 
 
+#: seconds a peer that does not serve a model it claims is not asked for it
+DEMOTE_SECONDS = 60.0
+
+
 class Dispatcher:
     """Local / offload / queue decisions for one node (see the module docs)."""
 
@@ -284,6 +288,8 @@ class Dispatcher:
         #: how long an accepted probe entitles its peer to send that request (seconds)
         self.grant_ttl = grant_ttl
         self._inflight: Counter[str] = Counter()
+        #: (peer, model) -> until when the peer is not asked for a model it claims
+        self._no_model: dict[tuple[str, str], float] = {}
         #: market request ids are ``<prefix>.<counter>``: unique per node run (the node
         #: passes its start time in microseconds), never the user's id, so a payment and
         #: a receipt name exactly one offload
@@ -479,7 +485,32 @@ class Dispatcher:
         return {p: (ledger.get(p, 0.0) if ledger is not None else info.stake)
                 for p, info in self.peers().items()
                 if p != self.peer_id and p not in route and p not in exclude
-                and info.status is PeerStatus.ALIVE and _serves(info, request.model)}
+                and info.status is PeerStatus.ALIVE and _serves(info, request.model)
+                and not self._demoted(p, request.model)}
+
+    # ---- claimed models, verified by use ------------------------------------------------
+    def _demoted(self, peer: str, model: str) -> bool:
+        until = self._no_model.get((peer, model))
+        if until is None:
+            return False
+        if until <= trio.current_time():
+            del self._no_model[(peer, model)]
+            return False
+        return True
+
+    def _heard(self, peer: str, model: str, reply: ProbeReply) -> None:
+        """Learn from a probe or offer reply whether ``peer`` really serves ``model``: one
+        that says it does not is not asked for that model for :data:`DEMOTE_SECONDS` (a
+        peer may advertise a model it does not serve; its users' requests would otherwise
+        wait for it until their deadline)."""
+        if model == "auto" or reply.accept or reply.reason != "model":
+            return
+        self._no_model[(peer, model)] = trio.current_time() + DEMOTE_SECONDS
+        while len(self._no_model) > 4096:
+            del self._no_model[next(iter(self._no_model))]
+        self.stats["model_demoted"] += 1
+        logger.info("%s does not serve %s as it claims: not asked for it for %g s",
+                    peer, model, DEMOTE_SECONDS)
 
     def _candidates(self, request: CompletionRequest, route: tuple[str, ...],
                     exclude: frozenset[str] = frozenset()) -> list[str]:
@@ -499,6 +530,7 @@ class Dispatcher:
                                                 idle_timeout=self.probe_timeout) as resp:
                     async for data in resp:
                         reply = decode(data, expect=ProbeReply)
+                        self._heard(peer, request.model, reply)
                         if reply.accept and not winner:
                             winner.append(peer)
                             scope.cancel()
@@ -654,6 +686,8 @@ class Dispatcher:
                     reply = None
                     with trio.move_on_after(self.probe_timeout):
                         reply = decode(await anext(frames), expect=ProbeReply)
+                    if reply is not None:
+                        self._heard(executor, request.model, reply)
                     if reply is None or not reply.accept:
                         return _REFUSED
                     started = True
@@ -752,7 +786,7 @@ class Dispatcher:
 
     async def _on_probe(self, peer: str, payload: bytes, sender: ResponseSender) -> None:
         probe = decode(payload, expect=Probe)
-        refusal = self._refusal(peer)
+        refusal = "model" if not self._local(probe.model) else self._refusal(peer)
         name = self._accepts(probe.model, probe.route) if refusal is None else None
         self.stats["probe_accepted" if name else "probe_refused"] += 1
         if name:
@@ -770,7 +804,7 @@ class Dispatcher:
                        sender: ResponseSender) -> None:
         if self.peer_id in off.route or off.hops > self.max_hops:
             raise WWWServeError("route loop or hop limit exceeded")
-        refusal = self._refusal(peer)
+        refusal = "model" if not self._local(request.model) else self._refusal(peer)
         if refusal is not None:
             await sender.send(encode(ProbeReply(accept=False, reason=refusal)))
             return
