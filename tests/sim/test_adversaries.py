@@ -535,3 +535,18 @@ async def test_a_peer_claiming_a_model_it_does_not_serve_is_found_out_fast(autoj
                 net.request("g", max_tokens=50, timeout=15.0), model="ghost"))
         assert trio.current_time() - start < 3.0
         assert net.nodes[0].dispatcher.stats["model_demoted"] == 1
+
+
+async def test_debts_bound_what_a_peer_is_served_but_free_work_owes_nothing(autojump_clock,
+                                                                           tmp_path):
+    """A peer that never pays is refused once it owes for 64 requests; work done for free
+    (reward 0, as in the duel studies) never counts as a debt (it once did, and after 64
+    requests every executor refused every requester: a retry storm)."""
+    async with MemoryTestnet(2, ledger=True, data_dir=tmp_path, seed=36) as net:
+        account, peer = net.nodes[0].credit, net.nodes[1].peer_id
+        for i in range(100):
+            account.earn(peer, 0.0, f"free{i}")
+        assert account.can_serve(peer, 0.0, 0)
+        for i in range(64):
+            account.earn(peer, 1.0, f"paid{i}")
+        assert not account.can_serve(peer, 1.0, 0)

@@ -577,7 +577,10 @@ class LedgerAccount:
 
     def earn(self, payer: str, amount: float, request_id: str) -> bool:
         """Remember that ``payer`` owes us for ``request_id`` until its payment is on the
-        chain (the payer's signed payment is the record; see :meth:`can_serve`)."""
+        chain (the payer's signed payment is the record; see :meth:`can_serve`). Free
+        work (``amount`` 0) is owed nothing."""
+        if micro(amount) <= 0:
+            return False
         owed = self._owed.setdefault(payer, {})
         self._owed.move_to_end(payer)
         owed[request_id] = self.service.wall_clock()
