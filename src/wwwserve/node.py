@@ -177,10 +177,15 @@ class Node:
         waiting a little for our chain to reach the record's checkpoint."""
         ledger = self._ledger
         assert ledger is not None
+        chain = ledger.chain
+        if chain.state.stake(record.requester) <= 0:
+            return f"the requester {record.requester[-8:]} holds no stake"
+        if record.anchor > chain.height + 2 * chain.genesis.finality_depth:
+            return f"checkpoint {record.anchor} is far ahead of our chain ({chain.height})"
         with trio.move_on_after(self.config.duel.judge_timeout / 4):
-            while ledger.chain.height < record.anchor:
+            while chain.height < record.anchor:
                 await ledger.wait_changed()
-        return ledger.chain.record_problem(record)
+        return chain.record_problem(record)
 
     def _settle_duel(self, duel_id: str, outcome: Outcome, evidence: bytes) -> bool:
         ledger = self._ledger

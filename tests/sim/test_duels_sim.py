@@ -236,7 +236,10 @@ async def test_judges_refuse_what_they_must_not_judge(autojump_clock, tmp_path):
         anchor, drawn = chain.judge_draw(req.peer_id, {x.peer_id, y.peer_id}, 1)
         assert drawn == (judge.peer_id,)  # the only staker left to draw
         await refused(judge, ask(record(drawn, anchor=anchor + 1)))  # not a checkpoint
-        assert judge.duels.stats["refused_record"] == 2
+        asked = trio.current_time()
+        await refused(judge, ask(record(drawn, anchor=10**12)))  # far ahead: no waiting
+        assert trio.current_time() - asked < 1.0
+        assert judge.duels.stats["refused_record"] == 3
         # the real thing works: commit, then reveal
         async with req.overlay.request(judge.peer_id, JUDGE_PROTOCOL,
                                        ask(record(drawn, anchor=anchor))) as r:

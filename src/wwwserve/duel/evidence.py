@@ -176,7 +176,8 @@ def draw_judges(seed: bytes, requester: str, stakes: Mapping[str, int],
     drawn one after the other by stake (``stakes``, micro-credits), without replacement,
     skipping ``exclude`` (the requester and the executors). Fewer if fewer hold stake.
     Integer arithmetic only: every replica draws the same judges."""
-    left = {a: s for a, s in stakes.items() if s > 0 and a not in set(exclude)}
+    skip = set(exclude)
+    left = {a: s for a, s in stakes.items() if s > 0 and a not in skip}
     chosen: list[str] = []
     base = hashlib.sha256(b"wwwserve/judges/1" + seed + requester.encode()).digest()
     while left and len(chosen) < k:

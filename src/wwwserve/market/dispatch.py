@@ -24,7 +24,6 @@ import hashlib
 import itertools
 import logging
 import random
-import secrets
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -293,7 +292,7 @@ class Dispatcher:
         #: market request ids are ``<prefix>.<counter>``: unique per node run (the node
         #: passes its start time in microseconds), never the user's id, so a payment and
         #: a receipt name exactly one offload
-        self._id_prefix = id_prefix if id_prefix is not None else secrets.token_hex(6)
+        self._id_prefix = id_prefix if id_prefix is not None else rng.randbytes(6).hex()
         self._ids = itertools.count()
         #: accepted probes: (peer, request id) -> expiry; an offload that is not an offer
         #: needs one (else it is judged as an offer: the policy decides)

@@ -31,7 +31,7 @@ import dataclasses
 import functools
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -63,6 +63,15 @@ def _fresh(rng: random.Random) -> Identity:
     return Identity.from_seed(rng.randbytes(32))
 
 
+async def _ticks(rng: random.Random, lo: float, hi: float,
+                 duration: float) -> AsyncIterator[None]:
+    """Yield every ``lo``-``hi`` seconds (drawn) for ``duration`` seconds."""
+    end = trio.current_time() + duration
+    while trio.current_time() < end:
+        await trio.sleep(rng.uniform(lo, hi))
+        yield
+
+
 async def run_attacks(net: MemoryTestnet, attacker: int, strategies: list[str],
                       rng: random.Random, duration: float) -> None:
     """Run ``strategies`` from node ``attacker`` for ``duration`` virtual seconds."""
@@ -87,10 +96,8 @@ async def _forge_settlements(node: Node, honest: list[Node], rng: random.Random,
     credit = node.credit
     assert isinstance(credit, LedgerAccount)
     network = credit.service.network
-    end = trio.current_time() + duration
     i = 0
-    while trio.current_time() < end:
-        await trio.sleep(rng.uniform(2.0, 6.0))
+    async for _ in _ticks(rng, 2.0, 6.0, duration):
         victim = rng.choice(honest)
         i += 1
         if i % 2:  # the victim "did not answer"; a fresh key of ours wins
@@ -135,9 +142,7 @@ async def _side_blocks(node: Node, rng: random.Random, duration: float) -> None:
     ledger = node.ledger
     assert ledger is not None
     chain, topic = ledger.chain, block_topic(ledger.network)
-    end = trio.current_time() + duration
-    while trio.current_time() < end:
-        await trio.sleep(rng.uniform(0.5, 2.0))
+    async for _ in _ticks(rng, 0.5, 2.0, duration):
         height = rng.randint(1, max(1, chain.height))
         parent = chain.canonical_id(height - 1)
         assert parent is not None
@@ -154,9 +159,7 @@ async def _pool_flood(node: Node, rng: random.Random, duration: float) -> None:
     ledger = node.ledger
     assert ledger is not None
     network, topic = ledger.network, tx_topic(ledger.network)
-    end = trio.current_time() + duration
-    while trio.current_time() < end:
-        await trio.sleep(rng.uniform(0.2, 1.0))
+    async for _ in _ticks(rng, 0.2, 1.0, duration):
         for _ in range(20):
             free = _fresh(rng)
             payer, nonce = ((free, 0) if rng.random() < 0.5 else
@@ -172,15 +175,13 @@ async def _pool_flood(node: Node, rng: random.Random, duration: float) -> None:
 async def _free_ride(net: MemoryTestnet, honest: list[Node], rng: random.Random,
                      duration: float) -> None:
     stranger = net.network.node(_fresh(rng))
-    end = trio.current_time() + duration
     async with stranger:
         target = rng.choice(honest)
         try:
             await stranger.connect(target.addresses[0])
         except OverlayError:
             return
-        while trio.current_time() < end:
-            await trio.sleep(rng.uniform(0.5, 2.0))
+        async for _ in _ticks(rng, 0.5, 2.0, duration):
             request = CompletionRequest(request_id=rng.randbytes(6).hex(), prompt="free?",
                                         max_tokens=2000, timeout=30.0)
             payload = encode(Offload(request=encode(request), offer=True))
@@ -199,10 +200,8 @@ async def _free_ride(net: MemoryTestnet, honest: list[Node], rng: random.Random,
 
 async def _lie(node: Node, rng: random.Random, duration: float) -> None:
     topic = peers_topic(node.config.network.network_id)
-    end = trio.current_time() + duration
     seq = 0
-    while trio.current_time() < end:
-        await trio.sleep(rng.uniform(0.5, 2.0))
+    async for _ in _ticks(rng, 0.5, 2.0, duration):
         liar = _fresh(rng)
         seq += 1
         hb = Heartbeat(network_id=node.config.network.network_id, peer_id=liar.peer_id,
