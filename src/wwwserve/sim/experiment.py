@@ -374,7 +374,7 @@ class _Recorded:
         return self.engine.load()
 
     async def generate(self, request: CompletionRequest, emit: Emit) -> Usage:
-        self.executors[request.request_id] = self.name
+        self.executors[request.trace] = self.name  # the id it arrived with
         return await self.engine.generate(request, emit)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
