@@ -31,7 +31,7 @@ import dataclasses
 import functools
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -41,19 +41,20 @@ from ..duel.service import JUDGE_PROTOCOL, JudgeRequest, unseal_record
 from ..engines import CompletionRequest
 from ..errors import InvalidTransactionError, OverlayError, ProtocolError, WWWServeError
 from ..identity import Identity
-from ..ledger import DuelSettlement, Payment, decode_tx, make_block, sign_tx
+from ..ledger import Chain, DuelSettlement, Payment, decode_tx, make_block, sign_tx
 from ..ledger.service import SYNC_PROTOCOL, LedgerAccount, block_topic, tx_topic
 from ..ledger.slashing import check_evidence
 from ..market.messages import OFFLOAD_PROTOCOL, Offload
 from ..membership import Heartbeat, peers_topic
 from ..node import Node
+from ..overlay import Overlay
 from ..testing import signed_duel
 from ..wire import Signed, decode, encode, seal, unseal
 
 if TYPE_CHECKING:
     from ..testing import MemoryTestnet
 
-__all__ = ["STRATEGIES", "check_bounds", "check_honest_stakes", "run_attacks"]
+__all__ = ["STRATEGIES", "Target", "check_bounds", "check_honest_stakes", "play", "run_attacks"]
 
 STRATEGIES = ("forged_settlement", "equivocation", "side_blocks", "pool_flood",
               "free_rider", "lying_heartbeat", "stalled_sync")
@@ -72,43 +73,66 @@ async def _ticks(rng: random.Random, lo: float, hi: float,
         yield
 
 
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """An honest node the attacker aims at: its peer id and an address to dial."""
+
+    peer_id: str
+    address: str
+
+
 async def run_attacks(net: MemoryTestnet, attacker: int, strategies: list[str],
                       rng: random.Random, duration: float) -> None:
-    """Run ``strategies`` from node ``attacker`` for ``duration`` virtual seconds."""
-    node = net.nodes[attacker]
-    honest = [n for k, n in enumerate(net.nodes) if k != attacker]
+    """Run ``strategies`` from node ``attacker`` of ``net`` for ``duration`` virtual seconds."""
+    targets = [Target(n.peer_id, n.addresses[0])
+               for k, n in enumerate(net.nodes) if k != attacker]
+    await play(net.nodes[attacker], strategies, targets=targets, rng=rng, duration=duration,
+               stranger=net.network.node)
+
+
+async def play(node: Node, strategies: Sequence[str], *, targets: Sequence[Target],
+               rng: random.Random, duration: float,
+               stranger: Callable[[Identity], Overlay]) -> None:
+    """Run ``strategies`` from the running ``node`` against ``targets`` for ``duration`` s.
+
+    ``stranger`` makes an overlay for a fresh identity (a newcomer without an account): a
+    :class:`~wwwserve.overlay.MemoryOverlay` of the simulated network, or
+    :class:`~wwwserve.overlay.Libp2pOverlay` against real processes.
+    """
     plays: dict[str, Callable[[], Awaitable[None]]] = {
-        "forged_settlement": lambda: _forge_settlements(node, honest, rng, duration),
+        "forged_settlement": lambda: _forge_settlements(node, targets, rng, duration),
         "equivocation": lambda: _equivocate(node, duration),
         "side_blocks": lambda: _side_blocks(node, rng, duration),
         "pool_flood": lambda: _pool_flood(node, rng, duration),
-        "free_rider": lambda: _free_ride(net, honest, rng, duration),
+        "free_rider": lambda: _free_ride(stranger, targets, rng, duration),
         "lying_heartbeat": lambda: _lie(node, rng, duration),
         "stalled_sync": lambda: _stall_sync(node, duration),
     }
+    unknown = set(strategies) - set(plays)
+    if unknown:
+        raise ValueError(f"unknown attack strategies {sorted(unknown)}; known: {STRATEGIES}")
     async with trio.open_nursery() as nursery:
         for name in strategies:
             nursery.start_soon(plays[name])
 
 
-async def _forge_settlements(node: Node, honest: list[Node], rng: random.Random,
+async def _forge_settlements(node: Node, targets: Sequence[Target], rng: random.Random,
                              duration: float) -> None:
     credit = node.credit
     assert isinstance(credit, LedgerAccount)
     network = credit.service.network
     i = 0
     async for _ in _ticks(rng, 2.0, 6.0, duration):
-        victim = rng.choice(honest)
+        victim = rng.choice(targets).peer_id  # (named only: we cannot sign with its key)
         i += 1
         if i % 2:  # the victim "did not answer"; a fresh key of ours wins
-            forged = signed_duel(node.identity, (_fresh(rng), victim.identity), [], [],
+            forged = signed_duel(node.identity, (_fresh(rng), victim), [], [],
                                  network=network, duel_id=f"forged{i}",
                                  answers=("mine", None))
         else:  # the victim as a "silent" judge beside a judge of ours
             forged = signed_duel(node.identity, (_fresh(rng), _fresh(rng)),
-                                 [victim.identity, _fresh(rng)], ["-", "A"],
+                                 [victim, _fresh(rng)], ["-", "A"],
                                  network=network, duel_id=f"forged{i}", anchor=0)
-        # (the victim's identity object only names it: nothing is signed with its key)
         credit.submit(functools.partial(_with_nonce, forged))
 
 
@@ -172,13 +196,12 @@ async def _pool_flood(node: Node, rng: random.Random, duration: float) -> None:
             await _publish(node, topic, sign_tx(tx, payer).envelope)
 
 
-async def _free_ride(net: MemoryTestnet, honest: list[Node], rng: random.Random,
-                     duration: float) -> None:
-    stranger = net.network.node(_fresh(rng))
-    async with stranger:
-        target = rng.choice(honest)
+async def _free_ride(stranger: Callable[[Identity], Overlay], targets: Sequence[Target],
+                     rng: random.Random, duration: float) -> None:
+    async with stranger(_fresh(rng)) as overlay:
+        target = rng.choice(targets)
         try:
-            await stranger.connect(target.addresses[0])
+            await overlay.connect(target.address)
         except OverlayError:
             return
         async for _ in _ticks(rng, 0.5, 2.0, duration):
@@ -190,8 +213,8 @@ async def _free_ride(net: MemoryTestnet, honest: list[Node], rng: random.Random,
             for protocol, data in ((OFFLOAD_PROTOCOL, payload), (JUDGE_PROTOCOL, judge)):
                 try:
                     with trio.move_on_after(5.0):
-                        async with stranger.request(target.peer_id, protocol, data,
-                                                    idle_timeout=5.0) as resp:
+                        async with overlay.request(target.peer_id, protocol, data,
+                                                   idle_timeout=5.0) as resp:
                             async for _ in resp:
                                 pass
                 except (OverlayError, ProtocolError):
@@ -235,17 +258,16 @@ def _holdings(state: Any, account: str) -> int:
     return int(state.stake(account) + state.unbonding_total(account))
 
 
-def check_honest_stakes(node: Node, honest: set[str], violations: list[str]) -> None:
-    """Replay ``node``'s best chain and check every loss of an honest account's stake.
+def check_honest_stakes(chain: Chain, honest: set[str], violations: list[str]) -> set[str]:
+    """Replay ``chain``'s best branch and check every loss of an honest account's stake;
+    returns the accounts slashed by block evidence.
 
     Independent of the settlement rules' own bookkeeping: a settlement may take an honest
     stake only if its duel was judged (judges and at least one reveal in the evidence) and
     the account was the loser, outvoted, or a judge whose own commit is in the evidence;
     block evidence may never slash an honest account.
     """
-    ledger = node.ledger
-    assert ledger is not None
-    chain = ledger.chain
+    slashed: set[str] = set()
     state = chain.genesis.state()
     for block in chain.canonical_blocks(1, chain.height):
         state.begin_block(block.height)
@@ -273,9 +295,11 @@ def check_honest_stakes(node: Node, honest: set[str], violations: list[str]) -> 
                 state.slash(offence.offender, offence.key, block.height)
             except WWWServeError:
                 continue
+            slashed.add(offence.offender)
             if offence.offender in honest:
                 violations.append(f"honest {offence.offender[-8:]} slashed at height "
                                   f"{block.height}")
+    return slashed
 
 
 def _unearned_loss(tx: DuelSettlement, account: str) -> str | None:

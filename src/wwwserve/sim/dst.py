@@ -160,7 +160,9 @@ async def run_seed(seed: int, data_dir: Path, *, max_nodes: int = 12,
         _check_ledgers(net.nodes, result)
         if attacker is not None:
             honest = {node.peer_id for k, node in enumerate(net.nodes) if k != attacker}
-            check_honest_stakes(net.nodes[0], honest, result.violations)
+            ledger = net.nodes[0].ledger
+            assert ledger is not None
+            check_honest_stakes(ledger.chain, honest, result.violations)
             check_bounds(net.nodes, result.violations)
         if settle >= 20.0 and _lowest_final(net.nodes) <= healed:
             result.violations.append(f"finality stalled: the lowest final height stayed at "

@@ -21,11 +21,25 @@ from ..wire import encode, seal
 
 __all__ = ["signed_duel"]
 
+#: Someone in a duel: a keypair, or only a peer id for a party that signs nothing
+#: (an executor whose answer is missing, a judge that never committed).
+Party = Identity | str
+
+
+def _peer(party: Party) -> str:
+    return party if isinstance(party, str) else party.peer_id
+
+
+def _key(party: Party, role: str) -> Identity:
+    if isinstance(party, str):
+        raise TypeError(f"{role} {party[-8:]} must sign, so it needs a keypair, not a peer id")
+    return party
+
 
 def signed_duel(
     requester: Identity,
-    executors: tuple[Identity, Identity],
-    judges: Sequence[Identity],
+    executors: tuple[Party, Party],
+    judges: Sequence[Party],
     verdicts: Sequence[str | None],
     *,
     network: str,
@@ -44,20 +58,23 @@ def signed_duel(
     judges must be the ones drawn there). Each answer
     (None: missing) comes with its executor's signed receipt. Winner, loser and
     judge groups are what the evidence implies (so the settlement is valid unless the
-    test changes it); amounts are ``rules``' (default: the authors').
+    test changes it); amounts are ``rules``' (default: the authors'). A party that signs
+    nothing (missing answer, ``"-"`` judge) may be given as a bare peer id: that is how a
+    forger names a victim whose key it does not have.
     """
     rules = rules or Rules(network)
     order = tuple(x_first) if x_first is not None else (True,) * len(judges)
     record = DuelRecord(network=network, duel_id=duel_id, requester=requester.peer_id,
-                        executors=(executors[0].peer_id, executors[1].peer_id),
+                        executors=(_peer(executors[0]), _peer(executors[1])),
                         answers=tuple(digest(a) if a is not None else b"" for a in answers),
-                        judges=tuple(j.peer_id for j in judges), x_first=order,
+                        judges=tuple(_peer(j) for j in judges), x_first=order,
                         anchor=anchor)
     record_env = encode(seal(record, requester))
     commits, reveals, votes = [], [], {}
-    for judge, verdict in zip(judges, verdicts, strict=True):
+    for party, verdict in zip(judges, verdicts, strict=True):
         if verdict == "-":
             continue
+        judge = _key(party, "a judge that committed")
         salt = judge.peer_id.encode()[:16]
         shown = verdict or "abstain"
         commits.append(encode(seal(VoteCommit(
@@ -69,11 +86,13 @@ def signed_duel(
                 network=network, duel_id=duel_id, requester=requester.peer_id,
                 judge=judge.peer_id, verdict=verdict, salt=salt), judge)))
             votes[judge.peer_id] = verdict
-    committed = {j.peer_id for j, v in zip(judges, verdicts, strict=True) if v != "-"}
+    committed = {_peer(j) for j, v in zip(judges, verdicts, strict=True) if v != "-"}
     outcome = tally(record, votes, committed=committed)
-    receipts = tuple(encode(seal(AnswerReceipt(
-        requester=requester.peer_id, request_id=f"{duel_id}-{k}", digest=digest(answer)),
-        executor)) for k, (executor, answer) in enumerate(zip(executors, answers, strict=True))
+    receipts = tuple(
+        encode(seal(AnswerReceipt(requester=requester.peer_id, request_id=f"{duel_id}-{k}",
+                                  digest=digest(answer)),
+                    _key(executor, "an executor that answered")))
+        for k, (executor, answer) in enumerate(zip(executors, answers, strict=True))
         if answer is not None)
     evidence = encode(DuelEvidence(record=record_env, receipts=receipts,
                                    commits=tuple(commits), reveals=tuple(reveals)))
