@@ -537,6 +537,48 @@ async def test_a_peer_claiming_a_model_it_does_not_serve_is_found_out_fast(autoj
         assert net.nodes[0].dispatcher.stats["model_demoted"] == 1
 
 
+async def test_a_peer_claiming_a_model_and_always_busy_is_found_out_fast(autojump_clock,
+                                                                        tmp_path):
+    """A subtler liar: node 2 advertises a model and answers every probe and offer for it
+    with "busy" (never "I do not serve it"). Having never accepted it, after a few
+    refusals in a row it is demoted: the user gets a clear error long before the deadline.
+    A peer that has served the model once is never demoted for being busy."""
+    from wwwserve.errors import NoCapacityError
+    from wwwserve.membership import ModelLoad
+
+    async with MemoryTestnet(3, ledger=True, data_dir=tmp_path, seed=36) as net:
+        liar = net.nodes[2]
+        honest_state = liar.membership.local_state
+
+        def boast():  # type: ignore[no-untyped-def]
+            state = honest_state()
+            return dataclasses.replace(state, models=(*state.models, ModelLoad(
+                model="ghost", token_usage=0.0, running=0, queued=0)))
+
+        liar.membership.local_state = boast  # type: ignore[method-assign]
+        local = liar.dispatcher._local
+        liar.dispatcher._local = lambda model: (  # type: ignore[method-assign]
+            list(liar.dispatcher.models) if model == "ghost" else local(model))
+        liar.dispatcher._accepts = lambda model, route: None  # type: ignore[method-assign]
+        with trio.fail_after(30):
+            while "ghost" not in net.nodes[0].dispatcher.network_models():
+                await trio.sleep(0.5)
+        start = trio.current_time()
+        with pytest.raises(NoCapacityError):
+            await net.nodes[0].complete(dataclasses.replace(
+                net.request("g", max_tokens=50, timeout=15.0), model="ghost"))
+        assert trio.current_time() - start < 5.0
+        assert net.nodes[0].dispatcher.stats["model_demoted"] == 1
+
+        # node 1 has served node 0 once: refusals after that never demote it
+        d0 = net.nodes[0].dispatcher
+        model = net.nodes[1].dispatcher.models[0].name
+        d0._heard(net.nodes[1].peer_id, model, ProbeReply(accept=True, model=model))
+        for _ in range(10):
+            d0._heard(net.nodes[1].peer_id, model, ProbeReply(accept=False, reason="busy"))
+        assert not d0._demoted(net.nodes[1].peer_id, model)
+
+
 async def test_debts_bound_what_a_peer_is_served_but_free_work_owes_nothing(autojump_clock,
                                                                            tmp_path):
     """A peer that never pays is refused once it owes for 64 requests; work done for free

@@ -229,6 +229,9 @@ def _serves(info: PeerInfo, model: str) -> bool:
 
 #: seconds a peer that does not serve a model it claims is not asked for it
 DEMOTE_SECONDS = 60.0
+#: Refusals (or silences) in a row from a peer that has never accepted a model it claims,
+#: after which it is demoted for that model as if it had said it does not serve it.
+UNPROVEN_REFUSALS = 4
 
 
 class Dispatcher:
@@ -289,6 +292,10 @@ class Dispatcher:
         self._inflight: Counter[str] = Counter()
         #: (peer, model) -> until when the peer is not asked for a model it claims
         self._no_model: dict[tuple[str, str], float] = {}
+        #: (peer, model) pairs the peer has accepted at least once (its claim is proven),
+        #: and refusals in a row from peers not (yet) proven
+        self._proven: dict[tuple[str, str], None] = {}
+        self._unproven: Counter[tuple[str, str]] = Counter()
         #: market request ids are ``<prefix>.<counter>``: unique per node run (the node
         #: passes its start time in microseconds), never the user's id, so a payment and
         #: a receipt name exactly one offload
@@ -497,19 +504,40 @@ class Dispatcher:
             return False
         return True
 
-    def _heard(self, peer: str, model: str, reply: ProbeReply) -> None:
-        """Learn from a probe or offer reply whether ``peer`` really serves ``model``: one
-        that says it does not is not asked for that model for :data:`DEMOTE_SECONDS` (a
-        peer may advertise a model it does not serve; its users' requests would otherwise
-        wait for it until their deadline)."""
-        if model == "auto" or reply.accept or reply.reason != "model":
+    def _heard(self, peer: str, model: str, reply: ProbeReply | None) -> None:
+        """Learn from a probe or offer reply (None: no reply in time) whether ``peer``
+        really serves ``model``. A peer may advertise a model it does not serve; its users'
+        requests would otherwise wait for it until their deadline. So one that says it
+        does not serve it, or that has never accepted it and refused (or not answered)
+        :data:`UNPROVEN_REFUSALS` times in a row, is not asked for that model for
+        :data:`DEMOTE_SECONDS`. A peer that has accepted the model once is never demoted
+        for being busy."""
+        if model == "auto":
             return
-        self._no_model[(peer, model)] = trio.current_time() + DEMOTE_SECONDS
+        key = (peer, model)
+        if reply is not None and reply.accept:
+            self._proven[key] = None
+            self._unproven.pop(key, None)
+            while len(self._proven) > 4096:
+                del self._proven[next(iter(self._proven))]
+            return
+        if reply is not None and reply.reason == "model":
+            why = "says it does not serve"
+        elif key in self._proven:
+            return
+        else:
+            self._unproven[key] += 1
+            if self._unproven[key] < UNPROVEN_REFUSALS:
+                if len(self._unproven) > 4096:
+                    self._unproven.clear()
+                return
+            why = f"refused {UNPROVEN_REFUSALS} times in a row and never served"
+        self._unproven.pop(key, None)
+        self._no_model[key] = trio.current_time() + DEMOTE_SECONDS
         while len(self._no_model) > 4096:
             del self._no_model[next(iter(self._no_model))]
         self.stats["model_demoted"] += 1
-        logger.info("%s does not serve %s as it claims: not asked for it for %g s",
-                    peer, model, DEMOTE_SECONDS)
+        logger.info("%s %s %s: not asked for it for %g s", peer, why, model, DEMOTE_SECONDS)
 
     def _candidates(self, request: CompletionRequest, route: tuple[str, ...],
                     exclude: frozenset[str] = frozenset()) -> list[str]:
@@ -535,6 +563,7 @@ class Dispatcher:
                             scope.cancel()
             except (OverlayError, ProtocolError) as exc:
                 logger.debug("probe of %s failed: %s", peer, exc)
+                self._heard(peer, request.model, None)
 
         with trio.move_on_after(self.probe_timeout):
             async with trio.open_nursery() as n:
@@ -685,8 +714,7 @@ class Dispatcher:
                     reply = None
                     with trio.move_on_after(self.probe_timeout):
                         reply = decode(await anext(frames), expect=ProbeReply)
-                    if reply is not None:
-                        self._heard(executor, request.model, reply)
+                    self._heard(executor, request.model, reply)
                     if reply is None or not reply.accept:
                         return _REFUSED
                     started = True
