@@ -11,7 +11,6 @@ envelope (never a 500), the log must hold no traceback, and the gateway must sti
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +19,8 @@ import trio
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from test_gateway import A, B, gateway_net
+
+from log_capture import captured_logs, tracebacks
 
 FIELDS = ("model", "messages", "prompt", "max_tokens", "max_completion_tokens", "temperature",
           "top_p", "stream", "stream_options", "n", "stop", "ignore_eos", "tools", "seed",
@@ -115,12 +116,7 @@ def check_answer(status: int, headers: httpx.Headers, body: bytes, what: str) ->
 @given(batch=st.lists(requests, min_size=10, max_size=25),
        raw=st.lists(raw_requests, max_size=4))
 async def test_any_request_gets_an_answer_or_an_openai_error(batch, raw) -> None:
-    logs: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = logs.append  # type: ignore[method-assign]
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
+    with captured_logs() as logs:
         async with gateway_net(request_timeout=2.0) as net, httpx.AsyncClient(
                 timeout=15.0) as http:
             url = net.a.gateway_url
@@ -143,7 +139,4 @@ async def test_any_request_gets_an_answer_or_an_openai_error(batch, raw) -> None
                     assert status < 500 and b'"error"' in rest, answer[:300]
             health = await http.get(url + "/health")
             assert health.status_code == 200
-    finally:
-        root.removeHandler(handler)
-    tracebacks = [r for r in logs if r.exc_info and r.levelno >= logging.WARNING]
-    assert not tracebacks, [r.getMessage() for r in tracebacks]
+    assert not tracebacks(logs)

@@ -10,7 +10,6 @@ closed.
 
 from __future__ import annotations
 
-import logging
 from contextlib import AsyncExitStack
 
 import trio
@@ -21,6 +20,7 @@ from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.utils.varint import encode_uvarint
 
+from log_capture import captured_logs, tracebacks
 from wwwserve.identity import Identity
 from wwwserve.overlay import Libp2pOverlay
 
@@ -104,12 +104,7 @@ def rpc_strategy() -> st.SearchStrategy[bytes]:
        writes=st.lists(st.one_of(rpc_strategy(), st.binary(min_size=1, max_size=200)),
                        min_size=1, max_size=4))
 async def test_any_bytes_on_any_protocol_leave_the_host_up(protocol, writes):
-    logs: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = logs.append  # type: ignore[method-assign]
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
+    with captured_logs() as logs:
         async with AsyncExitStack() as stack:
             victim = await stack.enter_async_context(Libp2pOverlay(Identity.generate()))
             honest = await stack.enter_async_context(Libp2pOverlay(Identity.generate()))
@@ -119,6 +114,4 @@ async def test_any_bytes_on_any_protocol_leave_the_host_up(protocol, writes):
             await attack(victim, protocol, writes)
             await still_relays(victim, inbox, honest)
             assert victim.receive_budget_in.held == 0
-    finally:
-        root.removeHandler(handler)
-    assert not [r for r in logs if r.exc_info and r.levelno >= logging.WARNING]
+    assert not tracebacks(logs)

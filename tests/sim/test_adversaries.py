@@ -508,27 +508,34 @@ async def test_a_stranger_cannot_keep_judges_busy(autojump_clock, tmp_path):
             assert len([c async for c in resp]) == 1
 
 
+async def claim_ghost(liar, observer):  # type: ignore[no-untyped-def]
+    """Make ``liar`` advertise a model "ghost" it does not serve; wait until ``observer``
+    sees the claim."""
+    from wwwserve.membership import ModelLoad
+
+    honest_state = liar.membership.local_state
+
+    def boast():  # type: ignore[no-untyped-def]
+        state = honest_state()
+        return dataclasses.replace(state, models=(*state.models, ModelLoad(
+            model="ghost", token_usage=0.0, running=0, queued=0)))
+
+    liar.membership.local_state = boast
+    with trio.fail_after(30):
+        while "ghost" not in observer.dispatcher.network_models():
+            await trio.sleep(0.5)
+
+
 async def test_a_peer_claiming_a_model_it_does_not_serve_is_found_out_fast(autojump_clock,
                                                                            tmp_path):
     """Node 2 advertises a model it does not serve (the red team's requests for it ran to
     their 15 s deadline): its refusal says so, it is not asked again, and the user gets a
     clear 'no capacity' error at once."""
     from wwwserve.errors import NoCapacityError
-    from wwwserve.membership import ModelLoad
 
     async with MemoryTestnet(3, ledger=True, data_dir=tmp_path, seed=35) as net:
         liar = net.nodes[2]
-        honest_state = liar.membership.local_state
-
-        def boast():  # type: ignore[no-untyped-def]
-            state = honest_state()
-            return dataclasses.replace(state, models=(*state.models, ModelLoad(
-                model="ghost", token_usage=0.0, running=0, queued=0)))
-
-        liar.membership.local_state = boast  # type: ignore[method-assign]
-        with trio.fail_after(30):
-            while "ghost" not in net.nodes[0].dispatcher.network_models():
-                await trio.sleep(0.5)
+        await claim_ghost(liar, net.nodes[0])
         start = trio.current_time()
         with pytest.raises(NoCapacityError):
             await net.nodes[0].complete(dataclasses.replace(
@@ -544,25 +551,14 @@ async def test_a_peer_claiming_a_model_and_always_busy_is_found_out_fast(autojum
     refusals in a row it is demoted: the user gets a clear error long before the deadline.
     A peer that has served the model once is never demoted for being busy."""
     from wwwserve.errors import NoCapacityError
-    from wwwserve.membership import ModelLoad
 
     async with MemoryTestnet(3, ledger=True, data_dir=tmp_path, seed=36) as net:
         liar = net.nodes[2]
-        honest_state = liar.membership.local_state
-
-        def boast():  # type: ignore[no-untyped-def]
-            state = honest_state()
-            return dataclasses.replace(state, models=(*state.models, ModelLoad(
-                model="ghost", token_usage=0.0, running=0, queued=0)))
-
-        liar.membership.local_state = boast  # type: ignore[method-assign]
+        await claim_ghost(liar, net.nodes[0])
         local = liar.dispatcher._local
         liar.dispatcher._local = lambda model: (  # type: ignore[method-assign]
             list(liar.dispatcher.models) if model == "ghost" else local(model))
         liar.dispatcher._accepts = lambda model, route: None  # type: ignore[method-assign]
-        with trio.fail_after(30):
-            while "ghost" not in net.nodes[0].dispatcher.network_models():
-                await trio.sleep(0.5)
         start = trio.current_time()
         with pytest.raises(NoCapacityError):
             await net.nodes[0].complete(dataclasses.replace(
