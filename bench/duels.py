@@ -7,7 +7,7 @@ a private ledger runs ``--seconds`` of load with every offloaded request duelled
 out of the draw and judges' noise does not drown the duels' outcomes in credit).
 Printed per study: each class's measured win rate (per pair of classes, over cross-class
 duels, ties half, averaged over the opponents), its error against the paper's rate, the
-model's expected rate (:func:`wwwserve.duel.judge.class_win_rates`, the baseline computed in
+model's expected rate (:func:`wwwserve.engines.quality.class_win_rates`, the baseline computed in
 the same run), mean credit per class (and whether it is in quality order), and cross-class
 duels settled per wall-clock second. Ends with one
 JSON line.
@@ -34,10 +34,10 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from wwwserve.duel.judge import class_win_rates
 from wwwserve.engines import get_profile
-from wwwserve.sim import seed_trio_scheduler
+from wwwserve.engines.quality import class_win_rates
 from wwwserve.sim.duels import class_study, rates_from_pairs
+from wwwserve.testing import seed_trio_scheduler
 
 STUDIES = {
     "size": ({"8b": "a100-80g/qwen3-8b", "4b": "a100-80g/qwen3-4b",

@@ -34,7 +34,7 @@ from wwwserve.config import GatewayParams, MembershipParams, NetworkParams, Node
 from wwwserve.identity import Identity
 from wwwserve.node import Node
 from wwwserve.overlay import Libp2pOverlay, ResponseSender
-from wwwserve.testnet import ChildProcess, TestnetError
+from wwwserve.testing.processes import ChildProcess, TestnetError
 
 ECHO = "/bench/echo/1.0.0"
 #: join-then-kill rounds timed in each multi-process network

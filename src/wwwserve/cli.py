@@ -313,16 +313,14 @@ async def _run_testnet(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .testnet import (
+    from .testing.processes import (
         ProcessTestnet,
-        RequestResult,
-        Workload,
         default_profiles,
         default_targets,
         environment,
-        report,
-        run_workload,
     )
+    from .testing.report import report
+    from .testing.workload import RequestResult, Workload, run_workload
 
     console = Console(stderr=True, quiet=args.quiet)
     workload = Workload(kind=args.workload, rate=args.rate, duration=args.duration,
@@ -425,7 +423,7 @@ def cmd_testnet(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
-    from .testnet import WORKLOADS
+    from .testing.workload import WORKLOADS
 
     if not 1 <= args.nodes <= 64:
         raise ConfigError(f"--nodes: must be between 1 and 64, got {args.nodes}")

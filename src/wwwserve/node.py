@@ -26,16 +26,17 @@ import trio
 from ._compat import TaskStatus
 from .clock import WallClock, system_wall_clock
 from .config import NodeConfig
-from .duel.evidence import DuelRecord, Outcome
 from .duel.ratings import PeerRecord
 from .duel.service import ChainRatings, DuelService
 from .engines import Chunk, CompletionRequest, Emit, Engine, SimEngine, Usage, get_profile
 from .engines.http import HTTPEngine
 from .errors import ConfigError
+from .evidence import DuelRecord, Outcome
 from .http.gateway import Gateway
+from .http.service import LedgerStatus, ModelStatus, NodeStatus, PeerRow, RatingRow
 from .identity import Identity, load_or_create_identity
 from .ledger import BlockStore, Chain, DuelSettlement, Genesis, VoteRecord, credits
-from .ledger.service import LedgerAccount, LedgerService
+from .ledger.service import LedgerAccount, LedgerService, ledger_view
 from .market import CreditAccount, CreditBook, Dispatcher, LocalModel, get_policy
 from .membership import LocalState, Membership, ModelLoad, PeerInfo
 from .overlay import Overlay
@@ -268,6 +269,50 @@ class Node:
         """Serve ``request`` (locally or on a peer), pushing its chunks to ``emit``."""
         return await self.dispatcher.submit(request, emit)
 
+    # ---- what the gateway serves (wwwserve.http.service.NodeService) --------------------
+    def models(self) -> set[str]:
+        """Models served here or by any live peer."""
+        return self.dispatcher.network_models()
+
+    def healthy(self) -> bool:
+        """True while a local engine is healthy or a peer is known."""
+        return any(m.engine.load().healthy for m in self.dispatcher.models) or bool(self.peers)
+
+    def status(self) -> NodeStatus:
+        """A frozen snapshot of this node: loads, peers, counters, ledger heights, ratings."""
+        dispatcher = self.dispatcher
+        models = []
+        for m in dispatcher.models:
+            load = m.engine.load()
+            models.append(ModelStatus(m.name, load.token_usage, load.running, load.queued,
+                                      load.healthy))
+        ledger = self._ledger
+        ledger_status = None
+        if ledger is not None:
+            chain = ledger.chain
+            ledger_status = LedgerStatus(
+                height=chain.height, finalized_height=chain.finalized_height,
+                pending=len(chain.pool), events={**chain.stats, **ledger.stats},
+                view=ledger_view(chain, last=0, accounts=False, stats=ledger.stats))
+        return NodeStatus(
+            peer_id=self.peer_id, name=self.config.node.name, addresses=tuple(self.addresses),
+            credit=self.credit.balance(), stake=self.credit.stake(), models=tuple(models),
+            peers=tuple(PeerRow(pid, info.status.value, info.stake, info.credit,
+                                tuple(m.model for m in info.models))
+                        for pid, info in sorted(self.peers.items())),
+            dispatch=dict(dispatcher.stats), offload_delays=tuple(dispatcher.offload_delays),
+            duels=dict(self.duels.stats),
+            ratings={peer: RatingRow(rec.rating, rec.wins, rec.losses, rec.ties)
+                     for peer, rec in self.ratings().items()},
+            ledger=ledger_status)
+
+    def ledger_json(self, last: int) -> dict[str, object] | None:
+        """The ledger's JSON summary with its ``last`` blocks (None without a ledger)."""
+        ledger = self._ledger
+        if ledger is None:
+            return None
+        return ledger_view(ledger.chain, last=last, stats=ledger.stats)
+
     async def complete(self, request: CompletionRequest) -> tuple[str, Usage]:
         """Serve ``request`` and return its whole text and usage."""
         parts: list[str] = []
@@ -332,7 +377,7 @@ class Node:
             await nursery.start(self._membership.run)
             nursery.start_soon(self._notify_on_membership)
             if self.config.gateway.enabled:
-                self._gateway = Gateway(self)
+                self._gateway = Gateway(self, self.config.gateway)
                 await nursery.start(self._gateway.run)
         except BaseException as exc:
             if self._nursery is not None:

@@ -19,7 +19,7 @@ import trio
 
 from wwwserve.ledger import BlockStore, Chain, Genesis
 from wwwserve.ledger.service import replay
-from wwwserve.testnet import ProcessTestnet, _peers_of
+from wwwserve.testing.processes import ProcessTestnet, _peers_of
 
 N = 3
 SUBNET = "10.213.7"

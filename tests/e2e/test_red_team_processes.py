@@ -40,10 +40,10 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from wwwserve.config import load_config
-from wwwserve.duel.evidence import DuelRecord, digest
 from wwwserve.duel.service import JUDGE_PROTOCOL, JudgeRequest
 from wwwserve.engines import CompletionRequest
 from wwwserve.errors import OverlayError, ProtocolError
+from wwwserve.evidence import DuelRecord, digest
 from wwwserve.identity import Identity, load_or_create_identity
 from wwwserve.ledger import (
     UNIT,

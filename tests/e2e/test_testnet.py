@@ -13,7 +13,8 @@ import pytest
 import trio
 import yaml
 
-from wwwserve.testnet import Workload, report, run_workload
+from wwwserve.testing.report import report
+from wwwserve.testing.workload import Workload, run_workload
 
 
 def processes_under(root: Path) -> list[int]:

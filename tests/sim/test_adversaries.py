@@ -465,8 +465,8 @@ async def test_a_stranger_cannot_keep_judges_busy(autojump_clock, tmp_path):
     """A key without stake sends 64 judge requests at once naming the target as judge (the
     red team's 128 locked a judge out for everyone): every one is refused before any
     engine runs, and the judge still judges for a staked requester's drawn duel."""
-    from wwwserve.duel.evidence import DuelRecord, digest
     from wwwserve.duel.service import JudgeRequest
+    from wwwserve.evidence import DuelRecord, digest
 
     async with MemoryTestnet(4, ledger=True, data_dir=tmp_path, seed=34) as net:
         await serve(net, 0, 4, "a")

@@ -59,7 +59,7 @@ async def test_the_attacker_invariant_fails_when_the_forfeit_fix_is_reverted(
         autojump_clock, tmp_path, monkeypatch):
     """Revert the fix for forged missing-answer settlements (a forfeit takes the named
     loser's stake again, as it used to): the harness sees the theft."""
-    from wwwserve.duel import evidence
+    from wwwserve import evidence
 
     real = evidence.tally
 

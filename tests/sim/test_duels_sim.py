@@ -13,14 +13,14 @@ import pytest
 import trio
 
 from wwwserve.config import DuelParams
-from wwwserve.duel.evidence import DuelRecord
 from wwwserve.duel.service import JUDGE_PROTOCOL, JudgeRequest, RevealRequest
 from wwwserve.engines import Chunk, CompletionRequest, Emit, SimEngine, Usage
 from wwwserve.errors import RemoteError
+from wwwserve.evidence import DuelRecord
 from wwwserve.node import Node
 from wwwserve.overlay import MemoryNetwork
-from wwwserve.sim import seed_trio_scheduler
 from wwwserve.sim.duels import Spec, class_study, start
+from wwwserve.testing import seed_trio_scheduler
 from wwwserve.wire import encode, seal
 
 
@@ -200,7 +200,7 @@ async def test_judges_refuse_what_they_must_not_judge(autojump_clock, tmp_path):
         network = await start(nursery, net, specs, tmp_path, seed,
                               duel=DuelParams(p_inspect=0.0))
         req, x, y, judge = network.nodes
-        from wwwserve.duel.evidence import digest
+        from wwwserve.evidence import digest
 
         def ask(record: DuelRecord, a: str = "one", b: str = "two", signer: Node = req):
             env = encode(seal(record, signer.identity))

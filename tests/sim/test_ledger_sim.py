@@ -13,7 +13,7 @@ from wwwserve.identity import Identity
 from wwwserve.ledger import UNIT, Allocation, Genesis, Payment, decode_tx
 from wwwserve.node import Node
 from wwwserve.overlay import MemoryNetwork
-from wwwserve.sim import seed_trio_scheduler
+from wwwserve.testing import seed_trio_scheduler
 
 PARAMS = MembershipParams(heartbeat_interval=1.0, suspect_timeout=2.5, peer_timeout=5.0)
 

@@ -10,22 +10,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wwwserve.duel.evidence import DuelEvidence, DuelRecord, decide, outcome_of, tally
-from wwwserve.duel.judge import (
+from wwwserve.duel.ratings import Ratings
+from wwwserve.engines import get_profile
+from wwwserve.engines.quality import (
     DEFAULT_MODEL,
     GARBAGE_QUALITY,
     class_win_rates,
-    is_judge_prompt,
-    judge_messages,
-    parse_verdict,
     quality_marker,
     read_quality,
-    split_judge_prompt,
 )
-from wwwserve.duel.ratings import Ratings
-from wwwserve.engines import get_profile
 from wwwserve.errors import InvalidTransactionError
+from wwwserve.evidence import DuelEvidence, DuelRecord, decide, outcome_of, tally
 from wwwserve.identity import Identity
+from wwwserve.judging import is_judge_prompt, judge_messages, parse_verdict, split_judge_prompt
 from wwwserve.ledger import UNIT, Allocation, Genesis, sign_tx
 from wwwserve.testing import signed_duel
 from wwwserve.wire import decode, encode

@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chain_driver
-from wwwserve.duel.evidence import DuelRecord
 from wwwserve.duel.service import unseal_record
 from wwwserve.errors import (
     ConfigError,
@@ -17,6 +16,7 @@ from wwwserve.errors import (
     InvalidTransactionError,
     LedgerCorruptError,
 )
+from wwwserve.evidence import DuelRecord
 from wwwserve.identity import Identity
 from wwwserve.ledger import (
     UNIT,

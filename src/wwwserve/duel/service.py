@@ -38,15 +38,7 @@ from .._compat import TaskStatus
 from ..config import DuelParams
 from ..engines import ChatMessage, Chunk, CompletionRequest, Engine
 from ..errors import ClosedError, DuelError, EngineError, OverlayError, ProtocolError
-from ..identity import Identity
-from ..ledger.chain import Chain
-from ..ledger.tx import DuelSettlement
-from ..log import tracing
-from ..market.pos import weighted_sample
-from ..membership import PeerInfo, PeerStatus
-from ..overlay import Overlay, ResponseSender
-from ..wire import Message, Signed, decode, encode, message, seal, unseal
-from .evidence import (
+from ..evidence import (
     VERDICTS,
     AnswerReceipt,
     DuelEvidence,
@@ -58,7 +50,15 @@ from .evidence import (
     digest,
     tally,
 )
-from .judge import judge_messages, parse_verdict
+from ..identity import Identity
+from ..judging import judge_messages, parse_verdict
+from ..ledger.chain import Chain
+from ..ledger.tx import DuelSettlement
+from ..log import tracing
+from ..membership import PeerInfo, PeerStatus
+from ..overlay import Overlay, ResponseSender
+from ..sampling import weighted_sample
+from ..wire import Message, Signed, decode, encode, message, seal, unseal
 from .ratings import PeerRecord, Ratings
 
 __all__ = [

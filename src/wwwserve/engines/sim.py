@@ -23,8 +23,8 @@ sources). Admission follows one of two rules (``admission``):
 
 Either way a request that is not admitted waits in a FIFO queue. Output text is synthetic:
 one word per token, deterministic per seed and request id, after a quality marker
-(:func:`~wwwserve.duel.judge.quality_marker`: the answer's simulated quality, drawn around
-the profile's latent ``quality``). A judge prompt (:func:`~wwwserve.duel.judge.judge_messages`)
+(:func:`~wwwserve.engines.quality.quality_marker`: the answer's simulated quality, drawn around
+the profile's latent ``quality``). A judge prompt (:func:`~wwwserve.judging.judge_messages`)
 is answered with a verdict drawn from the simulated judge model, so duels run end to end on
 simulated engines.
 """
@@ -43,15 +43,10 @@ import trio
 import yaml
 
 from .._compat import TaskStatus
-from ..duel.judge import (
-    DEFAULT_MODEL,
-    QualityModel,
-    is_judge_prompt,
-    quality_marker,
-    split_judge_prompt,
-)
 from ..errors import ConfigError, EngineError, EngineUnavailableError
+from ..judging import is_judge_prompt, split_judge_prompt
 from .base import Chunk, CompletionRequest, Emit, EngineLoad, Usage, approx_tokens
+from .quality import DEFAULT_MODEL, QualityModel, quality_marker
 
 __all__ = ["Profile", "SimEngine", "get_profile", "profile_names"]
 

@@ -1,7 +1,8 @@
 """The node's gateway: the OpenAI-compatible API its users call, plus ``/metrics`` and ``/status``.
 
-Requests go to :meth:`Node.submit <wwwserve.Node.submit>`, so they run locally or on a peer
-as the dispatcher decides. ``/v1/models`` lists the models served anywhere in the network.
+Requests go to the node's ``submit`` (any :class:`~.service.NodeService`; a
+:class:`wwwserve.Node` is one), so they run locally or on a peer as its dispatcher decides.
+``/v1/models`` lists the models served anywhere in the network.
 ``/metrics`` is Prometheus exposition (``prometheus_client``), one registry per gateway:
 
 - ``wwwserve_requests_total{outcome}``: finished user requests by outcome (``ok``,
@@ -24,7 +25,6 @@ dispatcher counters, duel counters and peers' ratings) for ``wwwserve status`` a
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -32,6 +32,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .._compat import TaskStatus
+from ..config import GatewayParams
+from ..stats import percentile
 from .openai_api import (
     OpenAIApp,
     Receive,
@@ -42,10 +44,7 @@ from .openai_api import (
     send_json,
 )
 from .server import serve_http
-
-if TYPE_CHECKING:
-    from ..ledger.service import LedgerService
-    from ..node import Node
+from .service import NodeService
 
 __all__ = ["Gateway"]
 
@@ -53,41 +52,39 @@ _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60,
 
 
 class _NodeCollector(Collector):
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeService) -> None:
         self.node = node
 
     def collect(self) -> Iterator[Metric]:
-        node = self.node
+        st = self.node.status()
         c = CounterMetricFamily("wwwserve_dispatch", "Dispatcher decisions and events.",
                                 labels=["decision"])
-        for key, value in sorted(node.dispatcher.stats.items()):
+        for key, value in sorted(st.dispatch.items()):
             c.add_metric([key], float(value))
         yield c
-        yield GaugeMetricFamily("wwwserve_credit", "Credit balance.",
-                                value=node.credit.balance())
-        yield GaugeMetricFamily("wwwserve_stake", "Staked credit.", value=node.credit.stake())
+        yield GaugeMetricFamily("wwwserve_credit", "Credit balance.", value=st.credit)
+        yield GaugeMetricFamily("wwwserve_stake", "Staked credit.", value=st.stake)
         g = GaugeMetricFamily("wwwserve_peers", "Known peers by status.", labels=["status"])
         counts: dict[str, int] = {}
-        for info in node.peers.values():
-            counts[info.status.value] = counts.get(info.status.value, 0) + 1
+        for peer in st.peers:
+            counts[peer.status] = counts.get(peer.status, 0) + 1
         for status, n in sorted(counts.items()):
             g.add_metric([status], float(n))
         yield g
         d = CounterMetricFamily("wwwserve_duel_events", "Duels requested and judged here.",
                                 labels=["event"])
-        for key, value in sorted(node.duels.stats.items()):
+        for key, value in sorted(st.duels.items()):
             d.add_metric([key], float(value))
         yield d
-        ratings = node.ratings()
         r = GaugeMetricFamily("wwwserve_peer_rating",
                               "Bradley-Terry rating of a peer from duels (Elo scale).",
                               labels=["peer"])
         results = CounterMetricFamily("wwwserve_peer_duels", "A peer's duel results.",
                                       labels=["peer", "result"])
-        for peer, rec in sorted(ratings.items()):
-            r.add_metric([peer], rec.rating)
+        for peer_id, rec in sorted(st.ratings.items()):
+            r.add_metric([peer_id], rec.rating)
             for result, n in (("won", rec.wins), ("lost", rec.losses), ("tie", rec.ties)):
-                results.add_metric([peer, result], float(n))
+                results.add_metric([peer_id, result], float(n))
         yield r
         yield results
         families = {
@@ -101,51 +98,40 @@ class _NodeCollector(Collector):
                                          "1 if the model's engine is available.",
                                          labels=["model"]),
         }
-        for m in node.dispatcher.models:
-            load = m.engine.load()
+        for m in st.models:
             for key, fam in families.items():
-                fam.add_metric([m.name], float(getattr(load, key)))
+                fam.add_metric([m.model], float(getattr(m, key)))
         yield from families.values()
-        ledger = node.ledger
+        ledger = st.ledger
         if ledger is not None:
-            chain = ledger.chain
             yield GaugeMetricFamily("wwwserve_ledger_height", "Height of the best chain.",
-                                    value=chain.height)
+                                    value=ledger.height)
             yield GaugeMetricFamily("wwwserve_ledger_finalized_height",
                                     "Height of the last final block.",
-                                    value=chain.finalized_height)
+                                    value=ledger.finalized_height)
             yield GaugeMetricFamily("wwwserve_ledger_pending_transactions",
-                                    "Transactions waiting for a block.", value=len(chain.pool))
+                                    "Transactions waiting for a block.", value=ledger.pending)
             events = CounterMetricFamily("wwwserve_ledger_events",
                                          "Ledger events (blocks and transactions received, "
                                          "rejected, proposed, synced; reorganizations).",
                                          labels=["event"])
-            for key, value in sorted({**chain.stats, **ledger.stats}.items()):
+            for key, value in sorted(ledger.events.items()):
                 events.add_metric([key], float(value))
             yield events
 
 
 def _percentiles(values: Iterable[float]) -> dict[str, float]:
+    """p50, p90 and p99 of ``values`` (seconds) in milliseconds."""
     ordered = sorted(values)
-    if not ordered:
-        return {}
-    return {f"p{q}": 1000 * ordered[min(len(ordered) - 1, len(ordered) * q // 100)]
-            for q in (50, 90, 99)}
-
-
-def _ledger_status(ledger: LedgerService | None) -> dict[str, object] | None:
-    if ledger is None:
-        return None
-    from ..ledger.service import ledger_view
-
-    return ledger_view(ledger.chain, last=0, accounts=False, stats=ledger.stats)
+    return {f"p{q}": 1000 * (percentile(ordered, q / 100) or 0.0)
+            for q in (50, 90, 99)} if ordered else {}
 
 
 class Gateway:
     """The HTTP gateway of ``node``; ``await nursery.start(gateway.run)`` → base URL."""
 
-    def __init__(self, node: Node, *, host: str | None = None, port: int | None = None) -> None:
-        params = node.config.gateway
+    def __init__(self, node: NodeService, params: GatewayParams, *, host: str | None = None,
+                 port: int | None = None) -> None:
         self.node = node
         self.host = params.host if host is None else host
         self.port = params.port if port is None else port
@@ -161,11 +147,9 @@ class Gateway:
                                buckets=_BUCKETS, registry=self.registry)
         self.registry.register(_NodeCollector(node))
         self.app = OpenAIApp(
-            node.submit, lambda: node.dispatcher.network_models(), api_key=params.api_key,
+            node.submit, node.models, api_key=params.api_key,
             max_body=params.max_body_bytes, timeout=params.request_timeout,
-            health=lambda: any(m.engine.load().healthy for m in node.dispatcher.models)
-            or bool(node.peers),
-            on_done=self._observe)
+            health=node.healthy, on_done=self._observe)
         self.app.route("GET", "/metrics", metrics_handler(self.registry))
         self.app.route("GET", "/status", self._status)
         self.app.route("GET", "/ledger", self._ledger)
@@ -178,38 +162,31 @@ class Gateway:
                 self._ttft.observe(ttft)
 
     async def _status(self, scope: Scope, receive: Receive, send: Send) -> None:
-        node = self.node
-        models = []
-        for m in node.dispatcher.models:
-            load = m.engine.load()
-            models.append({"model": m.name, "token_usage": load.token_usage,
-                           "running": load.running, "queued": load.queued,
-                           "healthy": load.healthy})
-        peers = [{"peer_id": pid, "status": info.status.value, "stake": info.stake,
-                  "credit": info.credit, "models": [m.model for m in info.models]}
-                 for pid, info in sorted(node.peers.items())]
+        st = self.node.status()
         await send_json(send, 200, {
-            "peer_id": node.peer_id, "name": node.config.node.name,
-            "addresses": list(node.addresses), "credit": node.credit.balance(),
-            "stake": node.credit.stake(), "models": models, "peers": peers,
-            "dispatch": dict(node.dispatcher.stats),
-            "offload_dispatch_ms": _percentiles(node.dispatcher.offload_delays),
-            "ledger": _ledger_status(node.ledger),
-            "duels": dict(node.duels.stats),
+            "peer_id": st.peer_id, "name": st.name, "addresses": list(st.addresses),
+            "credit": st.credit, "stake": st.stake,
+            "models": [{"model": m.model, "token_usage": m.token_usage, "running": m.running,
+                        "queued": m.queued, "healthy": m.healthy} for m in st.models],
+            "peers": [{"peer_id": p.peer_id, "status": p.status, "stake": p.stake,
+                       "credit": p.credit, "models": list(p.models)} for p in st.peers],
+            "dispatch": dict(st.dispatch),
+            "offload_dispatch_ms": _percentiles(st.offload_delays),
+            "ledger": dict(st.ledger.view) if st.ledger is not None else None,
+            "duels": dict(st.duels),
             "ratings": {peer: {"rating": rec.rating, "wins": rec.wins, "losses": rec.losses,
                                "ties": rec.ties}
-                        for peer, rec in sorted(node.ratings().items())},
+                        for peer, rec in sorted(st.ratings.items())},
+            **st.extra,
         })
 
     async def _ledger(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ledger = self.node.ledger
-        if ledger is None:
+        view = self.node.ledger_json(20)
+        if view is None:
             await send_json(send, 404, error_body(
                 404, "this node has no ledger (its config sets no network.genesis)"))
             return
-        from ..ledger.service import ledger_view
-
-        await send_json(send, 200, ledger_view(ledger.chain, last=20, stats=ledger.stats))
+        await send_json(send, 200, dict(view))
 
     async def run(self, *, task_status: TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; ``started`` with the base URL."""

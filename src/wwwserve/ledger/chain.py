@@ -54,8 +54,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from ..duel.evidence import DuelRecord, draw_judges
 from ..errors import InvalidBlockError, InvalidTransactionError
+from ..evidence import DuelRecord, draw_judges
 from ..identity import Identity
 from .block import Block, Genesis, block_id, block_signature_ok, leader, make_block
 from .finality import (
@@ -466,7 +466,7 @@ class Chain:
     def judge_draw(self, requester: str, exclude: Iterable[str], k: int
                    ) -> tuple[int, tuple[str, ...]]:
         """(checkpoint height, judges) for a duel ``requester`` starts now: drawn at the
-        best chain's latest checkpoint (see :func:`~wwwserve.duel.evidence.draw_judges`)."""
+        best chain's latest checkpoint (see :func:`~wwwserve.evidence.draw_judges`)."""
         anchor = self.height // self.genesis.finality_depth * self.genesis.finality_depth
         bid = self._canonical[anchor]
         return anchor, draw_judges(bid, requester, self._checkpoint_stakes[bid][1],

@@ -14,11 +14,11 @@ Rules (each violation raises :class:`InvalidTransactionError` and changes nothin
 - a join grant needs the network's ``join_grant`` > 0, nonce 0, and is granted once;
 - a duel settlement is settled once per (requester, ``duel_id``); its amounts are the
   network's (:class:`Rules`) and its winner, loser and judge groups must be exactly what its
-  signed evidence implies (:func:`wwwserve.duel.evidence.outcome_of`); penalties are taken
+  signed evidence implies (:func:`wwwserve.evidence.outcome_of`); penalties are taken
   from stake first, then from unbonding credit (so unstaking cannot dodge them), and go to
   the winner and the majority judges. A forfeit (one executor gave no receipted answer)
   moves no stake: the answering executor gets the reward from the requester. A judged
-  duel's judges must be the ones :func:`wwwserve.duel.evidence.draw_judges` draws at the
+  duel's judges must be the ones :func:`wwwserve.evidence.draw_judges` draws at the
   record's checkpoint (:attr:`LedgerState.judge_check`, which the chain provides).
 
 - equivocation evidence (:mod:`.slashing`, carried by blocks) slashes its offender once
@@ -37,8 +37,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..duel.evidence import DuelRecord, outcome_of
 from ..errors import IdentityError, InvalidTransactionError
+from ..evidence import DuelRecord, outcome_of
 from ..identity import canonical_bytes, public_key_from_peer_id
 from .tx import DuelSettlement, JoinGrant, Payment, SignedTx, Skip, Stake, Unstake, signer_of
 

@@ -1,5 +1,6 @@
 """The market: Proof-of-Stake selection, policies, credits and the dispatcher."""
 
+from ..sampling import weighted_sample
 from .credit import CreditAccount, CreditBook
 from .dispatch import Dispatcher, LocalModel
 from .policy import (
@@ -11,7 +12,6 @@ from .policy import (
     get_policy,
     register_policy,
 )
-from .pos import weighted_sample
 
 __all__ = [
     "CreditAccount",

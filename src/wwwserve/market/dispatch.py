@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 from .._compat import TaskStatus
-from ..duel.evidence import AnswerReceipt
 from ..engines import Chunk, CompletionRequest, Emit, Engine, Usage
 from ..errors import (
     ClosedError,
@@ -45,15 +44,16 @@ from ..errors import (
     StreamBrokenError,
     WWWServeError,
 )
+from ..evidence import AnswerReceipt
 from ..identity import Identity
 from ..log import tracing
 from ..membership import PeerInfo, PeerStatus
 from ..overlay import Overlay, ResponseSender
+from ..sampling import weighted_sample
 from ..wire import Signed, decode, encode, seal
 from .credit import CreditAccount
 from .messages import OFFLOAD_PROTOCOL, PROBE_PROTOCOL, Offload, Probe, ProbeReply
 from .policy import ModelView, NodeView, Policy
-from .pos import weighted_sample
 
 if TYPE_CHECKING:
     from ..duel.service import DuelService

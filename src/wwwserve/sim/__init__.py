@@ -1,7 +1,2 @@
-"""Simulation support: deterministic virtual-time runs of the real node code."""
-
-from __future__ import annotations
-
-from ._determinism import seed_trio_scheduler
-
-__all__ = ["seed_trio_scheduler"]
+"""Simulation: the paper's experiments, duel studies, fault and attack harnesses, run on the
+real node code in deterministic virtual time (the networks come from :mod:`wwwserve.testing`)."""

@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..duel.evidence import DuelEvidence, VoteCommit
 from ..duel.service import JUDGE_PROTOCOL, JudgeRequest, unseal_record
 from ..engines import CompletionRequest
 from ..errors import InvalidTransactionError, OverlayError, ProtocolError, WWWServeError
+from ..evidence import DuelEvidence, VoteCommit
 from ..identity import Identity
 from ..ledger import Chain, DuelSettlement, Payment, decode_tx, make_block, sign_tx
 from ..ledger.service import SYNC_PROTOCOL, LedgerAccount, block_topic, tx_topic

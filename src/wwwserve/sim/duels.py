@@ -30,10 +30,10 @@ from ..config import (
     NodeParams,
     ServerParams,
 )
-from ..duel.evidence import DuelRecord
 from ..duel.service import unseal_record
 from ..engines import ChatMessage, CompletionRequest, Engine, SimEngine, get_profile
 from ..errors import WWWServeError
+from ..evidence import DuelRecord
 from ..identity import Identity
 from ..ledger import UNIT, Allocation, DuelSettlement, Genesis, decode_tx
 from ..node import Node

@@ -54,7 +54,8 @@ from ..engines.base import Emit
 from ..engines.sim import ADMISSIONS
 from ..errors import ConfigError, WWWServeError
 from ..market import CreditBook, get_policy
-from ._determinism import seed_trio_scheduler
+from ..stats import percentile
+from ..testing import seed_trio_scheduler
 
 __all__ = ["STRATEGIES", "NodeSpec", "Record", "Scenario", "list_scenarios", "load_scenario",
            "make_workload", "run_strategy", "summarize"]
@@ -668,13 +669,6 @@ def run_strategy(scenario: Scenario, strategy: str, seed: int = 0, *,
 
 
 # ---- results ------------------------------------------------------------------------------
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def summarize(records: Sequence[Record], thresholds: Sequence[float]) -> dict[str, Any]:
     """SLO attainment at each threshold, latency and TTFT statistics, outcomes."""
     n = len(records)
@@ -691,10 +685,10 @@ def summarize(records: Sequence[Record], thresholds: Sequence[float]) -> dict[st
         "slo_attainment": {f"{t:g}": (sum(1 for x in lat if x <= t) / n if n else 0.0)
                            for t in thresholds},
         "latency_mean_s": sum(lat) / len(lat) if lat else None,
-        "latency_p50_s": _pct(lat, 0.5), "latency_p90_s": _pct(lat, 0.9),
-        "latency_p99_s": _pct(lat, 0.99),
+        "latency_p50_s": percentile(lat, 0.5), "latency_p90_s": percentile(lat, 0.9),
+        "latency_p99_s": percentile(lat, 0.99),
         "ttft_mean_s": sum(ttft) / len(ttft) if ttft else None,
-        "ttft_p50_s": _pct(ttft, 0.5),
+        "ttft_p50_s": percentile(ttft, 0.5),
     }
 
 

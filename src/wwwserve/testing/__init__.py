@@ -14,9 +14,10 @@ processes), each a factory used as ``async with memory_testnet(4, ...) as net:``
 
 from __future__ import annotations
 
-from ..testnet import ChildProcess, ProcessTestnet, TestnetNode, rss_bytes
+from ._determinism import seed_trio_scheduler
 from ._duels import signed_duel
 from ._memory import DEFAULT_MODEL, FAST_MEMBERSHIP, MemoryTestnet
+from .processes import ChildProcess, ProcessTestnet, TestnetNode, rss_bytes
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -26,5 +27,6 @@ __all__ = [
     "ProcessTestnet",
     "TestnetNode",
     "rss_bytes",
+    "seed_trio_scheduler",
     "signed_duel",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..duel.evidence import (
+from ..evidence import (
     AnswerReceipt,
     DuelEvidence,
     DuelRecord,

@@ -32,8 +32,8 @@ from ..ledger import Allocation, Genesis
 from ..market import CreditBook
 from ..node import Node
 from ..overlay import MemoryNetwork
-from ..sim import seed_trio_scheduler
-from ..testnet import per_node as _each
+from ._determinism import seed_trio_scheduler
+from .processes import per_node as _each
 
 __all__ = ["DEFAULT_MODEL", "FAST_MEMBERSHIP", "MemoryTestnet"]
 

@@ -37,9 +37,9 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..errors import InvalidTransactionError, ProtocolError
-from ..identity import canonical_bytes
-from ..wire import Message, Signed, decode, message, unseal
+from .errors import InvalidTransactionError, ProtocolError
+from .identity import canonical_bytes
+from .wire import Message, Signed, decode, message, unseal
 
 __all__ = [
     "VERDICTS",

@@ -1,4 +1,4 @@
-"""Multi-process testnets on loopback: what ``wwwserve testnet`` runs, and what tests use.
+"""Multi-process testnets on loopback: the process supervisor behind ``wwwserve testnet``.
 
 A :class:`ProcessTestnet` starts N ``wwwserve node`` processes, each in front of its own
 ``wwwserve sim-engine`` process (or of engine URLs you give), with fresh keys, a private
@@ -10,9 +10,8 @@ genesis, bootstrap through the first node, and waits until every node sees every
         print(await net.status(0))   # the node's /status JSON
 
 Leaving the block stops every child (SIGTERM, then SIGKILL after a grace period), also on
-an error or Ctrl-C. :func:`run_workload` drives a :class:`Workload` through the gateways with
-the ``openai`` client and returns one :class:`RequestResult` per request; :func:`report`
-summarises them with the nodes' own counters.
+an error or Ctrl-C. :mod:`.workload` drives requests through the gateways and
+:mod:`.report` summarises them.
 """
 
 from __future__ import annotations
@@ -21,13 +20,12 @@ import functools
 import json
 import math
 import os
-import random
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -35,19 +33,15 @@ from typing import IO, Any, Self
 import trio
 import yaml
 
-from .errors import ConfigError, WWWServeError
-from .identity import load_or_create_identity
+from ..errors import ConfigError, WWWServeError
+from ..identity import load_or_create_identity
 
 __all__ = [
     "ChildProcess",
     "ProcessTestnet",
-    "RequestResult",
     "TestnetError",
     "TestnetNode",
-    "Workload",
-    "report",
     "rss_bytes",
-    "run_workload",
 ]
 
 DEFAULT_MODEL = "Qwen/Qwen3-8B"
@@ -400,7 +394,7 @@ class ProcessTestnet:
                                f"(peers missing per node: {missing})") from None
 
     def _write_genesis(self, peer_ids: Sequence[str]) -> Path:
-        from .ledger import Allocation, Genesis
+        from ..ledger import Allocation, Genesis
 
         genesis = Genesis(
             network=self.network_id, time=float(int(time.time())), slot_length=self.slot_length,
@@ -488,226 +482,6 @@ async def _get_json(url: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise TestnetError(f"{url}: expected a JSON object")
     return data
-
-
-# ---- workload ------------------------------------------------------------------------------
-
-
-WORKLOADS = ("hot", "uniform", "burst")
-
-
-@dataclass(frozen=True)
-class Workload:
-    """Requests sent through the nodes' gateways.
-
-    ``kind``: ``hot`` (Poisson arrivals at ``rate`` req/s for ``duration`` s over the whole
-    network, the first quarter of the nodes getting 4x the share of the others), ``uniform``
-    (the same, every node alike) or ``burst`` (``requests`` at once on node 0).
-    ``requests`` caps the count (0: no cap, except for ``burst`` where it is the count).
-    """
-
-    kind: str = "hot"
-    rate: float = 3.0
-    duration: float = 30.0
-    requests: int = 0
-    prompt_tokens: int = 2000
-    max_tokens: int = 128
-    timeout: float = 120.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.kind not in WORKLOADS:
-            raise ConfigError(f"workload: must be one of {', '.join(WORKLOADS)}, "
-                              f"got {self.kind!r}")
-        for name in ("rate", "duration", "timeout"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ConfigError(f"workload {name}: must be a positive number, got {value!r}")
-        for name in ("prompt_tokens", "max_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"workload {name}: must be at least 1, "
-                                  f"got {getattr(self, name)}")
-        if self.requests < 0 or (self.kind == "burst" and self.requests < 1):
-            raise ConfigError(f"workload requests: must be >= {int(self.kind == 'burst')}, "
-                              f"got {self.requests}")
-
-    def arrivals(self, n: int) -> list[tuple[float, int]]:
-        """``(send time in s from the start, node index)`` of every request, in time order."""
-        rng = random.Random(self.seed)
-        if self.kind == "burst":
-            return [(0.01 * i, 0) for i in range(self.requests)]
-        hot = max(1, n // 4)
-        weights = [4.0 if (self.kind == "hot" and i < hot) else 1.0 for i in range(n)]
-        out: list[tuple[float, int]] = []
-        t = rng.expovariate(self.rate)
-        while t < self.duration and (not self.requests or len(out) < self.requests):
-            out.append((t, rng.choices(range(n), weights)[0]))
-            t += rng.expovariate(self.rate)
-        return out
-
-
-@dataclass(frozen=True)
-class RequestResult:
-    """One workload request as its user saw it (times in s from the workload's start)."""
-
-    index: int
-    node: int
-    sent: float
-    first_token: float | None
-    finished: float | None
-    ok: bool
-    completion_tokens: int = 0
-    error: str = ""
-
-    @property
-    def latency(self) -> float | None:
-        """End-to-end latency in s (None if it failed)."""
-        return self.finished - self.sent if self.ok and self.finished is not None else None
-
-    @property
-    def ttft(self) -> float | None:
-        """Time to first token in s (None if none came)."""
-        return self.first_token - self.sent if self.first_token is not None else None
-
-
-async def run_workload(
-    net: ProcessTestnet, workload: Workload, *,
-    on_result: Callable[[RequestResult], Awaitable[None] | None] | None = None,
-) -> list[RequestResult]:
-    """Send ``workload`` through the gateways (streamed chat completions); one result each.
-
-    Each request ends ok, or failed with the error its user saw; none is left hanging
-    (``workload.timeout`` bounds each one).
-    """
-    import openai
-
-    arrivals = workload.arrivals(net.n)
-    clients = [openai.AsyncOpenAI(base_url=node.gateway + "/v1", api_key="testnet",
-                                  max_retries=0, timeout=workload.timeout)
-               for node in net.nodes]
-    prompt = "tell me about the weather " * max(1, workload.prompt_tokens * 4 // 26)
-    results: list[RequestResult] = []
-    t0 = trio.current_time()
-
-    async def one(index: int, node: int, sent: float) -> None:
-        first: float | None = None
-        tokens = 0
-        error = ""
-        try:
-            with trio.fail_after(workload.timeout):
-                stream = await clients[node].chat.completions.create(
-                    model=net.model, messages=[{"role": "user", "content": prompt}],
-                    max_tokens=workload.max_tokens, stream=True,
-                    stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
-                async for chunk in stream:
-                    if first is None and chunk.choices and chunk.choices[0].delta.content:
-                        first = trio.current_time() - t0
-                    if chunk.usage is not None:
-                        tokens = chunk.usage.completion_tokens
-        except trio.TooSlowError:
-            error = f"no complete answer within {workload.timeout:g} s"
-        except openai.OpenAIError as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        ok = not error and tokens == workload.max_tokens
-        if not error and not ok:
-            error = f"short answer: {tokens} of {workload.max_tokens} tokens"
-        result = RequestResult(index=index, node=node, sent=sent, first_token=first,
-                               finished=trio.current_time() - t0, ok=ok,
-                               completion_tokens=tokens, error=error[:300])
-        results.append(result)
-        if on_result is not None:
-            maybe = on_result(result)
-            if maybe is not None:
-                await maybe
-
-    try:
-        async with trio.open_nursery() as nursery:
-            for index, (at, node) in enumerate(arrivals):
-                await trio.sleep_until(t0 + at)
-                nursery.start_soon(one, index, node, trio.current_time() - t0)
-    finally:
-        with trio.CancelScope(shield=True):
-            for client in clients:
-                await client.close()
-    return sorted(results, key=lambda r: r.index)
-
-
-# ---- report --------------------------------------------------------------------------------
-
-
-def _pct(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
-
-
-@dataclass
-class Report:
-    """What a testnet run measured (see :func:`report`)."""
-
-    requests: int
-    ok: int
-    failed: int
-    latency_s: dict[str, float | None]
-    ttft_s: dict[str, float | None]
-    slo_attainment: dict[str, float]
-    offloaded_share: float | None
-    nodes: list[dict[str, Any]] = field(default_factory=list)
-    errors: dict[str, int] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
-
-
-SLO_THRESHOLDS = (2.0, 5.0, 10.0, 20.0, 40.0)
-
-
-async def report(net: ProcessTestnet, results: Sequence[RequestResult]) -> Report:
-    """Summarise ``results`` with every node's ``/status`` counters and memory."""
-    lat = [r.latency for r in results if r.latency is not None]
-    ttft = [r.ttft for r in results if r.ok and r.ttft is not None]
-    n = len(results)
-    nodes: list[dict[str, Any]] = []
-    local = offloaded = 0
-    for k, node in enumerate(net.nodes):
-        row: dict[str, Any] = {"name": node.name, "peer_id": node.peer_id,
-                               "profile": node.profile or node.engine_url,
-                               "sent": sum(1 for r in results if r.node == k)}
-        try:
-            st = await net.status(k)
-        except (OSError, ValueError, WWWServeError) as exc:
-            row["error"] = str(exc)
-        else:
-            d = st.get("dispatch", {})
-            row.update(local=d.get("local", 0), offloaded=d.get("offloaded", 0),
-                       accepted=d.get("accepted", 0), credit=round(st.get("credit", 0.0), 3),
-                       stake=round(st.get("stake", 0.0), 3), peers=len(st.get("peers", [])))
-            local += row["local"]
-            offloaded += row["offloaded"]
-        rss = net.rss(k)
-        peak = net.rss(k, peak=True)
-        row["rss_mb"] = round(rss / 2**20, 1) if rss is not None else None
-        row["peak_rss_mb"] = round(peak / 2**20, 1) if peak is not None else None
-        nodes.append(row)
-    errors: dict[str, int] = {}
-    for r in results:
-        if not r.ok:
-            key = r.error.split(":")[0]
-            errors[key] = errors.get(key, 0) + 1
-    return Report(
-        requests=n, ok=sum(r.ok for r in results), failed=sum(not r.ok for r in results),
-        latency_s={f"p{int(q * 100)}": _round(_pct(lat, q)) for q in (0.5, 0.9, 0.99)},
-        ttft_s={f"p{int(q * 100)}": _round(_pct(ttft, q)) for q in (0.5, 0.9, 0.99)},
-        slo_attainment={f"{t:g}s": round(sum(1 for x in lat if x <= t) / n, 4) if n else 0.0
-                        for t in SLO_THRESHOLDS},
-        offloaded_share=round(offloaded / (local + offloaded), 4) if local + offloaded else None,
-        nodes=nodes, errors=errors)
-
-
-def _round(x: float | None) -> float | None:
-    return round(x, 3) if x is not None else None
 
 
 def default_profiles(n: int) -> list[str]:
