@@ -21,6 +21,7 @@ import argparse
 import functools
 import json
 import os
+import random
 import resource
 import statistics
 import sys
@@ -185,7 +186,7 @@ async def membership_timing(n: int) -> dict[str, float]:
         ident = Identity.generate()
         cfg = NodeConfig(membership=params, gateway=GatewayParams(enabled=False),
                          network=NetworkParams(network_id="bench", bootstrap=boot))
-        return Node(cfg, identity=ident, overlay=Libp2pOverlay(ident))
+        return Node(cfg, identity=ident, overlay=Libp2pOverlay(ident), rng=random.Random())
 
     async def run(node: Node, task_status=trio.TASK_STATUS_IGNORED) -> None:
         with trio.CancelScope() as scope:
@@ -370,7 +371,8 @@ async def rss_per_node(n: int, settle: float = 10.0) -> float:
         ident = Identity.generate()
         cfg = NodeConfig(membership=params, gateway=GatewayParams(enabled=False),
                          network=NetworkParams(network_id="bench-rss", bootstrap=boot))
-        async with Node(cfg, identity=ident, overlay=Libp2pOverlay(ident)) as node:
+        async with Node(cfg, identity=ident, overlay=Libp2pOverlay(ident),
+                        rng=random.Random()) as node:
             nodes.append(node)
             task_status.started()
             await trio.sleep_forever()

@@ -16,6 +16,7 @@ It answers ``--questions`` questions and exits.
 from __future__ import annotations
 
 import argparse
+import random
 import tempfile
 from pathlib import Path
 
@@ -74,7 +75,8 @@ async def answer_questions(node: Node, questions: trio.MemoryReceiveChannel[str]
 
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        async with Node(node_config(args, Path(tmp))) as node, trio.open_nursery() as nursery:
+        node = Node(node_config(args, Path(tmp)), rng=random.Random())
+        async with node, trio.open_nursery() as nursery:
             print(f"node {node.peer_id} on {node.addresses[0]}")
             print(f"OpenAI-compatible gateway at {node.gateway_url}/v1")
             send, receive = trio.open_memory_channel[str](16)

@@ -13,16 +13,17 @@ thing from a config file, one process per node.
 from __future__ import annotations
 
 import argparse
+import random
 import tempfile
 from pathlib import Path
 
 import trio
 
 from wwwserve.config import (
-    DispatchParams,
     GatewayParams,
     MembershipParams,
     ModelConfig,
+    ModelDispatchParams,
     NetworkParams,
     NodeConfig,
     NodeParams,
@@ -41,7 +42,7 @@ def config(i: int, data: Path, bootstrap: tuple[str, ...]) -> NodeConfig:
                                    accept_frequency=0.0 if small else 1.0),
         models=(ModelConfig(model_path=MODEL, engine="sim",
                             sim_profile="rtx3090/qwen3-8b" if small else "h100/qwen3-8b",
-                            dispatch_params=DispatchParams(
+                            dispatch_params=ModelDispatchParams(
                                 target_token_usage=0.05 if small else 0.9)),),
         node=NodeParams(name=f"node{i}", data_dir=data / f"node{i}"),
         network=NetworkParams(network_id="three-nodes", bootstrap=bootstrap),
@@ -53,12 +54,12 @@ def config(i: int, data: Path, bootstrap: tuple[str, ...]) -> NodeConfig:
 async def main(burst: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         async with trio.open_nursery() as nursery:
-            nodes = [Node(config(0, Path(tmp), ()))]
+            nodes = [Node(config(0, Path(tmp), ()), rng=random.Random(0))]
             await nursery.start(nodes[0].run)
             boot = (nodes[0].addresses[0],)
             print(f"node0 {nodes[0].peer_id} listening on {boot[0]}")
             for i in (1, 2):
-                nodes.append(Node(config(i, Path(tmp), boot)))
+                nodes.append(Node(config(i, Path(tmp), boot), rng=random.Random(i)))
                 await nursery.start(nodes[i].run)
                 print(f"node{i} {nodes[i].peer_id} joined through node0")
             with trio.fail_after(30):  # wait until node0 knows both peers and their stakes

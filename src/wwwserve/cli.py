@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import signal
 import sys
 from collections.abc import Sequence
@@ -69,7 +70,7 @@ async def _run_node(cfg: NodeConfig, json_events: bool) -> None:
     from .membership import MembershipEventKind
     from .node import Node
 
-    node = Node(cfg)
+    node = Node(cfg, rng=random.Random())
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with node, node.membership.events() as events, trio.open_nursery() as nursery:
             if json_events:
@@ -156,10 +157,10 @@ async def _demo(n_nodes: int, duration: float, burst: int) -> None:
     from rich.table import Table
 
     from .config import (
-        DispatchParams,
         GatewayParams,
         MembershipParams,
         ModelConfig,
+        ModelDispatchParams,
         NetworkParams,
         ServerParams,
     )
@@ -205,9 +206,9 @@ async def _demo(n_nodes: int, duration: float, burst: int) -> None:
             server_params=ServerParams(offload_frequency=0.9, queue_frequency=0.5,
                                        accept_frequency=0.9),
             models=(ModelConfig(model_path=model, engine="sim", sim_profile=profile_of(i),
-                                dispatch_params=DispatchParams(target_token_usage=0.3)),),
+                                dispatch_params=ModelDispatchParams(target_token_usage=0.3)),),
             network=NetworkParams(network_id="wwwserve-demo", bootstrap=bootstrap))
-        node = Node(cfg, identity=ident, overlay=Libp2pOverlay(ident))
+        node = Node(cfg, identity=ident, overlay=Libp2pOverlay(ident), rng=random.Random())
         async with node:
             nodes.append(node)
             started.set()

@@ -29,6 +29,7 @@ import yaml
 from .errors import ConfigError
 
 __all__ = [
+    "DEFAULT_DISPATCH",
     "GOSSIP_DEGREES",
     "DispatchParams",
     "DuelParams",
@@ -38,6 +39,7 @@ __all__ = [
     "LoggingParams",
     "MembershipParams",
     "ModelConfig",
+    "ModelDispatchParams",
     "NetworkParams",
     "NodeConfig",
     "NodeParams",
@@ -141,14 +143,64 @@ class GenParams:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DispatchParams:
-    """``dispatch_params``: when this model counts as busy."""
+class ModelDispatchParams:
+    """``models[].dispatch_params``: when this model counts as busy."""
 
     target_token_usage: float = 0.6
 
     def __post_init__(self) -> None:
         _probability(self, "target_token_usage")
 
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DispatchParams:
+    """``dispatch`` (optional): how this node offloads requests and serves its peers'.
+
+    Timeouts are in seconds. ``keepalive_interval`` must stay below the peers'
+    ``stall_timeout`` (theirs, not only this node's: they decide when an answer stalled);
+    ``.inf`` sends no keepalives.
+    """
+
+    #: peers drawn by stake for each offload (the first gets an offer, the rest a probe)
+    candidates: int = 3
+    #: most nodes a request may pass through (a peer's request that has passed more is refused)
+    max_hops: int = 2
+    #: how long a probe, an offer's first reply and an answer's receipt may take
+    probe_timeout: float = 2.0
+    #: silence after which an executor's answer counts as stalled (it is abandoned)
+    stall_timeout: float = 30.0
+    #: silence after which this node, executing, tells its requester it is still at work
+    keepalive_interval: float = 10.0
+    #: most requests one peer may have running here at once (a flood is refused)
+    max_peer_inflight: int = 32
+    #: most requests of all peers together running here at once
+    max_peers_inflight: int = 64
+    #: credit paid to an executor for one served request
+    reward: float = 1.0
+    #: how long an accepted probe entitles its peer to send that request
+    grant_ttl: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("candidates", "max_hops", "probe_timeout", "stall_timeout",
+                     "keepalive_interval", "max_peer_inflight", "max_peers_inflight",
+                     "grant_ttl"):
+            _positive(self, name)
+        _non_negative(self, "reward")
+        for name in ("candidates", "max_hops", "max_peer_inflight", "max_peers_inflight"):
+            if not isinstance(getattr(self, name), int):
+                raise ConfigError(f"{name}: must be a whole number, got "
+                                  f"{_fmt(getattr(self, name))}")
+        for name in ("probe_timeout", "stall_timeout", "grant_ttl", "reward"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name}: must be a finite number, got "
+                                  f"{_fmt(getattr(self, name))}")
+        if self.max_peers_inflight < self.max_peer_inflight:
+            raise ConfigError(f"max_peers_inflight: must be at least max_peer_inflight "
+                              f"({self.max_peer_inflight}), got {self.max_peers_inflight}")
+
+
+#: the dispatcher's defaults
+DEFAULT_DISPATCH = DispatchParams()
 
 ENGINE_KINDS = ("sglang", "vllm", "sim")
 
@@ -161,7 +213,7 @@ class ModelConfig:
     base_url: str = "http://127.0.0.1:30000"
     api_key: str | None = None
     gen_params: GenParams = field(default_factory=GenParams)
-    dispatch_params: DispatchParams = field(default_factory=DispatchParams)
+    dispatch_params: ModelDispatchParams = field(default_factory=ModelDispatchParams)
     #: ``sglang`` or ``vllm`` (an HTTP engine at ``base_url``), or ``sim`` (a simulated
     #: engine in the node's process with ``sim_profile`` and ``attention_backend``)
     engine: str = "sglang"
@@ -368,6 +420,7 @@ class NodeConfig:
     gateway: GatewayParams = field(default_factory=GatewayParams)
     membership: MembershipParams = field(default_factory=MembershipParams)
     duel: DuelParams = field(default_factory=DuelParams)
+    dispatch: DispatchParams = field(default_factory=DispatchParams)
     logging: LoggingParams = field(default_factory=LoggingParams)
 
     def __post_init__(self) -> None:

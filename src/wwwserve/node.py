@@ -6,7 +6,7 @@ request runs. Later capabilities (ledger, gateway) plug in here.
 
 Embedding::
 
-    async with Node(load_config("node_configs/node1.yaml")) as node:
+    async with Node(load_config("node_configs/node1.yaml"), rng=random.Random()) as node:
         print(node.peer_id, node.addresses)
         async with node.membership.events() as events:
             async for event in events:
@@ -26,6 +26,7 @@ import trio
 from ._compat import TaskStatus
 from .clock import WallClock, system_wall_clock
 from .config import NodeConfig
+from .duel.race import DuelRace
 from .duel.ratings import PeerRecord
 from .duel.service import ChainRatings, DuelService
 from .engines import Chunk, CompletionRequest, Emit, Engine, SimEngine, Usage, get_profile
@@ -37,7 +38,7 @@ from .http.service import LedgerStatus, ModelStatus, NodeStatus, PeerRow, Rating
 from .identity import Identity, load_or_create_identity
 from .ledger import BlockStore, Chain, DuelSettlement, Genesis, VoteRecord, credits
 from .ledger.service import LedgerAccount, LedgerService, ledger_view
-from .market import CreditAccount, CreditBook, Dispatcher, LocalModel, get_policy
+from .market import CreditAccount, CreditBook, Dispatcher, LocalModel, Policy, get_policy
 from .membership import LocalState, Membership, ModelLoad, PeerInfo
 from .overlay import Overlay
 
@@ -58,31 +59,44 @@ def _only(group: BaseExceptionGroup[BaseException], exc: BaseException) -> bool:
 
 
 class Node:
-    """A wwwserve node. Use ``async with Node(config) as node:`` or ``nursery.start(node.run)``.
+    """A wwwserve node. Use ``async with Node(config, rng=...) as node:`` or
+    ``nursery.start(node.run)``.
 
-    ``identity`` defaults to the key file named by the config (created on first start).
-    ``overlay`` defaults to a :class:`~wwwserve.overlay.Libp2pOverlay` listening on the
-    config's address; pass a :class:`~wwwserve.overlay.MemoryOverlay` to simulate.
+    Everything a node runs on is an input, given here and never changed after start:
+
+    - ``rng``: every random choice the node makes (a seeded one makes a simulation
+      reproducible; a real node passes ``random.Random()``);
+    - ``policy``: its decisions (default: the one ``server_params.policy`` names; wrap it
+      with :class:`~wwwserve.market.FixedStake`, :class:`~wwwserve.market.Draining`, ...);
+    - ``engines``: engines by model name, instead of the ones the config describes;
+    - ``overlay``: default a :class:`~wwwserve.overlay.Libp2pOverlay` listening on the
+      config's address; pass a :class:`~wwwserve.overlay.MemoryOverlay` to simulate;
+    - ``clock``: the wall clock (heartbeats, block slots); trio's clock drives timeouts;
+    - ``identity``: default the key file the config names (created on first start);
+    - ``credit``, ``genesis``, ``local_state``: a credit account, a genesis, and what the
+      node announces, instead of the ones the config implies.
     """
 
     def __init__(
         self,
         config: NodeConfig,
         *,
-        identity: Identity | None = None,
-        overlay: Overlay | None = None,
-        wall_clock: WallClock = system_wall_clock,
-        rng: random.Random | None = None,
-        local_state: Callable[[], LocalState] | None = None,
+        rng: random.Random,
+        policy: Policy | None = None,
         engines: Mapping[str, Engine] | None = None,
+        overlay: Overlay | None = None,
+        clock: WallClock = system_wall_clock,
+        identity: Identity | None = None,
+        local_state: Callable[[], LocalState] | None = None,
         credit: CreditAccount | None = None,
         genesis: Genesis | None = None,
     ) -> None:
         self.config = config
         self._identity = identity
         self._overlay = overlay
-        self.wall_clock = wall_clock
-        self.rng = rng or random.Random()
+        self.wall_clock = clock
+        self.rng = rng
+        self.policy = policy if policy is not None else get_policy(config.server_params)
         self._local_state = local_state
         self._membership: Membership | None = None
         self._engines = dict(engines or {})
@@ -225,9 +239,14 @@ class Node:
         return self._credit
 
     def local_state(self) -> LocalState:
-        """What this node announces in its heartbeats."""
+        """What this node announces in its heartbeats (``local_state`` if one was given,
+        else :meth:`true_state`)."""
         if self._local_state is not None:
             return self._local_state()
+        return self.true_state()
+
+    def true_state(self) -> LocalState:
+        """This node's models and their load, policy, stake and credit, as they are."""
         sp = self.config.server_params
         models: tuple[ModelLoad, ...] = ()
         if self._dispatcher is not None:
@@ -370,8 +389,8 @@ class Node:
             await nursery.start(self._duels.run)
             self._dispatcher = Dispatcher(
                 overlay=overlay, peer_id=self.peer_id, peers=lambda: self.membership.peers,
-                models=models, policy=get_policy(self.config.server_params),
-                credit=self.credit, rng=self.rng, stakes=stakes, duels=self._duels,
+                models=models, policy=self.policy, params=self.config.dispatch,
+                credit=self.credit, rng=self.rng, stakes=stakes, duels=DuelRace(self._duels),
                 identity=self.identity, id_prefix=f"{int(self.wall_clock() * 1e6):x}")
             await nursery.start(self._dispatcher.run)
             await nursery.start(self._membership.run)

@@ -265,7 +265,8 @@ async def test_a_red_team_cannot_crash_rob_split_or_fill_honest_nodes(tmp_path: 
                                            str(with_bootstrap(honest_configs[k], boot))]))
                 nodes.append(await procs[-1].start(nursery))
                 boot = boot or [nodes[0]["addresses"][0]]
-            async with Node(load_config(with_bootstrap(attacker_config, boot))) as attacker:
+            async with Node(load_config(with_bootstrap(attacker_config, boot)),
+                            rng=random.Random(7)) as attacker:
                 honest_ids = await attack(client, nodes, procs, attacker, rng,
                                           tmp_path / "data")
             # every honest stake loss on the best chain is earned; the equivocator paid

@@ -204,7 +204,7 @@ async def test_gateway_port_in_use_fails_the_node_start_cleanly() -> None:
         cfg = NodeConfig(gateway=GatewayParams(port=port), membership=PARAMS)
         with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{port}"), \
                 trio.fail_after(10):
-            async with Node(cfg, identity=ident, overlay=net.node(ident)):
+            async with Node(cfg, identity=ident, overlay=net.node(ident), rng=random.Random(0)):
                 pass  # pragma: no cover
     sock.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import random
 import warnings
 
 import trio
@@ -21,7 +22,7 @@ def make_node(bootstrap: tuple[str, ...] = ()) -> Node:
     ident = Identity.generate()
     cfg = NodeConfig(membership=PARAMS, gateway=NO_GATEWAY,
                      network=NetworkParams(network_id="nettest", bootstrap=bootstrap))
-    return Node(cfg, identity=ident, overlay=Libp2pOverlay(ident))
+    return Node(cfg, identity=ident, overlay=Libp2pOverlay(ident), rng=random.Random())
 
 
 async def wait_until(predicate, limit: float) -> float:

@@ -25,6 +25,7 @@ from wwwserve.errors import OverlayError, ProtocolError
 from wwwserve.identity import Identity
 from wwwserve.ledger import Payment, block_id, decode_tx, make_block, sign_tx
 from wwwserve.ledger.service import SYNC_PROTOCOL, block_topic, tx_topic, vote_topic
+from wwwserve.market import PolicyWrapper
 from wwwserve.market.messages import OFFLOAD_PROTOCOL, PROBE_PROTOCOL, Offload, ProbeReply
 from wwwserve.membership import peers_topic
 from wwwserve.node import Node
@@ -47,7 +48,7 @@ def ledger_sound(nodes: list[Node]) -> None:
         assert len(chain._orphans) <= chain.max_orphans
         assert len(chain._entries) - chain.height - 1 <= chain.max_side_blocks
         assert len(node.membership.table.peers) <= node.membership.table.max_peers
-        assert len(node.dispatcher._grants) <= 4096
+        assert len(node.dispatcher.executor.grants) <= 4096
 
 
 async def serve(net: MemoryTestnet, k: int, count: int, prefix: str, *,
@@ -289,7 +290,7 @@ async def test_a_stream_flood_is_refused_beyond_the_per_peer_limit(autojump_cloc
     async with MemoryTestnet(4, ledger=True, data_dir=tmp_path, seed=27) as net:
         adv = net.network.node(Identity.from_seed(b"\x67" * 32))
         target = net.nodes[1]
-        limit = target.dispatcher.max_peer_inflight
+        limit = target.dispatcher.params.max_peer_inflight
         replies: list[bool] = []
         peak = 0
 
@@ -308,7 +309,7 @@ async def test_a_stream_flood_is_refused_beyond_the_per_peer_limit(autojump_cloc
         async def watch() -> None:
             nonlocal peak
             while True:
-                peak = max(peak, target.dispatcher._inflight.get(adv.peer_id, 0))
+                peak = max(peak, target.dispatcher.executor.inflight.get(adv.peer_id, 0))
                 await trio.sleep(0.1)
 
         async with adv, trio.open_nursery() as nursery:
@@ -508,19 +509,45 @@ async def test_a_stranger_cannot_keep_judges_busy(autojump_clock, tmp_path):
             assert len([c async for c in resp]) == 1
 
 
-async def claim_ghost(liar, observer):  # type: ignore[no-untyped-def]
-    """Make ``liar`` advertise a model "ghost" it does not serve; wait until ``observer``
-    sees the claim."""
+def boast(k: int, node):  # type: ignore[no-untyped-def]
+    """What node 2 of a ghost test announces: the truth, plus a model "ghost"."""
     from wwwserve.membership import ModelLoad
 
-    honest_state = liar.membership.local_state
+    state = node.true_state()
+    if k != 2:
+        return state
+    return dataclasses.replace(state, models=(*state.models, ModelLoad(
+        model="ghost", token_usage=0.0, running=0, queued=0)))
 
-    def boast():  # type: ignore[no-untyped-def]
-        state = honest_state()
-        return dataclasses.replace(state, models=(*state.models, ModelLoad(
-            model="ghost", token_usage=0.0, running=0, queued=0)))
 
-    liar.membership.local_state = boast
+class _ClaimsGhost:
+    """An engine that says it also serves "ghost" (its node then refuses it as busy,
+    not as unknown)."""
+
+    def __init__(self, inner):  # type: ignore[no-untyped-def]
+        self.inner = inner
+
+    @property
+    def models(self):  # type: ignore[no-untyped-def]
+        return (*self.inner.models, "ghost")
+
+    def load(self):  # type: ignore[no-untyped-def]
+        return self.inner.load()
+
+    async def generate(self, request, emit):  # type: ignore[no-untyped-def]
+        return await self.inner.generate(request, emit)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED):  # type: ignore[no-untyped-def]
+        await self.inner.run(task_status=task_status)
+
+
+class _NeverAccepts(PolicyWrapper):
+    def accept(self, view, rng):  # type: ignore[no-untyped-def]
+        return None
+
+
+async def seen_ghost(observer) -> None:  # type: ignore[no-untyped-def]
+    """Wait until ``observer`` sees node 2's claim of "ghost"."""
     with trio.fail_after(30):
         while "ghost" not in observer.dispatcher.network_models():
             await trio.sleep(0.5)
@@ -533,9 +560,9 @@ async def test_a_peer_claiming_a_model_it_does_not_serve_is_found_out_fast(autoj
     clear 'no capacity' error at once."""
     from wwwserve.errors import NoCapacityError
 
-    async with MemoryTestnet(3, ledger=True, data_dir=tmp_path, seed=35) as net:
-        liar = net.nodes[2]
-        await claim_ghost(liar, net.nodes[0])
+    async with MemoryTestnet(3, ledger=True, data_dir=tmp_path, seed=35,
+                             local_state=boast) as net:
+        await seen_ghost(net.nodes[0])
         start = trio.current_time()
         with pytest.raises(NoCapacityError):
             await net.nodes[0].complete(dataclasses.replace(
@@ -552,13 +579,12 @@ async def test_a_peer_claiming_a_model_and_always_busy_is_found_out_fast(autojum
     A peer that has served the model once is never demoted for being busy."""
     from wwwserve.errors import NoCapacityError
 
-    async with MemoryTestnet(3, ledger=True, data_dir=tmp_path, seed=36) as net:
-        liar = net.nodes[2]
-        await claim_ghost(liar, net.nodes[0])
-        local = liar.dispatcher._local
-        liar.dispatcher._local = lambda model: (  # type: ignore[method-assign]
-            list(liar.dispatcher.models) if model == "ghost" else local(model))
-        liar.dispatcher._accepts = lambda model, route: None  # type: ignore[method-assign]
+    async with MemoryTestnet(
+            3, ledger=True, data_dir=tmp_path, seed=36, local_state=boast,
+            engine_wrapper=lambda k, engine: _ClaimsGhost(engine) if k == 2 else engine,
+            policy_wrapper=lambda k, policy: _NeverAccepts(policy) if k == 2 else policy,
+    ) as net:
+        await seen_ghost(net.nodes[0])
         start = trio.current_time()
         with pytest.raises(NoCapacityError):
             await net.nodes[0].complete(dataclasses.replace(
@@ -567,12 +593,12 @@ async def test_a_peer_claiming_a_model_and_always_busy_is_found_out_fast(autojum
         assert net.nodes[0].dispatcher.stats["model_demoted"] == 1
 
         # node 1 has served node 0 once: refusals after that never demote it
-        d0 = net.nodes[0].dispatcher
+        claims = net.nodes[0].dispatcher.requester.claims
         model = net.nodes[1].dispatcher.models[0].name
-        d0._heard(net.nodes[1].peer_id, model, ProbeReply(accept=True, model=model))
+        claims.accepted(net.nodes[1].peer_id, model)
         for _ in range(10):
-            d0._heard(net.nodes[1].peer_id, model, ProbeReply(accept=False, reason="busy"))
-        assert not d0._demoted(net.nodes[1].peer_id, model)
+            claims.refused(net.nodes[1].peer_id, model, "busy", trio.current_time())
+        assert not claims.demoted(net.nodes[1].peer_id, model, trio.current_time())
 
 
 async def test_debts_bound_what_a_peer_is_served_but_free_work_owes_nothing(autojump_clock,

@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from wwwserve.config import (
+    DispatchParams,
     MembershipParams,
 )
 from wwwserve.engines import Chunk, CompletionRequest
@@ -273,11 +274,12 @@ async def test_a_silent_but_healthy_executor_is_not_taken_for_a_dead_one(
     def pausing(k: int, engine):
         return _PausesAfterFirstChunk(engine, 60.0) if k == 1 else engine
 
+    silent = DispatchParams(keepalive_interval=math.inf)  # sends no keepalives
     async with memory_testnet(2, accept_frequency=[0.0, 1.0], target_token_usage=[0.0, 0.6],
-                              latency=ONE_WAY, engine_wrapper=pausing) as net:
-        requester, executor = net.nodes
-        if not keepalive:
-            executor.dispatcher.keepalive_interval = math.inf
+                              latency=ONE_WAY, engine_wrapper=pausing,
+                              dispatch=[DispatchParams(),
+                                        DispatchParams() if keepalive else silent]) as net:
+        requester = net.nodes[0]
         chunks: list[Chunk] = []
 
         async def emit(c: Chunk) -> None:
@@ -358,7 +360,8 @@ async def test_an_executor_whose_engine_is_down_sends_no_keepalives_and_does_not
     async with memory_testnet(2, accept_frequency=[0.0, 1.0], target_token_usage=[0.0, 0.6],
                               latency=ONE_WAY, engine_wrapper=flaky) as net:
         requester, executor = net.nodes
-        assert executor.dispatcher.keepalive_interval < 20.0 < requester.dispatcher.stall_timeout
+        assert executor.dispatcher.params.keepalive_interval < 20.0 \
+            < requester.dispatcher.params.stall_timeout
         chunks: list[Chunk] = []
 
         async def emit(c: Chunk) -> None:
@@ -433,6 +436,8 @@ async def test_an_executor_silent_after_the_whole_answer_is_not_waited_for_long(
         usage = await requester.submit(request(1, out=100, stream=True, timeout=300), emit)
         waited = trio.current_time() - last[-1]
         assert usage.completion_tokens == 100
-        assert d.probe_timeout <= waited < d.probe_timeout + 1.0 < d.keepalive_interval
+        params = d.params
+        assert params.probe_timeout <= waited < params.probe_timeout + 1.0 \
+            < params.keepalive_interval
         assert (d.stats["offloaded"], d.stats["offload_failed"], d.stats["paid"]) == (1, 0, 1)
         assert "did not end its stream after a whole answer" in caplog.text

@@ -12,11 +12,12 @@ import math
 import pytest
 import trio
 
-from wwwserve.config import DuelParams
+from wwwserve.config import DispatchParams, DuelParams
 from wwwserve.duel.service import JUDGE_PROTOCOL, JudgeRequest, RevealRequest
 from wwwserve.engines import Chunk, CompletionRequest, Emit, SimEngine, Usage
 from wwwserve.errors import RemoteError
 from wwwserve.evidence import DuelRecord
+from wwwserve.market import NodeView, PolicyWrapper
 from wwwserve.node import Node
 from wwwserve.overlay import MemoryNetwork
 from wwwserve.sim.duels import Spec, class_study, start
@@ -88,6 +89,13 @@ async def test_win_rates_match_the_paper_and_credit_follows_quality(study, autoj
     assert result.ratings[first] > result.ratings[last]
 
 
+class HalfStaked(PolicyWrapper):
+    """Keeps half of all its credit staked, busy or not."""
+
+    def target_stake(self, view: NodeView) -> float:
+        return 0.5 * (view.balance + view.stake)
+
+
 async def test_a_colluding_judge_ends_in_the_minority_and_loses_stake(autojump_clock, tmp_path):
     """One of three judges always votes for a low-quality node (a 0.6B that answers
     nonsense): two honest judges outvote it."""
@@ -96,9 +104,10 @@ async def test_a_colluding_judge_ends_in_the_minority_and_loses_stake(autojump_c
     specs = [Spec("strong", "a100-80g/qwen3-8b"), Spec("strong", "a100-80g/qwen3-8b"),
              Spec("weak", "a100-80g/qwen3-0.6b", engine=Garbage),
              # judges: serve a model (to judge with) but take no offloaded work
-             Spec("judge", "a100-80g/qwen3-8b", accept=0.0),
-             Spec("judge", "a100-80g/qwen3-8b", accept=0.0),
-             Spec("colluder", "a100-80g/qwen3-8b", accept=0.0),
+             # (judges keep half their credit staked, busy or not)
+             Spec("judge", "a100-80g/qwen3-8b", accept=0.0, policy=HalfStaked),
+             Spec("judge", "a100-80g/qwen3-8b", accept=0.0, policy=HalfStaked),
+             Spec("colluder", "a100-80g/qwen3-8b", accept=0.0, policy=HalfStaked),
              Spec("user", credit=100_000), Spec("user", credit=100_000)]
     async with MemoryNetwork(seed=seed, latency=0.005) as net, trio.open_nursery() as nursery:
         network = await start(nursery, net, specs, tmp_path, seed,
@@ -106,9 +115,6 @@ async def test_a_colluding_judge_ends_in_the_minority_and_loses_stake(autojump_c
         judges = network.of("judge") + network.of("colluder")
         weak = network.of("weak")[0]
         colluder = network.of("colluder")[0]
-        for j in judges:  # judges keep half their credit staked, busy or not
-            j.dispatcher.policy.target_stake = (  # type: ignore[method-assign]
-                lambda view: 0.5 * (view.balance + view.stake))
 
         async def vote_for_weak(record: DuelRecord, question: str, a: str, b: str) -> str:
             x_first = record.x_first[record.judges.index(colluder.peer_id)]
@@ -164,9 +170,8 @@ async def test_garbage_and_stalling_executors_lose_and_users_are_still_served(au
         # majority) from drowning what the cheats lose in duels (as in class_study)
         network = await start(nursery, net, specs, tmp_path, seed,
                               duel=DuelParams(p_inspect=1.0), duel_loser_ppm=10_000,
-                              duel_minority_ppm=10_000)
-        for n in network.nodes:
-            n.dispatcher.stall_timeout = 10.0
+                              duel_minority_ppm=10_000,
+                              dispatch=DispatchParams(stall_timeout=10.0))
         await network.drive(240, 0.5, seed)
         await trio.sleep(60)
         # every user got an answer: a duelled request is answered by whichever executor

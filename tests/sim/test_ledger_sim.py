@@ -37,7 +37,7 @@ async def start_network(nursery: trio.Nursery, net: MemoryNetwork, ids: list[Ide
                          membership=PARAMS, gateway=GatewayParams(enabled=False),
                          node=NodeParams(name=f"n{k}", data_dir=tmp_path / f"n{k}"))
         node = Node(cfg, identity=ident, overlay=net.node(ident), genesis=genesis,
-                    wall_clock=trio_wall_clock(), rng=random.Random(seed + k))
+                    clock=trio_wall_clock(), rng=random.Random(seed + k))
         await nursery.start(node.run)
         nodes.append(node)
     return nodes

@@ -43,7 +43,7 @@ class Sim:
         cfg = NodeConfig(network=NetworkParams(network_id="sim", bootstrap=bootstrap),
                          membership=PARAMS, gateway=GatewayParams(enabled=False))
         node = Node(cfg, identity=ident, overlay=self.net.node(ident),
-                    wall_clock=trio_wall_clock(), rng=random.Random(self.seed + i))
+                    clock=trio_wall_clock(), rng=random.Random(self.seed + i))
         self.nodes[i] = node
         self.joined_at[i] = trio.current_time()
         await nursery.start(self._run, i, node)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import textwrap
 from pathlib import Path
 
@@ -153,7 +154,7 @@ def test_gossip_degree_is_bounded_and_reaches_the_overlay(tmp_path):
 
     cfg = load_config(write(tmp_path, GOOD + "network: {gossip_degree: 3}\n"))
     assert cfg.network.gossip_degree == 3
-    assert Node(cfg).overlay.gossip_degree == 3  # (built, not started)
+    assert Node(cfg, rng=random.Random(0)).overlay.gossip_degree == 3  # (built, not started)
     assert NodeConfig().network.gossip_degree == 4
     for bad in (0, 17):
         msg = error_of(tmp_path, GOOD + f"network: {{gossip_degree: {bad}}}\n")

@@ -1,13 +1,17 @@
-"""The market: Proof-of-Stake selection, policies, credits and the dispatcher."""
+"""The market: policies, credits, the offload protocol and the dispatcher."""
 
 from ..sampling import weighted_sample
 from .credit import CreditAccount, CreditBook
 from .dispatch import Dispatcher, LocalModel
 from .policy import (
     DefaultPolicy,
+    Draining,
+    FixedStake,
     ModelView,
     NodeView,
     Policy,
+    PolicyWrapper,
+    ServePeersOnly,
     SpeedAwarePolicy,
     get_policy,
     register_policy,
@@ -18,10 +22,14 @@ __all__ = [
     "CreditBook",
     "DefaultPolicy",
     "Dispatcher",
+    "Draining",
+    "FixedStake",
     "LocalModel",
     "ModelView",
     "NodeView",
     "Policy",
+    "PolicyWrapper",
+    "ServePeersOnly",
     "SpeedAwarePolicy",
     "get_policy",
     "register_policy",

@@ -1,12 +1,17 @@
 """Policies: the decisions a node makes about requests and stake, pluggable by name.
 
-The default is the WWW.Serve authors' rule (DESIGN.md, Dispatch): run locally while a local
+The default is the WWW.Serve authors' rule: run locally while a local
 model is under its ``target_token_usage``; otherwise offload with ``offload_frequency``; else
 queue locally with ``queue_frequency``; else wait for a change and decide again. Accept a
 peer's request with ``accept_frequency`` when the node's own users are not waiting and a
 model is idle. A config names a policy (``server_params.policy``): a registered name
 (``default_sglang``, ``default_vllm``) or a dotted path ``package.module:Class`` whose class
 takes the :class:`~wwwserve.config.ServerParams`.
+
+Wrappers change a policy's decisions without touching it: :class:`FixedStake` (a stake
+of exactly so many credits), :class:`ServePeersOnly` (run none of the node's own users'
+requests), :class:`Draining` (a node about to leave). Pass the result to
+``Node(config, policy=...)``.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from ..config import ServerParams
 from ..engines import EngineLoad
 from ..errors import ConfigError
 
-__all__ = ["DefaultPolicy", "NodeView", "Policy", "SpeedAwarePolicy", "get_policy",
-           "register_policy"]
+__all__ = ["DefaultPolicy", "Draining", "FixedStake", "NodeView", "Policy", "PolicyWrapper",
+           "ServePeersOnly", "SpeedAwarePolicy", "get_policy", "register_policy"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +155,87 @@ class SpeedAwarePolicy(DefaultPolicy):
     def target_stake(self, view: NodeView) -> float:
         """As the default, busier by the scaled targets."""
         return super().target_stake(self._scaled(view))
+
+
+class PolicyWrapper:
+    """A policy that asks ``inner`` for every decision; subclasses change some of them."""
+
+    def __init__(self, inner: Policy) -> None:
+        self.inner = inner
+
+    def run_locally(self, view: NodeView) -> str | None:
+        """As ``inner``."""
+        return self.inner.run_locally(view)
+
+    def offload(self, view: NodeView, rng: random.Random) -> bool:
+        """As ``inner``."""
+        return self.inner.offload(view, rng)
+
+    def queue(self, view: NodeView, rng: random.Random) -> str | None:
+        """As ``inner``."""
+        return self.inner.queue(view, rng)
+
+    def accept(self, view: NodeView, rng: random.Random) -> str | None:
+        """As ``inner``."""
+        return self.inner.accept(view, rng)
+
+    def target_stake(self, view: NodeView) -> float:
+        """As ``inner``."""
+        return self.inner.target_stake(view)
+
+
+class FixedStake(PolicyWrapper):
+    """``inner``'s decisions with a stake of exactly ``stake`` credits."""
+
+    def __init__(self, inner: Policy, stake: float) -> None:
+        super().__init__(inner)
+        self.stake = stake
+
+    def target_stake(self, view: NodeView) -> float:
+        """Always :attr:`stake`."""
+        return self.stake
+
+
+class ServePeersOnly(PolicyWrapper):
+    """A node that runs none of its own users' requests (it offloads or queues them) and
+    accepts a peer's request with ``accept_frequency`` while none of its users' wait, on
+    the model ``inner`` would run it on."""
+
+    def __init__(self, inner: Policy, accept_frequency: float) -> None:
+        super().__init__(inner)
+        self.accept_frequency = accept_frequency
+
+    def run_locally(self, view: NodeView) -> str | None:
+        """Never."""
+        return None
+
+    def accept(self, view: NodeView, rng: random.Random) -> str | None:
+        """With ``accept_frequency``, if our users are not waiting, where ``inner`` would
+        run it."""
+        if view.own_waiting or rng.random() >= self.accept_frequency:
+            return None
+        return self.inner.run_locally(view)
+
+
+class Draining(PolicyWrapper):
+    """``inner`` until :meth:`drain`; then no peer's request is accepted and nothing is
+    staked (a node about to leave finishes what it runs)."""
+
+    def __init__(self, inner: Policy) -> None:
+        super().__init__(inner)
+        self.draining = False
+
+    def drain(self) -> None:
+        """Take no new peers' work and unstake from now on."""
+        self.draining = True
+
+    def accept(self, view: NodeView, rng: random.Random) -> str | None:
+        """As ``inner`` until draining, then never."""
+        return None if self.draining else self.inner.accept(view, rng)
+
+    def target_stake(self, view: NodeView) -> float:
+        """As ``inner`` until draining, then nothing."""
+        return 0.0 if self.draining else self.inner.target_stake(view)
 
 
 PolicyFactory = Callable[[ServerParams], Policy]

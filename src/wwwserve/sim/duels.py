@@ -21,6 +21,8 @@ import trio
 
 from ..clock import SIM_EPOCH, trio_wall_clock
 from ..config import (
+    DEFAULT_DISPATCH,
+    DispatchParams,
     DuelParams,
     GatewayParams,
     MembershipParams,
@@ -36,6 +38,7 @@ from ..errors import WWWServeError
 from ..evidence import DuelRecord
 from ..identity import Identity
 from ..ledger import UNIT, Allocation, DuelSettlement, Genesis, decode_tx
+from ..market import Policy, get_policy
 from ..node import Node
 from ..overlay import MemoryNetwork
 
@@ -61,13 +64,15 @@ PARAMS = MembershipParams(heartbeat_interval=1.0, suspect_timeout=2.5, peer_time
 @dataclass
 class Spec:
     """One node of a duel study: its class, GPU profile (None: a user-only node), accept
-    frequency, an optional wrapper of its simulated engine (a cheat), its genesis credit."""
+    frequency, an optional wrapper of its simulated engine (a cheat), its genesis credit,
+    an optional wrapper of its policy."""
 
     cls: str
     profile: str | None = None  # None: a user-only node (no engine)
     accept: float = 1.0
     engine: Callable[[SimEngine], Any] | None = None  # wraps the simulated engine
     credit: float = 1000.0
+    policy: Callable[[Policy], Policy] | None = None  # wraps the node's policy
 
 
 class Network:
@@ -146,7 +151,8 @@ class Network:
 
 
 async def start(nursery: trio.Nursery, net: MemoryNetwork, specs: list[Spec], data_dir: Path,
-                seed: int, *, duel: DuelParams, **rules: int) -> Network:
+                seed: int, *, duel: DuelParams, dispatch: DispatchParams = DEFAULT_DISPATCH,
+                **rules: int) -> Network:
     """Start one node per spec in ``nursery`` (genesis rules from ``rules``, e.g.
     ``duel_loser_ppm``) and let the network form (10 virtual seconds)."""
     ids = [Identity.from_seed(random.Random(f"{seed}:{k}").randbytes(32))
@@ -166,11 +172,13 @@ async def start(nursery: trio.Nursery, net: MemoryNetwork, specs: list[Spec], da
             models = (ModelConfig(model_path=MODEL, engine="sim"),)
         cfg = NodeConfig(
             network=NetworkParams(network_id="sim", bootstrap=boot), membership=PARAMS,
-            gateway=GatewayParams(enabled=False), models=models, duel=duel,
+            gateway=GatewayParams(enabled=False), models=models, duel=duel, dispatch=dispatch,
             node=NodeParams(name=f"n{k}", data_dir=data_dir / f"n{k}"),
             server_params=ServerParams(offload_frequency=1.0, accept_frequency=spec.accept))
+        policy = get_policy(cfg.server_params)
         node = Node(cfg, identity=ident, overlay=net.node(ident), genesis=genesis,
-                    engines=engines, wall_clock=trio_wall_clock(),
+                    policy=spec.policy(policy) if spec.policy is not None else policy,
+                    engines=engines, clock=trio_wall_clock(),
                     rng=random.Random(seed * 1000 + k))
         await nursery.start(node.run)
         nodes.append(node)
@@ -213,9 +221,7 @@ async def class_study(classes: dict[str, str], seed: int, data_dir: Path, *,
     async with MemoryNetwork(seed=seed, latency=0.005) as net, trio.open_nursery() as nursery:
         network = await start(nursery, net, specs, data_dir, seed,
                               duel=DuelParams(p_inspect=1.0), duel_loser_ppm=10_000,
-                              duel_minority_ppm=10_000)
-        for n in network.nodes:
-            n.dispatcher.reward = 0.0
+                              duel_minority_ppm=10_000, dispatch=DispatchParams(reward=0.0))
         await network.drive(seconds, rate, seed)
         await trio.sleep(30)  # the last settlements land
         pairs = network.pair_results()

@@ -43,6 +43,7 @@ from ..config import (
     GatewayParams,
     MembershipParams,
     ModelConfig,
+    ModelDispatchParams,
     NetworkParams,
     NodeConfig,
     NodeParams,
@@ -53,7 +54,7 @@ from ..engines import Chunk, CompletionRequest, EngineLoad, SimEngine, Usage, ge
 from ..engines.base import Emit
 from ..engines.sim import ADMISSIONS
 from ..errors import ConfigError, WWWServeError
-from ..market import CreditBook, get_policy
+from ..market import CreditBook, Draining, FixedStake, ServePeersOnly, get_policy
 from ..stats import percentile
 from ..testing import seed_trio_scheduler
 
@@ -514,6 +515,8 @@ class _SimNetwork:
         self.records = records
         self.nodes: list[Any] = [None] * len(engines)
         self.up = [trio.Event() for _ in engines]
+        #: each node's policy, drained when it leaves
+        self.drains: list[Any] = [None] * len(engines)
         self.scopes: list[trio.CancelScope] = [trio.CancelScope() for _ in engines]
         self.book = CreditBook(shared=True)
         self.genesis: Any = None
@@ -568,37 +571,29 @@ class _SimNetwork:
                                        queue_frequency=spec.queue_frequency,
                                        accept_frequency=spec.accept_frequency,
                                        policy=spec.policy),
-            models=(ModelConfig(model_path=_node_model(scenario, spec), engine="sim"),),
+            models=(ModelConfig(model_path=_node_model(scenario, spec), engine="sim",
+                                dispatch_params=ModelDispatchParams(
+                                    target_token_usage=spec.target_token_usage)),),
             network=NetworkParams(network_id="sim", bootstrap=boot),
             membership=MembershipParams(heartbeat_interval=1.0, suspect_timeout=3.0,
                                         peer_timeout=6.0),
             gateway=GatewayParams(enabled=False), duel=DuelParams(p_inspect=spec.p_inspect),
             node=NodeParams(name=spec.name, data_dir=Path(self._tmp.name) / spec.name)
             if self._tmp is not None else NodeParams(name=spec.name))
-        node = Node(cfg, identity=ident, overlay=self.net.node(ident),
+        policy = get_policy(cfg.server_params)
+        if not spec.run_own:
+            policy = ServePeersOnly(policy, spec.accept_frequency)
+        if spec.stake is not None:
+            policy = FixedStake(policy, spec.stake)
+        self.drains[k] = Draining(policy)
+        node = Node(cfg, identity=ident, overlay=self.net.node(ident), policy=self.drains[k],
                     engines={_node_model(scenario, spec): self.engines[k]},
                     credit=None if self.genesis is not None
                     else self.book.open(ident.peer_id, 1e9, 0.0), genesis=self.genesis,
-                    wall_clock=trio_wall_clock(),
+                    clock=trio_wall_clock(),
                     rng=random.Random(f"{self.seed}:node:{spec.name}"))
         self.nodes[k] = node
         await self.nursery.start(self._run_node, k, node)
-        node.dispatcher.models[0].target_token_usage = spec.target_token_usage
-        if not spec.run_own:
-            policy = node.dispatcher.policy
-            local = policy.run_locally
-
-            def accept(view: Any, rng: random.Random) -> str | None:
-                if view.own_waiting or rng.random() >= spec.accept_frequency:
-                    return None
-                name: str | None = local(view)
-                return name
-
-            policy.run_locally = lambda view: None  # type: ignore[method-assign]
-            policy.accept = accept  # type: ignore[method-assign]
-        if spec.stake is not None:  # re-targeted within a second, before any user request
-            fixed = spec.stake
-            node.dispatcher.policy.target_stake = lambda view: fixed  # type: ignore[method-assign]
         self.up[k].set()
 
     async def _run_node(self, k: int, node: Any, *,
@@ -609,9 +604,7 @@ class _SimNetwork:
     async def leave(self, k: int) -> None:
         """Leave gracefully: take no new work, finish what is running, then go."""
         node = self.nodes[k]
-        policy = node.dispatcher.policy
-        policy.accept = lambda view, rng: None
-        policy.target_stake = lambda view: 0.0
+        self.drains[k].drain()
         node.credit.set_stake(0.0)
         name = self.scenario.nodes[k].name
         while True:  # bounded by the run's drain time: every request has a deadline

@@ -15,11 +15,13 @@ from trio.testing import MockClock
 from .._compat import TaskStatus
 from ..clock import SIM_EPOCH, trio_wall_clock
 from ..config import (
+    DEFAULT_DISPATCH,
     DispatchParams,
     DuelParams,
     GatewayParams,
     MembershipParams,
     ModelConfig,
+    ModelDispatchParams,
     NetworkParams,
     NodeConfig,
     NodeParams,
@@ -29,7 +31,8 @@ from ..engines import Chunk, CompletionRequest, Engine, SimEngine, Usage, get_pr
 from ..errors import ConfigError
 from ..identity import Identity
 from ..ledger import Allocation, Genesis
-from ..market import CreditBook
+from ..market import CreditBook, FixedStake, Policy, get_policy
+from ..membership import LocalState
 from ..node import Node
 from ..overlay import MemoryNetwork
 from ._determinism import seed_trio_scheduler
@@ -60,7 +63,10 @@ class MemoryTestnet:
     (chains on disk under ``data_dir``, required then). ``stake`` pins each node's stake
     (default: nodes re-target it from their load, as in production). ``clock_skew`` offsets
     a node's wall clock (seconds); ``engine_wrapper(k, engine)`` may wrap node ``k``'s
-    engine (to inject faults). Entering the block waits until every node sees every other.
+    engine (to inject faults), ``policy_wrapper(k, policy)`` its policy (see
+    :class:`~wwwserve.market.PolicyWrapper`), and ``local_state(k, node)`` return what it
+    announces instead of the truth (a liar); ``dispatch`` sets the dispatcher's knobs.
+    Entering the block waits until every node sees every other.
     """
 
     def __init__(
@@ -88,6 +94,9 @@ class MemoryTestnet:
         real_time: bool = False,
         clock_skew: float | Sequence[float] = 0.0,
         engine_wrapper: Callable[[int, SimEngine], Engine] | None = None,
+        policy_wrapper: Callable[[int, Policy], Policy] | None = None,
+        dispatch: DispatchParams | Sequence[DispatchParams] = DEFAULT_DISPATCH,
+        local_state: Callable[[int, Node], LocalState] | None = None,
     ) -> None:
         if n < 1:
             raise ConfigError(f"n: must be at least 1, got {n}")
@@ -115,6 +124,9 @@ class MemoryTestnet:
         self.real_time = real_time
         self.skews = _each(clock_skew, n, "clock_skew")
         self.engine_wrapper = engine_wrapper
+        self.policy_wrapper = policy_wrapper
+        self.dispatch = _each(dispatch, n, "dispatch")
+        self.local_state = local_state
         self.identities = [Identity.from_seed(random.Random(seed * 1000 + i).randbytes(32))
                            for i in range(n)]
         self.nodes: list[Node] = []
@@ -180,13 +192,13 @@ class MemoryTestnet:
                                        queue_frequency=self.queue[k],
                                        accept_frequency=self.accept[k]),
             models=(ModelConfig(model_path=self.model, engine="sim",
-                                dispatch_params=DispatchParams(
+                                dispatch_params=ModelDispatchParams(
                                     target_token_usage=self.targets[k])),),
             network=NetworkParams(network_id=self.network_id, bootstrap=boot),
             membership=self.membership, gateway=GatewayParams(enabled=False),
             node=NodeParams(name=f"node{k}",
                             data_dir=(self.data_dir or Path(".wwwserve")) / f"node{k}"),
-            duel=DuelParams(p_inspect=self.p_inspect))
+            duel=DuelParams(p_inspect=self.p_inspect), dispatch=self.dispatch[k])
 
     async def start_node(self, k: int) -> Node:
         """Start node ``k`` (again, after :meth:`stop_node`: same identity, fresh engine)."""
@@ -198,15 +210,24 @@ class MemoryTestnet:
         if self.book is not None:
             credit = self.book.open(ident.peer_id, self.credits[k], 0.0)
         served: Engine = engine if self.engine_wrapper is None else self.engine_wrapper(k, engine)
-        node = Node(self.config(k), identity=ident, overlay=self.network.node(ident),
+        config = self.config(k)
+        policy = get_policy(config.server_params)
+        if self.stakes is not None:
+            policy = FixedStake(policy, self.stakes[k])
+        if self.policy_wrapper is not None:
+            policy = self.policy_wrapper(k, policy)
+        announce: Callable[[], LocalState] | None = None
+        if self.local_state is not None:
+            state_of, this = self.local_state, k
+
+            def announce() -> LocalState:
+                return state_of(this, node)
+
+        node = Node(config, identity=ident, overlay=self.network.node(ident), policy=policy,
                     engines={self.model: served}, credit=credit, genesis=self.genesis,
-                    wall_clock=trio_wall_clock(SIM_EPOCH + self.skews[k]),
+                    clock=trio_wall_clock(SIM_EPOCH + self.skews[k]), local_state=announce,
                     rng=random.Random(self.seed * 1000 + k))
         await self._nursery.start(self._run, k, node)
-        if self.stakes is not None:
-            pinned = self.stakes[k]
-            node.dispatcher.policy.target_stake = (  # type: ignore[method-assign]
-                lambda view: pinned)
         if k < len(self.nodes):
             self.nodes[k], self.engines[k] = node, engine
         else:
