@@ -33,6 +33,7 @@ __all__ = [
     "RequestError",
     "StreamBrokenError",
     "WWWServeError",
+    "leaves",
 ]
 
 
@@ -176,3 +177,17 @@ class StreamBrokenError(RequestError):
     """
 
     status = 502
+
+
+def leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """Every exception inside ``group`` that is not itself a group, however nested (trio's
+    nurseries wrap what their tasks raised, one group per nursery), in order."""
+    found: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(reversed(exc.exceptions))
+        else:
+            found.append(exc)
+    return found

@@ -381,11 +381,11 @@ class Membership:
         identity: Identity,
         *,
         network_id: str,
+        rng: random.Random,
         params: MembershipParams | None = None,
         bootstrap: tuple[str, ...] = (),
         target_degree: int = 8,
         wall_clock: WallClock = system_wall_clock,
-        rng: random.Random | None = None,
         local_state: Callable[[], LocalState] = LocalState,
     ) -> None:
         self.overlay = overlay
@@ -395,7 +395,7 @@ class Membership:
         self.bootstrap = bootstrap
         self.target_degree = target_degree
         self.wall_clock = wall_clock
-        self.rng = rng or random.Random()
+        self.rng = rng
         self.local_state = local_state
         self.table = PeerTable(local_peer_id=identity.peer_id, network_id=network_id,
                                params=self.params)

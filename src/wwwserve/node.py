@@ -31,7 +31,7 @@ from .duel.ratings import PeerRecord
 from .duel.service import ChainRatings, DuelService
 from .engines import Chunk, CompletionRequest, Emit, Engine, SimEngine, Usage, get_profile
 from .engines.http import HTTPEngine
-from .errors import ConfigError
+from .errors import ConfigError, leaves
 from .evidence import DuelRecord, Outcome
 from .http.gateway import Gateway
 from .http.service import LedgerStatus, ModelStatus, NodeStatus, PeerRow, RatingRow
@@ -49,13 +49,7 @@ logger = logging.getLogger(__name__)
 
 def _only(group: BaseExceptionGroup[BaseException], exc: BaseException) -> bool:
     """True if ``group`` holds nothing but ``exc`` (and cancellations), however nested."""
-    for e in group.exceptions:
-        if isinstance(e, BaseExceptionGroup):
-            if not _only(e, exc):
-                return False
-        elif e is not exc and not isinstance(e, trio.Cancelled):
-            return False
-    return True
+    return all(e is exc or isinstance(e, trio.Cancelled) for e in leaves(group))
 
 
 class Node:

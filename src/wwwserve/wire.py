@@ -367,12 +367,6 @@ class FrameDecoder:
         while (frame := self.next_frame()) is not None:
             yield frame
 
-    def bytes_wanted(self) -> int:
-        """How many more bytes complete the current header or frame (at least 1)."""
-        if self._need is None:
-            return max(1, _HEADER.size - len(self._buf))
-        return max(1, _HEADER.size + self._need - len(self._buf))
-
     @property
     def buffered(self) -> int:
         """Bytes held that do not yet form a complete frame."""

@@ -199,33 +199,38 @@ async def test_an_equivocating_proposer_is_slashed_and_the_chain_goes_on(autojum
         ledger = adv.ledger
         assert ledger is not None
         chain = ledger.chain
-        propose = chain.propose
         twins: list[bytes] = []
 
-        def two_faced(identity: Identity, slot: int):  # type: ignore[no-untyped-def]
-            parent, height = chain.tip, chain.height + 1
-            block = propose(identity, slot)
-            if block is not None:  # the same slot again, with one more transaction
+        async def two_faced() -> None:
+            """For each block node 4 proposes, one more for the same slot and parent."""
+            twinned: set[int] = set()
+            while True:
+                await ledger.wait_changed()
+                block = chain.block(chain.tip)
+                if block is None or block.proposer != adv.peer_id or block.slot in twinned:
+                    continue
+                twinned.add(block.slot)
                 extra = sign_tx(Payment(network=chain.network, payer=adv.peer_id,
                                         payee=net.nodes[0].peer_id, amount=1,
-                                        request_id=f"twin{slot}",
+                                        request_id=f"twin{block.slot}",
                                         nonce=chain.state.nonce(adv.peer_id)), adv.identity)
                 chain._unapply()  # the state the first block was built on
                 txs = [*(decode_tx(t) for t in block.txs), extra]
-                undo = chain.state.apply_all(txs, height)
+                undo = chain.state.apply_all(txs, block.height)
                 root = chain.state.root()
                 chain.state.revert(undo)
                 chain._apply(chain._entries[block_id(block)])
-                twin = make_block(identity, network=chain.network, height=height,
-                                  parent=parent, slot=slot, txs=txs, state_root=root)
+                twin = make_block(adv.identity, network=chain.network, height=block.height,
+                                  parent=block.parent, slot=block.slot, txs=txs,
+                                  state_root=root)
                 twins.append(encode(twin))
-                ledger._nursery.start_soon(  # type: ignore[union-attr]
-                    adv.overlay.publish, block_topic(chain.network), encode(twin))
-            return block
+                await adv.overlay.publish(block_topic(chain.network), encode(twin))
 
-        chain.propose = two_faced  # type: ignore[method-assign]
-        await serve(net, 0, 30, "e", max_tokens=50)
-        await trio.sleep(60)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(two_faced)
+            await serve(net, 0, 30, "e", max_tokens=50)
+            await trio.sleep(60)
+            nursery.cancel_scope.cancel()
         honest = net.nodes[:HONEST]
         assert twins
         seen = sum(len(n.ledger.chain.equivocations) for n in honest)  # type: ignore[union-attr]

@@ -17,6 +17,7 @@ from wwwserve.duel.service import JUDGE_PROTOCOL, JudgeRequest, RevealRequest
 from wwwserve.engines import Chunk, CompletionRequest, Emit, SimEngine, Usage
 from wwwserve.errors import RemoteError
 from wwwserve.evidence import DuelRecord
+from wwwserve.judging import JUDGE_SYSTEM, split_judge_prompt
 from wwwserve.market import NodeView, PolicyWrapper
 from wwwserve.node import Node
 from wwwserve.overlay import MemoryNetwork
@@ -42,6 +43,24 @@ class Garbage:
         if request.messages and request.messages[0].role == "system":
             return await self.inner.generate(request, emit)  # judges honestly
         return await self.inner.generate(request, scramble)
+
+
+class Colluder(Garbage):
+    """A judge's engine that votes for whichever answer is nonsense (the weak node's),
+    and a tie when neither is."""
+
+    async def generate(self, request: CompletionRequest, emit: Emit) -> Usage:
+        parts = None
+        if len(request.messages) == 2 and request.messages[0].content == JUDGE_SYSTEM:
+            parts = split_judge_prompt(request.messages[1].content)
+        if parts is None:
+            return await self.inner.generate(request, emit)
+        _, a, b = parts
+        verdict = "A" if a.startswith("zq") else "B" if b.startswith("zq") else "tie"
+        usage = Usage(prompt_tokens=request.prompt_tokens(), completion_tokens=3)
+        await emit(Chunk(text=f"Verdict: {verdict}", tokens=3, finish_reason="stop",
+                         usage=usage))
+        return usage
 
 
 class Staller(Garbage):
@@ -107,7 +126,8 @@ async def test_a_colluding_judge_ends_in_the_minority_and_loses_stake(autojump_c
              # (judges keep half their credit staked, busy or not)
              Spec("judge", "a100-80g/qwen3-8b", accept=0.0, policy=HalfStaked),
              Spec("judge", "a100-80g/qwen3-8b", accept=0.0, policy=HalfStaked),
-             Spec("colluder", "a100-80g/qwen3-8b", accept=0.0, policy=HalfStaked),
+             Spec("colluder", "a100-80g/qwen3-8b", accept=0.0, policy=HalfStaked,
+                  engine=Colluder),
              Spec("user", credit=100_000), Spec("user", credit=100_000)]
     async with MemoryNetwork(seed=seed, latency=0.005) as net, trio.open_nursery() as nursery:
         network = await start(nursery, net, specs, tmp_path, seed,
@@ -116,14 +136,6 @@ async def test_a_colluding_judge_ends_in_the_minority_and_loses_stake(autojump_c
         weak = network.of("weak")[0]
         colluder = network.of("colluder")[0]
 
-        async def vote_for_weak(record: DuelRecord, question: str, a: str, b: str) -> str:
-            x_first = record.x_first[record.judges.index(colluder.peer_id)]
-            weak_is_a = (record.executors[0] == weak.peer_id) == x_first
-            if weak.peer_id not in record.executors:
-                return "tie"
-            return "A" if weak_is_a else "B"
-
-        colluder.duels.evaluate = vote_for_weak  # type: ignore[method-assign]
         await trio.sleep(5)
         stake0 = {n.peer_id: n.credit.stake() for n in judges}
         await network.drive(300, 1.0, seed)

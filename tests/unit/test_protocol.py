@@ -117,7 +117,7 @@ def test_anything_but_chunks_while_streaming_is_a_protocol_error(frame: bytes) -
 def test_anything_but_a_receipt_after_the_answer_is_a_protocol_error(frame: bytes) -> None:
     s = RequesterStream()
     feed(s, ACCEPT, FINAL)
-    with pytest.raises(ProtocolError, match="more after the end|msgpack|decode|invalid"):
+    with pytest.raises(ProtocolError, match=r"more after the end|msgpack|decode|invalid"):
         s.receive(frame)
     assert s.phase is Phase.FAILED
     assert s.whole  # the answer came whole: it still counts

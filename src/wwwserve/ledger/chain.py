@@ -1,5 +1,8 @@
 """The chain: a tree of blocks, fork choice, finality, reorganisation and the pending pool.
 
+One job: the replicated chain's state machine (its parts share one block tree and one state,
+and are kept together so every rule that moves the tip reads in one place).
+
 :class:`Chain` is sans-IO: blocks and transactions go in (:meth:`Chain.add_block`,
 :meth:`Chain.add_tx`), a block comes out when this node may propose (:meth:`Chain.propose`);
 gossip, sync and the clock live elsewhere.

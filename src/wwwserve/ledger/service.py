@@ -1,5 +1,7 @@
 """The ledger on the network: gossip of transactions and blocks, slots, sync, the block file.
 
+One job: the I/O shell of one chain replica (every task here drives the same chain).
+
 :class:`LedgerService` drives one node's :class:`~.chain.Chain` over any
 :class:`~wwwserve.overlay.Overlay` (libp2p or memory):
 
@@ -152,11 +154,11 @@ class LedgerService:
     """One node's ledger replica on the network (see the module docs)."""
 
     def __init__(self, overlay: Overlay, identity: Identity, chain: Chain, *,
-                 peers: Callable[[], Iterable[str]], store: BlockStore | None = None,
+                 peers: Callable[[], Iterable[str]], rng: random.Random,
+                 store: BlockStore | None = None,
                  vote_record: VoteRecord | None = None,
                  wall_clock: WallClock = system_wall_clock, sync_interval: float = 10.0,
-                 rebroadcast_interval: float = 10.0,
-                 rng: random.Random | None = None) -> None:
+                 rebroadcast_interval: float = 10.0) -> None:
         self.overlay = overlay
         self.identity = identity
         self.chain = chain
@@ -172,7 +174,7 @@ class LedgerService:
         #: hold up every later one of ours: nonces apply in order)
         self.rebroadcast_interval = rebroadcast_interval
         self._next_rebroadcast = 0.0
-        self.rng = rng or random.Random()
+        self.rng = rng
         self.stats: dict[str, int] = {}
         self._changed = trio.Event()
         self._sync_wanted = trio.Event()

@@ -22,7 +22,7 @@ import trio
 
 from ..config import DispatchParams
 from ..engines import Chunk, CompletionRequest
-from ..errors import WWWServeError
+from ..errors import WWWServeError, leaves
 from ..identity import Identity
 from ..log import tracing
 from ..overlay import Overlay, ResponseSender
@@ -189,7 +189,7 @@ class Executor:
         except BaseExceptionGroup as group:
             # the keepalive task only ends by cancellation or when the requester left
             # (then generate fails the same way): raise what the engine raised, unwrapped
-            raise group.exceptions[0] from None
+            raise leaves(group)[0] from None
         finally:
             local.notify()
         receipt = stream.finish(self.identity)

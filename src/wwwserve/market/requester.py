@@ -39,6 +39,7 @@ from ..errors import (
     ProtocolError,
     StreamBrokenError,
     WWWServeError,
+    leaves,
 )
 from ..log import tracing
 from ..membership import PeerStatus
@@ -196,8 +197,7 @@ class Requester:
             except BaseExceptionGroup as group:
                 # the node stopped under the request: its overlay refuses every probe and
                 # offload at once, from inside the probe nurseries; say so plainly
-                closed, rest = group.split(ClosedError)
-                if closed is None or rest is not None:
+                if not all(isinstance(e, ClosedError) for e in leaves(group)):
                     raise
                 raise ClosedError("the node is stopping") from None
 

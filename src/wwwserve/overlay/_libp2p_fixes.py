@@ -114,7 +114,8 @@ _orig_consume_record = getattr(_pubsub_module, "maybe_consume_signed_record")  #
 
 
 def patch_pubsub_queues(subscription_buffer: int) -> None:
-    # Module-level knobs of py-libp2p 0.8.1 (see LIBP2P_NOTES.md, trap 5); idempotent.
+    # Module-level knobs of py-libp2p 0.8.1: its pubsub queues are too shallow for a busy
+    # node by default, and are set per module, not per host; idempotent.
     setattr(_pubsub_module, "RpcQueue", _DeepRpcQueue)  # noqa: B010
     _pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = subscription_buffer
     # per-RPC signed peer record costs (see _env_to_send and _consume_record)

@@ -354,7 +354,8 @@ class Libp2pOverlay:
         return pid_text
 
     def _unblock(self, pid: ID) -> None:
-        # a failed dial parks the peer in a 60 s back-off cache (LIBP2P_NOTES, trap 8)
+        # py-libp2p 0.8.1 parks a peer whose dial failed in a 60 s back-off cache, so a
+        # peer that restarts could not be dialled again for a minute
         net: Any = self.host.get_network()
         unblock = getattr(net, "unblock_peer", None)
         if unblock is not None:

@@ -1,5 +1,7 @@
 """MemoryOverlay: an in-process overlay, deterministic in virtual time, with fault injection.
 
+One job: the simulated network (nodes, links, delivery scheduler and faults share one clock).
+
 A :class:`MemoryNetwork` holds the nodes, the connection graph and one delivery scheduler (a
 heap of timed deliveries served by a single task), so thousands of messages cost no tasks.
 Faults are knobs on the network: per-link latency and jitter (which reorders gossip), gossip
@@ -279,10 +281,6 @@ class MemoryNetwork:
     def live_peers(self) -> frozenset[str]:
         """Peer IDs of the nodes running now."""
         return frozenset(self._nodes)
-
-    def edges(self) -> frozenset[frozenset[str]]:
-        """Current direct connections, as pairs."""
-        return frozenset(frozenset((a, b)) for a, bs in self._edges.items() for b in bs)
 
     # ---- node registry ------------------------------------------------------------------
     def _register(self, node: MemoryOverlay) -> None:

@@ -141,25 +141,23 @@ def _with_nonce(tx: DuelSettlement, nonce: int) -> DuelSettlement:
 
 
 async def _equivocate(node: Node, duration: float) -> None:
+    """For every block this node proposes (honestly, by its ledger service), sign and
+    gossip a second one for the same slot and parent, with other contents."""
     ledger = node.ledger
     assert ledger is not None
     chain = ledger.chain
-    propose = chain.propose
-
-    def two_faced(identity: Identity, slot: int) -> Any:
-        parent = chain.tip
-        block = propose(identity, slot)
-        if block is not None:  # the same slot again, with other contents
-            twin = make_block(identity, network=chain.network, height=block.height,
-                              parent=parent, slot=slot, txs=[], state_root=b"\x00" * 32)
-            ledger._gossip(block_topic(chain.network), encode(twin))
-        return block
-
-    chain.propose = two_faced  # type: ignore[method-assign]
-    try:
-        await trio.sleep(duration)
-    finally:
-        chain.propose = propose  # type: ignore[method-assign]
+    twinned: set[int] = set()
+    with trio.move_on_after(duration):
+        while True:
+            await ledger.wait_changed()
+            tip = chain.block(chain.tip)
+            if tip is None or tip.proposer != node.peer_id or tip.slot in twinned:
+                continue
+            twinned.add(tip.slot)
+            twin = make_block(node.identity, network=chain.network, height=tip.height,
+                              parent=tip.parent, slot=tip.slot, txs=[],
+                              state_root=b"\x00" * 32)
+            await node.overlay.publish(block_topic(chain.network), encode(twin))
 
 
 async def _side_blocks(node: Node, rng: random.Random, duration: float) -> None:

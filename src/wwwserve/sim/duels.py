@@ -136,11 +136,6 @@ class Network:
                                                    else 0.5 if not tx.winner else 0.0)
         return {pair: (wins[pair], n) for pair, n in games.items()}
 
-    def win_rates(self, classes: list[str]) -> tuple[dict[str, float], int]:
-        """Each class's win rate (see the module docs) and the cross-class duel count."""
-        pairs = self.pair_results()
-        return rates_from_pairs(pairs, classes), sum(n for _, n in pairs.values()) // 2
-
     def credit(self, node: Node) -> float:
         """``node``'s balance, stake and unbonding credit on node 0's chain (credits)."""
         ledger = self.nodes[0].ledger
