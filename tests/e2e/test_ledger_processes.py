@@ -18,6 +18,7 @@ import openai
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from waiting import models_known
 from wwwserve.identity import load_or_create_identity
 from wwwserve.ledger import UNIT, Allocation, Genesis
 from wwwserve.testing import ChildProcess
@@ -112,7 +113,7 @@ async def test_five_processes_agree_and_a_killed_node_resumes_from_disk(tmp_path
             ids = {n["peer_id"] for n in nodes}
             await procs[0].wait_for(
                 lambda p: set(p.events[-1].get("peers", [])) == ids - {nodes[0]["peer_id"]}, 30)
-            await trio.sleep(1.0)  # heartbeats carry the peers' models
+            await models_known(nodes[0]["gateway"], ids - {nodes[0]["peer_id"]})
 
             users = openai.AsyncOpenAI(base_url=nodes[0]["gateway"] + "/v1", api_key="x",
                                        max_retries=0, timeout=60)

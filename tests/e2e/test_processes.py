@@ -11,6 +11,8 @@ from pathlib import Path
 
 import trio
 
+from waiting import wait_until
+
 PEER_TIMEOUT = 3.0
 
 
@@ -65,12 +67,6 @@ class NodeProcess:
                 self.changed = trio.Event()
 
 
-async def wait_for(predicate, limit: float) -> None:
-    with trio.fail_after(limit):
-        while not predicate():
-            await trio.sleep(0.05)
-
-
 async def test_three_processes_kill_and_restart(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         a = NodeProcess(write_config(tmp_path, "a", []))
@@ -81,14 +77,15 @@ async def test_three_processes_kill_and_restart(tmp_path: Path) -> None:
         await b.run(nursery)
         await c.run(nursery)
         try:
-            await wait_for(lambda: a.peers == {b.peer_id, c.peer_id}
-                           and b.peers == {a.peer_id, c.peer_id}
-                           and c.peers == {a.peer_id, b.peer_id}, 30)
+            await wait_until(lambda: a.peers == {b.peer_id, c.peer_id}
+                             and b.peers == {a.peer_id, c.peer_id}
+                             and c.peers == {a.peer_id, b.peer_id}, within=30,
+                             what="three processes see each other")
             # SIGKILL c: a and b drop it within peer_timeout + 1 s
             c.proc.send_signal(signal.SIGKILL)
             killed_at = trio.current_time()
-            await wait_for(lambda: c.peer_id not in a.peers and c.peer_id not in b.peers,
-                           PEER_TIMEOUT + 5)
+            await wait_until(lambda: c.peer_id not in a.peers and c.peer_id not in b.peers,
+                             within=PEER_TIMEOUT + 5, what="the killed node is dropped")
             for n in (a, b):
                 left = [t for t, kind, pid in n.events if kind == "left" and pid == c.peer_id]
                 assert left and left[-1] - killed_at <= PEER_TIMEOUT + 1.0
@@ -96,7 +93,8 @@ async def test_three_processes_kill_and_restart(tmp_path: Path) -> None:
             c2 = NodeProcess(c_config)
             await c2.run(nursery)
             assert c2.peer_id == c.peer_id
-            await wait_for(lambda: c.peer_id in a.peers and c.peer_id in b.peers, 30)
+            await wait_until(lambda: c.peer_id in a.peers and c.peer_id in b.peers, within=30,
+                             what="the restarted node is back")
             assert (tmp_path / "data" / "c" / "node.key").exists()
             # the event stream holds changes of the table, not every peer's heartbeat
             for n in (a, b):

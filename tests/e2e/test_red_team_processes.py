@@ -39,6 +39,7 @@ import trio
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
+from waiting import wait_until
 from wwwserve.config import load_config
 from wwwserve.duel.service import JUDGE_PROTOCOL, JudgeRequest
 from wwwserve.engines import CompletionRequest
@@ -295,7 +296,8 @@ async def attack(client: openai.AsyncOpenAI, nodes: list[dict[str, Any]],
     with trio.fail_after(30):
         while not honest_ids <= set(attacker.peers):
             await trio.sleep(0.2)
-    await trio.sleep(1.0)  # heartbeats carry the peers' models
+    await wait_until(lambda: all(attacker.peers[p].models for p in honest_ids), within=30,
+                     what="the attacker knows the honest nodes' models")
     targets = [Target(n["peer_id"], n["addresses"][0]) for n in nodes]
     start_height = (await get(client, nodes[1], "/ledger"))["height"]
 

@@ -9,6 +9,7 @@ import warnings
 
 import trio
 
+from waiting import wait_until
 from wwwserve.config import GatewayParams, MembershipParams, NetworkParams, NodeConfig
 from wwwserve.identity import Identity
 from wwwserve.node import Node
@@ -25,14 +26,6 @@ def make_node(bootstrap: tuple[str, ...] = ()) -> Node:
     return Node(cfg, identity=ident, overlay=Libp2pOverlay(ident), rng=random.Random())
 
 
-async def wait_until(predicate, limit: float) -> float:
-    start = trio.current_time()
-    with trio.fail_after(limit):
-        while not predicate():
-            await trio.sleep(0.05)
-    return trio.current_time() - start
-
-
 async def test_five_nodes_discover_each_other_through_one_bootstrap():
     first = make_node()
     async with first:
@@ -42,12 +35,13 @@ async def test_five_nodes_discover_each_other_through_one_bootstrap():
             everyone = [first, *others]
             ids = {n.peer_id for n in everyone}
             await wait_until(lambda: all(set(n.peers) == ids - {n.peer_id} for n in everyone),
-                             15)
+                             within=15, what="every node sees every other")
             # a silent node (its overlay torn down under it) is dropped by the others
             victim = others[-1]
             gone = victim.peer_id
         # others[-1] left cleanly with the rest; first sees all four go
-        await wait_until(lambda: gone not in first.peers, PARAMS.peer_timeout + 1)
+        await wait_until(lambda: gone not in first.peers, within=PARAMS.peer_timeout + 1,
+                         what="the first node sees the others go")
 
 
 def _open_fds() -> int:
@@ -63,7 +57,8 @@ async def test_shutdown_leaves_no_sockets_or_resource_warnings():
             async with a:
                 b = make_node((a.addresses[0],))
                 async with b:
-                    await wait_until(lambda a=a: len(a.peers) == 1, 10)
+                    await wait_until(lambda a=a: len(a.peers) == 1, within=10,
+                                     what="two nodes meet")
         gc.collect()
     await trio.sleep(0.2)
     assert _open_fds() <= before + 2  # leftovers would be listeners and sockets

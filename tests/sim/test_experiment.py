@@ -196,7 +196,7 @@ def test_quality_scenario_settings_are_checked(tmp_path):
 
 
 def test_the_engines_admission_rule_is_a_scenario_setting(tmp_path):
-    from wwwserve.sim.experiment import _engines
+    from wwwserve.sim.run import _engines
 
     scenario = load_scenario(TINY)
     assert scenario.admission == "sglang"

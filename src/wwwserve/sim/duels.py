@@ -19,17 +19,12 @@ from typing import Any
 
 import trio
 
-from ..clock import SIM_EPOCH, trio_wall_clock
+from ..clock import SIM_EPOCH
 from ..config import (
     DEFAULT_DISPATCH,
     DispatchParams,
     DuelParams,
-    GatewayParams,
     MembershipParams,
-    ModelConfig,
-    NetworkParams,
-    NodeConfig,
-    NodeParams,
     ServerParams,
 )
 from ..duel.service import unseal_record
@@ -41,6 +36,7 @@ from ..ledger import UNIT, Allocation, DuelSettlement, Genesis, decode_tx
 from ..market import Policy, get_policy
 from ..node import Node
 from ..overlay import MemoryNetwork
+from ..testing.assemble import sim_config, sim_node
 
 __all__ = ["MODEL", "Network", "PairResults", "Spec", "StudyResult", "class_study",
            "rates_from_pairs", "start"]
@@ -159,22 +155,18 @@ async def start(nursery: trio.Nursery, net: MemoryNetwork, specs: list[Spec], da
     for k, (ident, spec) in enumerate(zip(ids, specs, strict=True)):
         boot = (nodes[0].addresses[0],) if nodes else ()
         engines: dict[str, Engine] = {}
-        models: tuple[ModelConfig, ...] = ()
         if spec.profile is not None:
             engine = SimEngine(get_profile(spec.profile), models=(MODEL,), seed=seed * 100 + k,
                                stream_interval=16)
             engines[MODEL] = spec.engine(engine) if spec.engine else engine
-            models = (ModelConfig(model_path=MODEL, engine="sim"),)
-        cfg = NodeConfig(
-            network=NetworkParams(network_id="sim", bootstrap=boot), membership=PARAMS,
-            gateway=GatewayParams(enabled=False), models=models, duel=duel, dispatch=dispatch,
-            node=NodeParams(name=f"n{k}", data_dir=data_dir / f"n{k}"),
+        cfg = sim_config(
+            f"n{k}", MODEL if spec.profile is not None else None, membership=PARAMS,
+            bootstrap=boot, duel=duel, dispatch=dispatch, data_dir=data_dir / f"n{k}",
             server_params=ServerParams(offload_frequency=1.0, accept_frequency=spec.accept))
         policy = get_policy(cfg.server_params)
-        node = Node(cfg, identity=ident, overlay=net.node(ident), genesis=genesis,
-                    policy=spec.policy(policy) if spec.policy is not None else policy,
-                    engines=engines, clock=trio_wall_clock(),
-                    rng=random.Random(seed * 1000 + k))
+        node = sim_node(cfg, identity=ident, network=net, genesis=genesis,
+                        policy=spec.policy(policy) if spec.policy is not None else policy,
+                        engines=engines, rng=random.Random(seed * 1000 + k))
         await nursery.start(node.run)
         nodes.append(node)
     await trio.sleep(10)

@@ -11,16 +11,9 @@ from typing import Any
 import trio
 from trio.testing import MockClock
 
-from ..clock import trio_wall_clock
 from ..config import (
     DuelParams,
-    GatewayParams,
     MembershipParams,
-    ModelConfig,
-    ModelDispatchParams,
-    NetworkParams,
-    NodeConfig,
-    NodeParams,
     ServerParams,
 )
 from ..engines import Chunk, CompletionRequest, EngineLoad, SimEngine, Usage, get_profile
@@ -28,6 +21,7 @@ from ..engines.base import Emit
 from ..errors import ConfigError, WWWServeError
 from ..market import CreditBook, Draining, FixedStake, ServePeersOnly, get_policy
 from ..testing import seed_trio_scheduler
+from ..testing.assemble import sim_config, sim_node
 from .scenario import CENTRAL_THRESHOLD, STRATEGIES, NodeSpec, Record, Scenario
 from .workload import _request, make_workload
 
@@ -234,37 +228,31 @@ class _SimNetwork:
 
     async def join(self, k: int) -> None:
         """Create node ``k`` and start it (bootstrapping through node 0)."""
-        from ..node import Node
-
         scenario, spec = self.scenario, self.scenario.nodes[k]
         ident = self.identity(k)
         boot = (self.nodes[0].addresses[0],) if k else ()
-        cfg = NodeConfig(
+        cfg = sim_config(
+            spec.name, _node_model(scenario, spec),
+            membership=MembershipParams(heartbeat_interval=1.0, suspect_timeout=3.0,
+                                        peer_timeout=6.0),
+            bootstrap=boot,
             server_params=ServerParams(offload_frequency=spec.offload_frequency,
                                        queue_frequency=spec.queue_frequency,
                                        accept_frequency=spec.accept_frequency,
                                        policy=spec.policy),
-            models=(ModelConfig(model_path=_node_model(scenario, spec), engine="sim",
-                                dispatch_params=ModelDispatchParams(
-                                    target_token_usage=spec.target_token_usage)),),
-            network=NetworkParams(network_id="sim", bootstrap=boot),
-            membership=MembershipParams(heartbeat_interval=1.0, suspect_timeout=3.0,
-                                        peer_timeout=6.0),
-            gateway=GatewayParams(enabled=False), duel=DuelParams(p_inspect=spec.p_inspect),
-            node=NodeParams(name=spec.name, data_dir=Path(self._tmp.name) / spec.name)
-            if self._tmp is not None else NodeParams(name=spec.name))
+            target_token_usage=spec.target_token_usage, duel=DuelParams(p_inspect=spec.p_inspect),
+            data_dir=Path(self._tmp.name) / spec.name if self._tmp is not None else None)
         policy = get_policy(cfg.server_params)
         if not spec.run_own:
             policy = ServePeersOnly(policy, spec.accept_frequency)
         if spec.stake is not None:
             policy = FixedStake(policy, spec.stake)
         self.drains[k] = Draining(policy)
-        node = Node(cfg, identity=ident, overlay=self.net.node(ident), policy=self.drains[k],
-                    engines={_node_model(scenario, spec): self.engines[k]},
-                    credit=None if self.genesis is not None
-                    else self.book.open(ident.peer_id, 1e9, 0.0), genesis=self.genesis,
-                    clock=trio_wall_clock(),
-                    rng=random.Random(f"{self.seed}:node:{spec.name}"))
+        node = sim_node(cfg, identity=ident, network=self.net, policy=self.drains[k],
+                        engines={_node_model(scenario, spec): self.engines[k]},
+                        credit=None if self.genesis is not None
+                        else self.book.open(ident.peer_id, 1e9, 0.0), genesis=self.genesis,
+                        rng=random.Random(f"{self.seed}:node:{spec.name}"))
         self.nodes[k] = node
         await self.nursery.start(self._run_node, k, node)
         self.up[k].set()

@@ -18,13 +18,8 @@ from ..config import (
     DEFAULT_DISPATCH,
     DispatchParams,
     DuelParams,
-    GatewayParams,
     MembershipParams,
-    ModelConfig,
-    ModelDispatchParams,
-    NetworkParams,
     NodeConfig,
-    NodeParams,
     ServerParams,
 )
 from ..engines import Chunk, CompletionRequest, Engine, SimEngine, Usage, get_profile
@@ -36,6 +31,7 @@ from ..membership import LocalState
 from ..node import Node
 from ..overlay import MemoryNetwork
 from ._determinism import seed_trio_scheduler
+from .assemble import sim_config, sim_node
 from .processes import per_node as _each
 
 __all__ = ["DEFAULT_MODEL", "FAST_MEMBERSHIP", "MemoryTestnet"]
@@ -186,19 +182,16 @@ class MemoryTestnet:
     def config(self, k: int) -> NodeConfig:
         """Node ``k``'s config (bootstrap through node 0)."""
         boot = (self.nodes[0].addresses[0],) if k and self.nodes else ()
-        return NodeConfig(
+        return sim_config(
+            f"node{k}", self.model, membership=self.membership, network_id=self.network_id,
+            bootstrap=boot,
             server_params=ServerParams(policy=self.policies[k],
                                        offload_frequency=self.offload[k],
                                        queue_frequency=self.queue[k],
                                        accept_frequency=self.accept[k]),
-            models=(ModelConfig(model_path=self.model, engine="sim",
-                                dispatch_params=ModelDispatchParams(
-                                    target_token_usage=self.targets[k])),),
-            network=NetworkParams(network_id=self.network_id, bootstrap=boot),
-            membership=self.membership, gateway=GatewayParams(enabled=False),
-            node=NodeParams(name=f"node{k}",
-                            data_dir=(self.data_dir or Path(".wwwserve")) / f"node{k}"),
-            duel=DuelParams(p_inspect=self.p_inspect), dispatch=self.dispatch[k])
+            target_token_usage=self.targets[k], duel=DuelParams(p_inspect=self.p_inspect),
+            dispatch=self.dispatch[k],
+            data_dir=(self.data_dir or Path(".wwwserve")) / f"node{k}")
 
     async def start_node(self, k: int) -> Node:
         """Start node ``k`` (again, after :meth:`stop_node`: same identity, fresh engine)."""
@@ -223,10 +216,10 @@ class MemoryTestnet:
             def announce() -> LocalState:
                 return state_of(this, node)
 
-        node = Node(config, identity=ident, overlay=self.network.node(ident), policy=policy,
-                    engines={self.model: served}, credit=credit, genesis=self.genesis,
-                    clock=trio_wall_clock(SIM_EPOCH + self.skews[k]), local_state=announce,
-                    rng=random.Random(self.seed * 1000 + k))
+        node = sim_node(config, identity=ident, network=self.network, policy=policy,
+                        engines={self.model: served}, credit=credit, genesis=self.genesis,
+                        clock=trio_wall_clock(SIM_EPOCH + self.skews[k]),
+                        local_state=announce, rng=random.Random(self.seed * 1000 + k))
         await self._nursery.start(self._run, k, node)
         if k < len(self.nodes):
             self.nodes[k], self.engines[k] = node, engine
