@@ -305,8 +305,7 @@ class Node:
             chain = ledger.chain
             ledger_status = LedgerStatus(
                 height=chain.height, finalized_height=chain.finalized_height,
-                pending=len(chain.pool), events={**chain.stats, **ledger.stats},
-                view=ledger_view(chain, last=0, accounts=False, stats=ledger.stats))
+                pending=len(chain.pool), events={**chain.stats, **ledger.stats})
         return NodeStatus(
             peer_id=self.peer_id, name=self.config.node.name, addresses=tuple(self.addresses),
             credit=self.credit.balance(), stake=self.credit.stake(), models=tuple(models),
@@ -319,12 +318,13 @@ class Node:
                      for peer, rec in self.ratings().items()},
             ledger=ledger_status)
 
-    def ledger_json(self, last: int) -> dict[str, object] | None:
-        """The ledger's JSON summary with its ``last`` blocks (None without a ledger)."""
+    def ledger_json(self, last: int, *, accounts: bool = True) -> dict[str, object] | None:
+        """The ledger's JSON summary with its ``last`` blocks (and, with ``accounts``, every
+        account); None without a ledger."""
         ledger = self._ledger
         if ledger is None:
             return None
-        return ledger_view(ledger.chain, last=last, stats=ledger.stats)
+        return ledger_view(ledger.chain, last=last, accounts=accounts, stats=ledger.stats)
 
     async def complete(self, request: CompletionRequest) -> tuple[str, Usage]:
         """Serve ``request`` and return its whole text and usage."""

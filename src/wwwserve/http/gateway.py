@@ -172,13 +172,16 @@ class Gateway:
                        "credit": p.credit, "models": list(p.models)} for p in st.peers],
             "dispatch": dict(st.dispatch),
             "offload_dispatch_ms": _percentiles(st.offload_delays),
-            "ledger": dict(st.ledger.view) if st.ledger is not None else None,
+            "ledger": self._ledger_summary(),
             "duels": dict(st.duels),
             "ratings": {peer: {"rating": rec.rating, "wins": rec.wins, "losses": rec.losses,
                                "ties": rec.ties}
                         for peer, rec in sorted(st.ratings.items())},
-            **st.extra,
         })
+
+    def _ledger_summary(self) -> dict[str, object] | None:
+        view = self.node.ledger_json(0, accounts=False)
+        return dict(view) if view is not None else None
 
     async def _ledger(self, scope: Scope, receive: Receive, send: Send) -> None:
         view = self.node.ledger_json(20)

@@ -11,7 +11,7 @@ nothing from the node.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..engines import Emit, Usage
@@ -54,13 +54,12 @@ class RatingRow:
 
 @dataclass(frozen=True, slots=True)
 class LedgerStatus:
-    """The ledger replica's heights and counters (``view``: the JSON summary for /status)."""
+    """The ledger replica's heights and counters (cheap: taken on every /metrics scrape)."""
 
     height: int
     finalized_height: int
     pending: int
     events: Mapping[str, int]
-    view: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +80,6 @@ class NodeStatus:
     duels: Mapping[str, int]
     ratings: Mapping[str, RatingRow]
     ledger: LedgerStatus | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 class NodeService(Protocol):
@@ -103,6 +101,7 @@ class NodeService(Protocol):
         """A snapshot of the node's state."""
         ...
 
-    def ledger_json(self, last: int) -> Mapping[str, Any] | None:
-        """The ledger's JSON summary with its ``last`` blocks and accounts (None: no ledger)."""
+    def ledger_json(self, last: int, *, accounts: bool = True) -> Mapping[str, Any] | None:
+        """The ledger's JSON summary with its ``last`` blocks (and, with ``accounts``, every
+        account); None without a ledger."""
         ...
