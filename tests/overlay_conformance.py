@@ -300,3 +300,43 @@ async def test_concurrent_requests_are_independent(overlays, clock):
             for i in range(20):
                 n.start_soon(one, i)
         assert results == {i: [b"%d" % i, b"%d" % (i * i)] for i in range(20)}
+
+
+async def test_requests_beyond_the_concurrency_limit_are_refused_remotely(overlays, clock):
+    """Both worlds run one multiplexer: a requester holding ``MAX_INFLIGHT`` requests on a
+    peer has the next one refused by that peer, and is served again once they end."""
+    from wwwserve.overlay._mux import MAX_INFLIGHT
+
+    async with overlays.make(2) as (a, b):
+        release = trio.Event()
+        started = 0
+
+        async def hold(peer: str, request: bytes, sender: ResponseSender) -> None:
+            nonlocal started
+            started += 1
+            await sender.send(b"started")
+            await release.wait()
+
+        b.serve("/test/hold/1", hold)
+        b.serve(ECHO, echo_handler)
+        await a.connect(b.addresses[0])
+        outcomes: list[str] = []
+
+        async def one() -> None:
+            try:
+                chunks = await collect(a, b.peer_id, "/test/hold/1", b"")
+                outcomes.append("served" if chunks == [b"started"] else repr(chunks))
+            except RemoteError as exc:
+                outcomes.append("refused" if "too many concurrent" in str(exc) else str(exc))
+
+        async with trio.open_nursery() as n:
+            for _ in range(MAX_INFLIGHT):
+                n.start_soon(one)
+            with trio.fail_after(20):
+                while started < MAX_INFLIGHT:
+                    await trio.sleep(0.01)
+            with pytest.raises(RemoteError, match="too many concurrent"):
+                await collect(a, b.peer_id, ECHO, b"one|more")
+            release.set()
+        assert outcomes == ["served"] * MAX_INFLIGHT
+        assert await collect(a, b.peer_id, ECHO, b"again") == [b"again"]

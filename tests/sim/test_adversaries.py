@@ -29,6 +29,7 @@ from wwwserve.market import PolicyWrapper
 from wwwserve.market.messages import OFFLOAD_PROTOCOL, PROBE_PROTOCOL, Offload, ProbeReply
 from wwwserve.membership import peers_topic
 from wwwserve.node import Node
+from wwwserve.overlay._mux import MAX_INFLIGHT as MUX_MAX_INFLIGHT
 from wwwserve.sim.dst import SeedResult, _check_ledgers
 from wwwserve.testing import MemoryTestnet
 from wwwserve.wire import Signed, decode, encode, seal
@@ -291,15 +292,18 @@ async def test_malformed_payloads_to_every_protocol_are_refused(autojump_clock, 
 async def test_a_stream_flood_is_refused_beyond_the_per_peer_limit(autojump_clock, tmp_path):
     """A stranger opens 300 offloads at once, unannounced by any probe, and never reads
     the answers (slow loris): the target runs at most its per-peer limit of them, and its
-    own users are served meanwhile."""
+    own users are served meanwhile. Both worlds run the same stream multiplexer, which itself
+    refuses requests beyond its per-stream limit (256) before the dispatcher sees them."""
     async with MemoryTestnet(4, ledger=True, data_dir=tmp_path, seed=27) as net:
         adv = net.network.node(Identity.from_seed(b"\x67" * 32))
         target = net.nodes[1]
         limit = target.dispatcher.params.max_peer_inflight
         replies: list[bool] = []
+        mux_refused = 0
         peak = 0
 
         async def open_one(i: int) -> None:
+            nonlocal mux_refused
             request = net.request(f"flood{i}", max_tokens=2000)
             payload = encode(Offload(request=encode(request), route=(adv.peer_id,), hops=1))
             try:
@@ -308,7 +312,8 @@ async def test_a_stream_flood_is_refused_beyond_the_per_peer_limit(autojump_cloc
                     reply = decode(await anext(resp.__aiter__()), expect=ProbeReply)
                     replies.append(reply.accept)
                     await trio.sleep(120)  # hold the stream, read nothing more
-            except (OverlayError, ProtocolError):
+            except (OverlayError, ProtocolError) as exc:
+                mux_refused += "too many concurrent requests" in str(exc)
                 replies.append(False)
 
         async def watch() -> None:
@@ -329,8 +334,9 @@ async def test_a_stream_flood_is_refused_beyond_the_per_peer_limit(autojump_cloc
         assert sum(replies) <= limit
         assert peak <= limit
         stats = target.dispatcher.stats
+        assert 0 < mux_refused <= 300 - MUX_MAX_INFLIGHT
         assert stats["flood_refused"] + stats["probe_refused"] + stats["unpaid_refused"] \
-            >= 300 - limit
+            + mux_refused >= 300 - limit
         await trio.sleep(20)
         ledger_sound(net.nodes)
 

@@ -11,16 +11,18 @@ Semantics mirror the libp2p overlay closely enough that one conformance suite ru
 
 - gossip reaches subscribed nodes in the publisher's connected component, after one link
   latency per hop (a flood over direct connections, as GossipSub's mesh does);
-- requests ride ordered, reliable streams; a crash or partition resets them;
+- requests ride the same multiplexer as the libp2p overlay (:mod:`._mux`: one byte stream
+  per peer and direction, length-prefixed records) over simulated byte streams that deliver
+  in order after the link latency; a crash or partition resets them;
 - dialing an unreachable peer fails after ``dial_failure_delay`` (libp2p: ~0.7 s).
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
-import math
 import random
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -40,14 +42,12 @@ from ._base import (
     PeerEvent,
     PeerEventKind,
     ResponseStream,
-    StreamCode,
     Validator,
     fan_out,
     peer_id_of,
-    raise_for_frame,
-    receive_with_idle_timeout,
     run_validator,
 )
+from ._mux import ByteStream, MuxClient, ReceiveBudget, serve_mux_stream
 
 __all__ = ["MAX_GOSSIP_SIZE", "MemoryNetwork", "MemoryOverlay", "NetworkStats"]
 
@@ -58,6 +58,8 @@ MAX_GOSSIP_SIZE = 1_000_000
 
 SUBSCRIPTION_BUFFER = 4096
 EVENT_BUFFER = 1024
+#: Seconds a stream write may take (memory writes never block; this bounds nothing real).
+WRITE_TIMEOUT = 30.0
 Latency = float | Callable[[str, str], float]
 
 
@@ -71,37 +73,109 @@ class NetworkStats:
     gossip_duplicated: int = 0
     gossip_dropped_full: int = 0
     gossip_rejected: int = 0
-    streams_opened: int = 0
-    streams_reset: int = 0
+    streams_opened: int = 0  # requests sent
+    streams_reset: int = 0  # multiplexed byte streams reset (crash, partition, disconnect)
     dials_failed: int = 0
     crashes: int = 0
 
 
-class _Reset:
-    """Marker delivered to a requester when its stream breaks."""
+class _Pipe:
+    """One direction of a simulated byte stream: bytes delivered in order, then EOF or a reset."""
 
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.eof = False
+        self.broken = False
+        self.last_delivery = 0.0
+        self._readable = trio.Event()
 
-_RESET = _Reset()
+    def feed(self, data: bytes) -> None:
+        if not (self.broken or self.eof):
+            self.buffer += data
+            self._readable.set()
+
+    def end(self) -> None:
+        self.eof = True
+        self._readable.set()
+
+    def break_(self) -> None:
+        self.broken = True
+        self.buffer.clear()
+        self._readable.set()
+
+    async def wait_readable(self) -> None:
+        while not (self.buffer or self.eof or self.broken):
+            await self._readable.wait()
+            self._readable = trio.Event()
 
 
 @dataclass(eq=False)
-class _Stream:
+class _Conn:
+    """A simulated duplex byte stream from ``client`` to ``server`` (one per peer and
+    direction, as the libp2p overlay keeps one multiplexed stream)."""
+
+    network: MemoryNetwork
     client: MemoryOverlay
     server: MemoryOverlay
-    inbox: trio.MemorySendChannel[tuple[StreamCode, bytes] | _Reset]
-    last_delivery: float = 0.0
-    server_scope: trio.CancelScope | None = None
-    closed: bool = False  # the requester went away, or the stream was reset
-    finished: bool = False  # END or ERROR was sent
+    upstream: _Pipe  # client -> server
+    downstream: _Pipe  # server -> client
+    reset_done: bool = False
 
     def reset(self) -> None:
-        if self.closed:
+        if self.reset_done:
             return
-        self.closed = True
-        if self.server_scope is not None:
-            self.server_scope.cancel()
-        self.client.network.stats.streams_reset += 1
-        self.inbox.send_nowait(_RESET)
+        self.reset_done = True
+        self.network._conns.discard(self)
+        self.network.stats.streams_reset += 1
+        self.upstream.break_()
+        self.downstream.break_()
+
+
+class _End:
+    """One side of a :class:`_Conn`, the :class:`~._mux.ByteStream` the multiplexer runs on."""
+
+    def __init__(self, conn: _Conn, sender: MemoryOverlay, receiver: MemoryOverlay,
+                 inbound: _Pipe, outbound: _Pipe) -> None:
+        self._conn = conn
+        self._sender = sender.peer_id
+        self._receiver = receiver.peer_id
+        self._in = inbound
+        self._out = outbound
+        self._closed = False
+
+    async def read(self, n: int | None = -1) -> bytes:
+        await self._in.wait_readable()
+        if self._in.broken:
+            raise PeerUnavailableError("stream reset")
+        size = len(self._in.buffer) if n is None or n < 0 else n
+        data = bytes(self._in.buffer[:size])
+        del self._in.buffer[:size]
+        return data
+
+    async def write(self, data: bytes) -> None:
+        await trio.lowlevel.checkpoint()
+        if self._out.broken:
+            raise PeerUnavailableError("stream reset")
+        if self._closed:
+            raise ClosedError("stream closed for writing")
+        self._deliver(functools.partial(self._out.feed, bytes(data)))
+
+    async def close(self) -> None:
+        await trio.lowlevel.checkpoint()
+        if not self._closed:
+            self._closed = True
+            self._deliver(self._out.end)
+
+    async def reset(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self._conn.reset()
+
+    def _deliver(self, action: Callable[[], None]) -> None:
+        net = self._conn.network
+        when = max(trio.current_time() + net._link_latency(self._sender, self._receiver),
+                   self._out.last_delivery)
+        self._out.last_delivery = when
+        net._schedule_at(when, action)
 
 
 class MemoryNetwork:
@@ -133,7 +207,7 @@ class MemoryNetwork:
         self._nodes: dict[str, MemoryOverlay] = {}
         self._edges: dict[str, set[str]] = {}
         self._group: dict[str, int] = {}
-        self._streams: set[_Stream] = set()
+        self._conns: set[_Conn] = set()
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self._index = itertools.count(1)
@@ -227,13 +301,9 @@ class MemoryNetwork:
         for x, y in ((a, b), (b, a)):
             if x in self._nodes:
                 self._nodes[x]._emit(PeerEvent(PeerEventKind.DISCONNECTED, y))
-        for s in list(self._streams):
-            if {s.client.peer_id, s.server.peer_id} == {a, b}:
-                self._reset_stream(s)
-
-    def _reset_stream(self, s: _Stream) -> None:
-        self._streams.discard(s)
-        s.reset()
+        for c in list(self._conns):
+            if {c.client.peer_id, c.server.peer_id} == {a, b}:
+                c.reset()
 
     def _hops_from(self, src: str) -> dict[str, int]:
         cached = self._hops_cache.get(src)
@@ -296,12 +366,18 @@ class MemoryNetwork:
             return
         for other in list(self._edges.get(node.peer_id, ())):
             self._drop_edge(node.peer_id, other)
-        for s in list(self._streams):
-            if node in (s.client, s.server):
-                self._reset_stream(s)
+        for c in list(self._conns):
+            if node in (c.client, c.server):
+                c.reset()
         del self._nodes[node.peer_id]
         self._edges.pop(node.peer_id, None)
         self._topology_changed()
+
+    def _open_conn(self, client: MemoryOverlay, server: MemoryOverlay) -> tuple[_End, _End]:
+        conn = _Conn(self, client, server, _Pipe(), _Pipe())
+        self._conns.add(conn)
+        return (_End(conn, client, server, conn.downstream, conn.upstream),
+                _End(conn, server, client, conn.upstream, conn.downstream))
 
     # ---- gossip -------------------------------------------------------------------------
     def _publish(self, src: MemoryOverlay, topic: str, data: bytes) -> None:
@@ -327,71 +403,6 @@ def _bind_deliver(node: MemoryOverlay, msg: GossipMessage) -> Callable[[], None]
     return lambda: node._deliver_gossip(msg)
 
 
-class _Sender:
-    def __init__(self, net: MemoryNetwork, stream: _Stream) -> None:
-        self._net = net
-        self._stream = stream
-
-    async def send(self, chunk: bytes) -> None:
-        await trio.lowlevel.checkpoint()
-        if self._stream.closed:
-            raise PeerUnavailableError("the requester closed the stream")
-        if len(chunk) + 1 > self._net.max_frame:
-            raise ProtocolError(
-                f"response chunk of {len(chunk)} bytes exceeds the frame limit "
-                f"of {self._net.max_frame}"
-            )
-        _deliver_to_client(self._net, self._stream, (StreamCode.DATA, bytes(chunk)))
-
-
-def _deliver_to_client(
-    net: MemoryNetwork, stream: _Stream, item: tuple[StreamCode, bytes]
-) -> None:
-    delay = net._link_latency(stream.server.peer_id, stream.client.peer_id)
-    when = max(trio.current_time() + delay, stream.last_delivery)
-    stream.last_delivery = when
-
-    def deliver() -> None:
-        if not stream.closed:
-            stream.inbox.send_nowait(item)
-
-    net._schedule_at(when, deliver)
-
-
-class _Response:
-    def __init__(
-        self,
-        recv: trio.MemoryReceiveChannel[tuple[StreamCode, bytes] | _Reset],
-        idle_timeout: float,
-        peer_id: str,
-    ) -> None:
-        self._recv = recv
-        self._idle = idle_timeout
-        self._peer = peer_id
-        self._done = False
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self._done:
-            raise StopAsyncIteration
-        item = await receive_with_idle_timeout(self._recv.receive, self._idle, self._peer)
-        if isinstance(item, _Reset):
-            self._done = True
-            raise PeerUnavailableError(f"stream to peer {self._peer[-8:]} was reset")
-        code, body = item
-        try:
-            data = raise_for_frame(code, body, self._peer)
-        except BaseException:
-            self._done = True
-            raise
-        if data is None:
-            self._done = True
-            raise StopAsyncIteration
-        return data
-
-
 class MemoryOverlay:
     """One node's overlay on a :class:`MemoryNetwork` (see :class:`~wwwserve.overlay.Overlay`)."""
 
@@ -404,6 +415,10 @@ class MemoryOverlay:
         self._validators: dict[str, Validator] = {}
         self._event_sinks: list[trio.MemorySendChannel[PeerEvent]] = []
         self._known: set[str] = set()
+        self._clients: dict[str, MuxClient] = {}
+        #: bytes of unfinished frames that peers' streams to us (in) and ours (out) may hold
+        self.receive_budget_in = ReceiveBudget()
+        self.receive_budget_out = ReceiveBudget()
         self._scope = trio.CancelScope()
         self._open = False
         self.crashed = False
@@ -549,7 +564,7 @@ class MemoryOverlay:
         *,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> AsyncIterator[ResponseStream]:
-        """Send a request to ``peer_id`` and stream the response (see :class:`Overlay`)."""
+        """Send a request to ``peer_id`` over its multiplexed stream; stream back the answer."""
         self._check_open()
         net = self.network
         if len(payload) > net.max_frame:
@@ -559,57 +574,41 @@ class MemoryOverlay:
         if peer_id not in self._known and peer_id not in self.connected_peers():
             await trio.lowlevel.checkpoint()
             raise PeerUnavailableError(f"no known address for peer {peer_id[-8:]}")
-        await self._dial(peer_id)
-        server = net._nodes[peer_id]
-        send, recv = trio.open_memory_channel[tuple[StreamCode, bytes] | _Reset](math.inf)
-        stream = _Stream(client=self, server=server, inbox=send)
-        net._streams.add(stream)
+        client = await self._client(peer_id)
         net.stats.streams_opened += 1
-        net._schedule(net._link_latency(self.peer_id, peer_id),
-                      lambda: server._accept(stream, protocol, bytes(payload)))
+        async with client.request(protocol, payload, idle_timeout) as response:
+            yield response
+
+    async def _client(self, peer_id: str) -> MuxClient:
+        client = self._clients.get(peer_id)
+        if client is not None and not client.broken:
+            return client
+        await self._dial(peer_id)
+        client = self._clients.get(peer_id)  # another request may have opened it meanwhile
+        if client is not None and not client.broken:
+            return client
+        server = self.network._nodes.get(peer_id)
+        if server is None or not server._open or not self._open:
+            raise PeerUnavailableError(f"peer {peer_id[-8:]} went away while dialing")
+        mine, theirs = self.network._open_conn(self, server)
+        client = MuxClient(mine, peer_id, max_frame=self.network.max_frame,
+                           write_timeout=WRITE_TIMEOUT, budget=self.receive_budget_out)
+        self._clients[peer_id] = client
+        self._nursery.start_soon(self._run_client, client)
+        server._nursery.start_soon(server._serve_conn, theirs, self.peer_id)
+        return client
+
+    async def _run_client(self, client: MuxClient) -> None:
         try:
-            yield _Response(recv, idle_timeout, peer_id)
+            await client.run()
         finally:
-            if not stream.closed:
-                stream.closed = True
-                if stream.server_scope is not None:
-                    stream.server_scope.cancel()
-            net._streams.discard(stream)
+            if self._clients.get(client.peer) is client:
+                del self._clients[client.peer]
 
-    def _accept(self, stream: _Stream, protocol: str, payload: bytes) -> None:
-        if stream.closed:
-            return
-        if not self._open or self.network._nodes.get(self.peer_id) is not self:
-            self.network._reset_stream(stream)
-            return
-        handler = self._handlers.get(protocol)
-        if handler is None:
-            stream.finished = True
-            _deliver_to_client(
-                self.network, stream,
-                (StreamCode.ERROR, f"protocol {protocol} not supported".encode()),
-            )
-            return
-        stream.server_scope = trio.CancelScope()
-        self._nursery.start_soon(self._run_handler, stream, handler, payload)
-
-    async def _run_handler(self, stream: _Stream, handler: Handler, payload: bytes) -> None:
-        assert stream.server_scope is not None
-        with stream.server_scope:
-            try:
-                await handler(stream.client.peer_id, payload, _Sender(self.network, stream))
-            except Exception as exc:
-                if not stream.closed:
-                    logger.debug("handler failed for %s: %r", stream.client.peer_id, exc)
-                    stream.finished = True
-                    _deliver_to_client(
-                        self.network, stream,
-                        (StreamCode.ERROR, f"{type(exc).__name__}: {exc}".encode()),
-                    )
-                return
-            if not stream.closed:
-                stream.finished = True
-                _deliver_to_client(self.network, stream, (StreamCode.END, b""))
+    async def _serve_conn(self, stream: ByteStream, peer: str) -> None:
+        await serve_mux_stream(stream, peer, self._handlers.get,
+                               max_frame=self.network.max_frame, write_timeout=WRITE_TIMEOUT,
+                               budget=self.receive_budget_in)
 
 
 @asynccontextmanager
