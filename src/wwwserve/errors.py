@@ -32,6 +32,7 @@ __all__ = [
     "RemoteError",
     "RequestError",
     "StreamBrokenError",
+    "UpstreamError",
     "WWWServeError",
     "leaves",
 ]
@@ -93,7 +94,17 @@ class ClosedError(WWWServeError):
 
 
 class EngineError(WWWServeError):
-    """An inference engine failed a request (HTTP error, bad response, crash mid-stream)."""
+    """An inference engine failed a request (HTTP error, bad response, crash mid-stream).
+
+    ``status`` is the engine's HTTP status where it answered with one, ``retry_after`` the
+    seconds its ``Retry-After`` asked for (both None otherwise).
+    """
+
+    def __init__(self, message: str, *, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
 
 
 class EngineUnavailableError(EngineError):
@@ -167,6 +178,18 @@ class DeadlineExceededError(RequestError):
     """The request's time budget ran out before it completed."""
 
     status = 504
+
+
+class UpstreamError(RequestError):
+    """The engine that ran the request failed it, and no other engine or peer could serve
+    it. The gateway answers with the engine's own verdict: a 429 stays a 429 (with
+    ``Retry-After``), anything else is a 502 carrying the engine's message."""
+
+    def __init__(self, message: str, *, status: int = 502,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
 
 
 class StreamBrokenError(RequestError):

@@ -441,3 +441,38 @@ async def test_an_executor_silent_after_the_whole_answer_is_not_waited_for_long(
             < params.keepalive_interval
         assert (d.stats["offloaded"], d.stats["offload_failed"], d.stats["paid"]) == (1, 0, 1)
         assert "did not end its stream after a whole answer" in caplog.text
+
+
+@pytest.mark.parametrize("leave_at", ["third chunk", "last chunk"])
+async def test_a_user_who_leaves_pays_only_for_an_answer_that_was_whole(
+        autojump_clock, leave_at: str) -> None:
+    """The payment rule of a cancelled offload: paid exactly when the last chunk (with its
+    usage) reached the requester; a request abandoned before that is not paid, and its
+    executor's engine stops at once."""
+    from wwwserve.market import ServePeersOnly
+    from wwwserve.testing import MemoryTestnet
+
+    async with MemoryTestnet(2, seed=4, credit=100.0, policy_wrapper=lambda k, p: (
+            ServePeersOnly(p, 1.0) if k == 0 else p)) as net:
+        user, executor = net.nodes
+        chunks: list[Chunk] = []
+
+        async def emit(chunk: Chunk) -> None:
+            chunks.append(chunk)
+            if (leave_at == "third chunk" and len(chunks) == 3) or \
+                    (leave_at == "last chunk" and chunk.finish_reason is not None):
+                scope.cancel()
+
+        with trio.CancelScope() as scope:
+            await user.dispatcher.submit(request(1, out=400, stream=True), emit)
+        assert scope.cancelled_caught
+        await trio.sleep(1.0)
+        engine = net.engines[1]
+        assert engine.load().running == 0
+        whole = leave_at == "last chunk"
+        assert engine.aborted == (0 if whole else 1)
+        assert user.dispatcher.stats["paid"] == (1 if whole else 0)
+        assert user.credit.balance() + user.credit.stake() == \
+            pytest.approx(100.0 - (1.0 if whole else 0.0))
+        assert executor.credit.balance() + executor.credit.stake() == \
+            pytest.approx(100.0 + (1.0 if whole else 0.0))

@@ -19,9 +19,10 @@ over. An engine started without metrics (``/metrics`` answers 404) is checked th
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -209,6 +210,7 @@ class HTTPEngine:
         else:
             path = "/completions"
             body["prompt"] = request.prompt or ""
+        _check_encodable(body)
         finish: str | None = None
         usage: Usage | None = None
         generated = 0
@@ -247,7 +249,9 @@ class HTTPEngine:
         except openai.APIStatusError as exc:
             if _refused(exc.status_code):
                 raise BadRequestError(f"engine refused the request: {_message(exc)}") from None
-            raise EngineError(f"engine error {exc.status_code}: {_message(exc)}") from None
+            raise EngineError(f"engine answered {exc.status_code}: {_message(exc)}",
+                              status=exc.status_code,
+                              retry_after=_retry_after(exc.response.headers)) from None
         except (openai.APIConnectionError, openai.APIResponseValidationError) as exc:
             self._mark_down(f"{type(exc).__name__}: {exc}")
             raise EngineUnavailableError(f"engine at {self.base_url}: {exc}") from None
@@ -258,8 +262,8 @@ class HTTPEngine:
             code = body.get("code")
             if isinstance(code, int) and _refused(code):
                 raise BadRequestError(f"engine refused the request: {exc.message}") from None
-            raise EngineError(f"engine error in its stream (code {code}): {exc.message}"
-                              ) from None
+            raise EngineError(f"engine error in its stream (code {code}): {exc.message}",
+                              status=code if isinstance(code, int) else None) from None
         except openai.OpenAIError as exc:
             raise EngineError(f"engine at {self.base_url}: {exc}") from None
         except (AttributeError, TypeError, ValueError) as exc:
@@ -330,6 +334,30 @@ def _refused(status: int) -> bool:
     """Whether an engine's error status puts the fault in the request (the user's to fix,
     no use retrying elsewhere): a 4xx other than timeout and rate limit."""
     return 400 <= status < 500 and status not in (408, 429)
+
+
+def _check_encodable(body: dict[str, Any]) -> None:
+    """Raise :class:`BadRequestError` if ``body`` cannot be sent as UTF-8 JSON (a lone
+    surrogate such as ``"\\ud800"`` in a message): the request's own fault, the same on
+    every engine, so not worth a retry anywhere."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadRequestError(f"the request's text is not valid Unicode ({exc.reason} at "
+                              f"position {exc.start})") from None
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds an engine's ``Retry-After`` header asks for (delta-seconds form; an HTTP
+    date or a malformed value is ignored), capped at an hour."""
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return min(3600.0, seconds) if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _message(exc: openai.APIStatusError) -> str:

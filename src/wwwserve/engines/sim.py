@@ -204,6 +204,8 @@ class SimEngine:
         self.generated_tokens = 0
         #: requests retracted (preempted) for lack of KV, since the start
         self.retracted = 0
+        #: requests their client abandoned before they finished (their KV freed at once)
+        self.aborted = 0
 
     # ---- Engine protocol --------------------------------------------------------------------
     @property
@@ -261,6 +263,7 @@ class SimEngine:
                                self.profile.kv_capacity_tokens - prompt - 1))
         self._waiting.append(req)
         self._wake.set()
+        finished = False
         try:
             async with receive:
                 async for item in receive:
@@ -268,9 +271,12 @@ class SimEngine:
                         raise item
                     await emit(item)
                     if item.finish_reason is not None:
+                        finished = True
                         return item.usage or Usage(prompt, req.generated)
             raise EngineError("simulated engine stopped")
         finally:
+            if not finished:
+                self.aborted += 1
             req.cancelled = True
             self._wake.set()
 

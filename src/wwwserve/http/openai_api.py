@@ -32,7 +32,13 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from ..engines import ChatMessage, Chunk, CompletionRequest, Emit, Usage
-from ..errors import BadRequestError, NoCapacityError, RequestError, WWWServeError
+from ..errors import (
+    BadRequestError,
+    NoCapacityError,
+    RequestError,
+    UpstreamError,
+    WWWServeError,
+)
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -109,9 +115,20 @@ def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float
     return float(value)
 
 
+def _text(value: str, where: str) -> str:
+    """``value``, if it can be encoded as UTF-8 (JSON lets a body carry a lone surrogate
+    such as ``"\\ud800"``, which no engine can be sent)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _bad(f"{where}: not valid Unicode ({exc.reason} at position {exc.start})",
+                   where) from None
+    return value
+
+
 def _content(value: Any, where: str) -> str:
     if isinstance(value, str):
-        return value
+        return _text(value, where)
     if isinstance(value, list):
         parts = []
         for i, part in enumerate(value):
@@ -119,7 +136,7 @@ def _content(value: Any, where: str) -> str:
                     and isinstance(part.get("text"), str)):
                 raise _bad(f"{where}[{i}]: only text content parts "
                            "({'type': 'text', 'text': ...}) are supported", where)
-            parts.append(part["text"])
+            parts.append(_text(part["text"], f"{where}[{i}].text"))
         return "".join(parts)
     if value is None:
         return ""
@@ -146,6 +163,7 @@ def parse_completion(raw: bytes, *, chat: bool, request_id: str | None = None,
     model = body.get("model", "auto")
     if not isinstance(model, str) or not model:
         raise _bad("model: must be a non-empty string", "model")
+    _text(model, "model")
     n = body.get("n", 1)
     if isinstance(n, bool) or n != 1:
         raise _bad(f"n: only n=1 is supported, got {n!r}", "n")
@@ -161,8 +179,8 @@ def parse_completion(raw: bytes, *, chat: bool, request_id: str | None = None,
             if not isinstance(m, dict) or not isinstance(m.get("role"), str):
                 raise _bad(f"messages[{i}]: must be an object with a string 'role'",
                            "messages")
-            out.append(ChatMessage(m["role"], _content(m.get("content"),
-                                                       f"messages[{i}].content")))
+            out.append(ChatMessage(_text(m["role"], f"messages[{i}].role"),
+                                   _content(m.get("content"), f"messages[{i}].content")))
         messages = tuple(out)
     else:
         p = body.get("prompt")
@@ -170,7 +188,7 @@ def parse_completion(raw: bytes, *, chat: bool, request_id: str | None = None,
             p = p[0]
         if not isinstance(p, str):
             raise _bad("prompt: must be a string (one prompt per request)", "prompt")
-        prompt = p
+        prompt = _text(p, "prompt")
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None \
         else "max_tokens"
     mt = body.get(key)
@@ -253,7 +271,8 @@ def stream_chunk(request: CompletionRequest, created: int, *, text: str | None =
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                 404: "not_found_error", 405: "invalid_request_error",
-                413: "invalid_request_error", 503: "service_unavailable",
+                413: "invalid_request_error", 429: "rate_limit_error",
+                501: "not_implemented", 503: "service_unavailable",
                 504: "timeout", 502: "upstream_error"}
 
 
@@ -359,6 +378,8 @@ class OpenAIApp:
         self.max_tokens_default = max_tokens_default
         self.health = health
         self.on_done = on_done
+        #: requests whose outcome was reported (by id of the request object, while running)
+        self._finished: dict[int, bool] = {}
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/completions"): self._text,
@@ -444,13 +465,24 @@ class OpenAIApp:
             await send_json(send, 400, error_body(400, str(exc), getattr(exc, "param", None)))
             return
         request = parsed.request
-        if request.stream:
-            await self._stream(request, parsed.include_usage, send)
-        else:
-            await self._whole(request, send)
+        start = trio.current_time()
+        # a client that goes away cancels its request: the engine's (or the executor's)
+        # work stops at once rather than running to the end for nobody
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+            if request.stream:
+                await self._stream(request, parsed.include_usage, send)
+            else:
+                await self._whole(request, send)
+            nursery.cancel_scope.cancel()
+        if nursery.cancel_scope.cancelled_caught and not self._finished.pop(id(request), False):
+            logger.info("request %s cancelled: the client went away", request.request_id)
+            self._done(request, "cancelled", start, None)
+        self._finished.pop(id(request), None)
 
     def _done(self, request: CompletionRequest, outcome: str, start: float,
               first: float | None) -> None:
+        self._finished[id(request)] = True
         if self.on_done is not None:
             now = trio.current_time()
             self.on_done(outcome, now - start, None if first is None else first - start)
@@ -536,12 +568,23 @@ class OpenAIApp:
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
 
+async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` when the client disconnects (the body was read already)."""
+    while True:
+        event = await receive()
+        if event["type"] == "http.disconnect":
+            scope.cancel()
+            return
+
+
 def _outcome(status: int) -> str:
-    return {400: "bad_request", 404: "not_found", 502: "broken", 503: "no_capacity",
-            504: "deadline"}.get(status, "error")
+    return {400: "bad_request", 404: "not_found", 429: "rate_limited", 502: "broken",
+            503: "no_capacity", 504: "deadline"}.get(status, "error")
 
 
 def _retry_headers(exc: BaseException) -> list[tuple[str, str]]:
-    if isinstance(exc, NoCapacityError):
-        return [("retry-after", str(max(1, math.ceil(exc.retry_after))))]
-    return []
+    retry_after = getattr(exc, "retry_after", None) \
+        if isinstance(exc, NoCapacityError | UpstreamError) else None
+    if retry_after is None:
+        return []
+    return [("retry-after", str(max(1, math.ceil(retry_after))))]

@@ -3,7 +3,8 @@
 Serves ``/v1/chat/completions`` and ``/v1/completions`` (SSE streaming and not),
 ``/v1/models``, ``/health`` and ``/metrics`` with SGLang's metric names
 (``sglang:token_usage``, ``sglang:num_running_reqs``, ``sglang:num_queue_reqs``, token
-counters), so the HTTP engine driver and laptop testnets need no GPU. Time is the wall
+counters, and `sglang:num_aborted_requests`, wwwserve's own count of requests whose client went
+away), so the HTTP engine driver and laptop testnets need no GPU. Time is the wall
 clock here: a request takes as long as the profile says it would on the real GPU.
 """
 
@@ -47,6 +48,11 @@ class _SGLangCollector(Collector):
         c = CounterMetricFamily("sglang:num_requests", "Number of requests processed.",
                                 labels=labels)
         c.add_metric(values, float(self.engine.completed))
+        yield c
+        c = CounterMetricFamily("sglang:num_aborted_requests", "Number of requests aborted "
+                                "before they finished (their client went away).",
+                                labels=labels)
+        c.add_metric(values, float(self.engine.aborted))
         yield c
 
 

@@ -14,6 +14,11 @@ Non-streamed requests are buffered per attempt, so a failed attempt leaves no tr
 An answer counts once its last chunk (with its usage) arrived: if the executor's stream then
 breaks, or its receipt and end do not follow within ``probe_timeout``, the answer stands.
 A request is paid for once, only after it completed, by request id.
+
+A local engine that fails a request (:class:`~wwwserve.errors.EngineError`) rests for that
+request with capped exponential backoff (:mod:`.backoff`); meanwhile the request fails over
+to a peer whatever the policy's offload frequency, and after a few failures with nobody
+else to serve it the user gets the engine's verdict (a 429 stays a 429).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from ..log import tracing
 from ..membership import PeerStatus
 from ..overlay import Overlay
 from ..sampling import weighted_sample
+from .backoff import Backoff, BackoffParams
 from .claims import Claims
 from .local import Local, LocalModel, serves
 from .messages import OFFLOAD_PROTOCOL, PROBE_PROTOCOL
@@ -150,8 +156,11 @@ class Requester:
 
     def __init__(self, local: Local, *, overlay: Overlay, params: DispatchParams,
                  stakes: Callable[[], Mapping[str, float]] | None = None,
-                 duels: DuelRunner | None = None, id_prefix: str | None = None) -> None:
+                 duels: DuelRunner | None = None, id_prefix: str | None = None,
+                 backoff: BackoffParams | None = None) -> None:
         self.local = local
+        #: how a request retries a local engine that failed it
+        self.backoff = backoff if backoff is not None else BackoffParams()
         self.overlay = overlay
         self.params = params
         #: where peers' stakes come from: the ledger if given, else their heartbeats
@@ -210,6 +219,7 @@ class Requester:
         arrived = trio.current_time()
         deadline = arrived + request.timeout
         sink = UserSink(emit, request.stream)
+        backoff = Backoff(self.backoff)
         local.waiting += 1
         waiting = True
         try:
@@ -217,14 +227,24 @@ class Requester:
                 if local.closed:
                     raise ClosedError("the node is stopping")
                 changed = local.changed
-                view = local.view(request.model)
-                if not view.models and not self._eligible(request, route):
+                now = trio.current_time()
+                full = local.view(request.model)
+                if not full.models and not self._eligible(request, route):
                     self.stats["no_capacity"] += 1
                     raise NoCapacityError(
                         f"no available engine serves {request.model!r} here or on a live "
                         "peer; retry later", retry_after=1.0)
+                if backoff.exhausted and not self._eligible(request, route):
+                    self.stats["engine_gave_up"] += 1
+                    raise backoff.error(
+                        f"the local engine failed this request {backoff.failures} times "
+                        "and no peer serves its model")
+                view = backoff.filter(full, now)
                 name = policy.run_locally(view)
-                if name is None and policy.offload(view, self.rng) \
+                # a local engine that failed this request and rests: fail over to a peer
+                # whatever the policy's offload frequency (the alternative is failing it)
+                failover = bool(backoff.failures) and not view.models
+                if name is None and (failover or policy.offload(view, self.rng)) \
                         and local.credit.balance() >= self.params.reward:
                     local.waiting -= 1
                     waiting = False
@@ -238,7 +258,7 @@ class Requester:
                         return usage
                     local.waiting += 1
                     waiting = True
-                    view = local.view(request.model)
+                    view = backoff.filter(local.view(request.model), trio.current_time())
                 if name is None:
                     name = policy.queue(view, self.rng)
                     if name is not None:
@@ -246,7 +266,8 @@ class Requester:
                 if name is not None:
                     local.waiting -= 1
                     waiting = False
-                    usage = await self._run_local(local.by_name(name), request, sink, deadline)
+                    usage = await self._run_local(local.by_name(name), request, sink, deadline,
+                                                  backoff)
                     if usage is not None:
                         self.stats["local"] += 1
                         logger.info("served here on %s (%d tokens)", name,
@@ -256,12 +277,15 @@ class Requester:
                     waiting = True
                 # (a node stopping now notifies: the wait ends at once, the loop's top raises)
                 self.stats["deferred"] += 1
-                with trio.move_on_at(deadline):
+                wake = backoff.wake_at(trio.current_time())
+                with trio.move_on_at(deadline if wake is None else min(deadline, wake)):
                     await changed.wait()
                 if trio.current_time() >= deadline:
                     self.stats["deadline"] += 1
+                    why = f"; the local engine said: {backoff.last}" if backoff.last else ""
                     raise DeadlineExceededError(
-                        f"request {request.request_id} not served within {request.timeout:g} s")
+                        f"request {request.request_id} not served within "
+                        f"{request.timeout:g} s{why}")
         finally:
             if waiting:
                 local.waiting -= 1
@@ -272,7 +296,7 @@ class Requester:
         return replace(request, request_id=market_id, trace_id=request.trace)
 
     async def _run_local(self, model: LocalModel, request: CompletionRequest, sink: UserSink,
-                         deadline: float) -> Usage | None:
+                         deadline: float, backoff: Backoff) -> Usage | None:
         scope = trio.CancelScope()  # cancelled if the node stops under it
         if self.local.closed:
             scope.cancel()
@@ -292,9 +316,16 @@ class Requester:
             self.local.speeds.measured(self.local.peer_id, meter)
             await sink.finish()
             return usage
-        except (EngineError, trio.TooSlowError) as exc:
+        except EngineError as exc:
             self.stats["local_failed"] += 1
-            sink.failed(f"local engine: {exc!r}")
+            rest = backoff.failed(model.name, exc, trio.current_time(), self.rng)
+            logger.info("local engine %s failed (%s); not retried for %.2f s", model.name,
+                        exc, rest)
+            sink.failed(f"the local engine failed: {exc}")
+            return None
+        except trio.TooSlowError:
+            self.stats["local_failed"] += 1
+            sink.failed(f"the request's deadline of {request.timeout:g} s passed")
             return None
         finally:
             self._local_runs.discard(scope)
@@ -423,6 +454,7 @@ class Requester:
         sent = trio.current_time()
         stream = RequesterStream()
         started = False
+        settled: Usage | None = None
         meter = Meter()
         try:
             with trio.move_on_at(deadline):
@@ -446,6 +478,12 @@ class Requester:
                         event = stream.receive(await anext(frames))
                         if isinstance(event, Data):
                             meter.note(event.chunk, trio.current_time())
+                            if stream.whole:
+                                # paid before the last chunk reaches the user, with no
+                                # checkpoint between: a user who leaves now cannot take
+                                # the whole answer unpaid
+                                settled = self._settle(executor, request, stream, meter,
+                                                       sink)
                             await sink.send(event.chunk)
                         # else a keepalive: the executor is alive, the answer not moving yet
                     # the answer is whole: hand it over now. The executor's receipt and the
@@ -482,13 +520,28 @@ class Requester:
                            executor[-8:], exc)
         if not started:
             return REFUSED  # the deadline passed before the executor answered
-        usage = stream.usage
-        if usage is None:
+        if settled is None:
             self.stats["offload_failed"] += 1
             sink.failed(f"executor {executor[-8:]} ended without finishing")
             return None
+        return settled
+
+    def _settle(self, executor: str, request: CompletionRequest, stream: RequesterStream,
+                meter: Meter, sink: AnswerSink) -> Usage | None:
+        """The answer is whole: pay for it (synchronously) and count it; its usage, or None
+        if its last chunk came without one.
+
+        The payment rule: a request is paid exactly when its whole answer (the last chunk,
+        with its usage) reached this node. One cancelled before that is not paid, however
+        much of it was streamed (the executor delivered no whole answer); one whose user
+        leaves after it is paid (the user could have had all of it). Only the requester
+        signs a payment, so an executor cannot claim pay for work it did not deliver.
+        """
+        usage = stream.usage
+        if usage is None:
+            return None
         self.local.speeds.measured(executor, meter)
-        if self.local.credit.pay(executor, params.reward, request.request_id):
+        if self.local.credit.pay(executor, self.params.reward, request.request_id):
             self.stats["paid"] += 1
         self.stats["duel_copies" if sink.duel_copy else "offloaded"] += 1
         if sink.duel_copy:

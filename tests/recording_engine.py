@@ -1,0 +1,112 @@
+"""A recording OpenAI-compatible engine for tests: it keeps every request it gets (body and
+headers) and answers as told (a status with headers, or a short answer)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from wwwserve.http.server import serve_http
+
+METRICS = b"""# TYPE sglang:token_usage gauge
+sglang:token_usage 0.1
+# TYPE sglang:num_running_reqs gauge
+sglang:num_running_reqs 0
+# TYPE sglang:num_queue_reqs gauge
+sglang:num_queue_reqs 0
+"""
+
+
+@dataclass
+class Recording:
+    """What the engine got, and how it answers completions (``status`` 200: an answer)."""
+
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    status: int = 200
+    reply_headers: list[tuple[str, str]] = field(default_factory=list)
+    message: str = "engine says no"
+    url: str = ""
+
+    @property
+    def calls(self) -> int:
+        """Completion requests received."""
+        return len(self.bodies)
+
+
+def _answer(body: dict[str, Any]) -> tuple[bytes, bytes]:
+    chat = "messages" in body
+    if body.get("stream"):
+        delta = {"delta": {"role": "assistant", "content": "ok"}} if chat else {"text": "ok"}
+        events = [{"choices": [{"index": 0, **delta, "finish_reason": None}]},
+                  {"choices": [{"index": 0, **({"delta": {}} if chat else {"text": ""}),
+                                "finish_reason": "stop"}]},
+                  {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1,
+                                            "total_tokens": 4}}]
+        data = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+        return data + b"data: [DONE]\n\n", b"text/event-stream"
+    choice = ({"message": {"role": "assistant", "content": "ok"}} if chat else {"text": "ok"})
+    return json.dumps({"choices": [{"index": 0, **choice, "finish_reason": "stop"}],
+                       "usage": {"prompt_tokens": 3, "completion_tokens": 1,
+                                 "total_tokens": 4}}).encode(), b"application/json"
+
+
+def recording_app(rec: Recording) -> Any:
+    """The ASGI app of a recording engine."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                event = await receive()
+                if event["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif event["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        data = b""
+        while True:
+            event = await receive()
+            data += event.get("body", b"")
+            if not event.get("more_body"):
+                break
+        headers = [(b"content-type", b"application/json")]
+        if scope["path"] == "/metrics":
+            payload, headers = METRICS, [(b"content-type", b"text/plain")]
+            status = 200
+        elif scope["path"] == "/health":
+            payload, status = b"{}", 200
+        else:
+            body = json.loads(data)
+            rec.bodies.append(body)
+            rec.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
+            status = rec.status
+            if status == 200:
+                payload, kind = _answer(body)
+                headers = [(b"content-type", kind)]
+            else:
+                payload = json.dumps({"error": {"message": rec.message, "type": "error",
+                                                "param": None, "code": status}}).encode()
+                headers += [(k.encode(), v.encode()) for k, v in rec.reply_headers]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    return app
+
+
+@asynccontextmanager
+async def recording_engine(**behaviour: Any) -> AsyncIterator[Recording]:
+    """A recording engine on a free loopback port (its base URL in ``url``)."""
+    rec = Recording(**behaviour)
+    async with trio.open_nursery() as nursery:
+        rec.url = await nursery.start(serve_http, recording_app(rec), "127.0.0.1", 0)
+        try:
+            yield rec
+        finally:
+            nursery.cancel_scope.cancel()
