@@ -4,14 +4,34 @@ headers) and answers as told (a status with headers, or a short answer)."""
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import trio
 
+from waiting import wait_until
+from wwwserve.config import (
+    GatewayParams,
+    MembershipParams,
+    ModelConfig,
+    NetworkParams,
+    NodeConfig,
+    ServerParams,
+)
+from wwwserve.engines import Engine, SimEngine, get_profile
+from wwwserve.engines.http import HTTPEngine
 from wwwserve.http.server import serve_http
+from wwwserve.identity import Identity
+from wwwserve.market import CreditBook
+from wwwserve.node import Node
+from wwwserve.overlay import MemoryNetwork
+
+MODEL = "Qwen/Qwen3-8B"
+PARAMS = MembershipParams(heartbeat_interval=0.2, suspect_timeout=1.0, peer_timeout=2.0)
 
 METRICS = b"""# TYPE sglang:token_usage gauge
 sglang:token_usage 0.1
@@ -110,3 +130,37 @@ async def recording_engine(**behaviour: Any) -> AsyncIterator[Recording]:
             yield rec
         finally:
             nursery.cancel_scope.cancel()
+
+
+PARAMS = MembershipParams(heartbeat_interval=0.2, suspect_timeout=1.0, peer_timeout=2.0)
+
+
+@asynccontextmanager
+async def node_in_front_of(rec: Recording, *, peer: bool = False, **gateway: Any
+                           ) -> AsyncIterator[httpx.AsyncClient]:
+    """A node whose only local engine is ``rec``, with its gateway; with ``peer``, a second
+    node serving the same model on a healthy simulated engine."""
+    book = CreditBook(shared=True)
+    async with MemoryNetwork(seed=3, latency=0.0005) as net, trio.open_nursery() as nursery:
+        nodes: list[Node] = []
+        for i in range(2 if peer else 1):
+            ident = Identity.from_seed(bytes([i + 9]) * 32)
+            engine: Engine = HTTPEngine(rec.url, MODEL, scrape_interval=0.05) if i == 0 \
+                else SimEngine(get_profile("h100/qwen3-8b"), models=(MODEL,), seed=i)
+            cfg = NodeConfig(
+                server_params=ServerParams(offload_frequency=0.0, queue_frequency=1.0,
+                                           accept_frequency=1.0),
+                models=(ModelConfig(model_path=MODEL, engine="sim"),),
+                network=NetworkParams(network_id="ef", bootstrap=tuple(
+                    n.addresses[0] for n in nodes)),
+                membership=PARAMS, gateway=GatewayParams(port=0, enabled=i == 0, **gateway))
+            node = Node(cfg, identity=ident, overlay=net.node(ident), engines={MODEL: engine},
+                        credit=book.open(ident.peer_id, 100.0, 10.0), rng=random.Random(i))
+            await nursery.start(node.run)
+            nodes.append(node)
+        if peer:
+            await wait_until(lambda: len(nodes[0].membership.peers) == 1, within=10,
+                             what="the nodes see each other")
+        async with httpx.AsyncClient(base_url=nodes[0].gateway_url, timeout=30) as client:
+            yield client
+        nursery.cancel_scope.cancel()

@@ -321,11 +321,19 @@ class GatewayParams:
     max_body_bytes: int = 4 * 1024 * 1024
     #: default and maximum time budget of one request, in seconds
     request_timeout: float = 600.0
+    #: browser origins allowed to call the API (CORS); ``*`` allows any; none by default
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _port(self, "port")
         _positive(self, "max_body_bytes")
         _positive(self, "request_timeout")
+        for i, origin in enumerate(self.cors_origins):
+            if origin != "*" and not re.match(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$",
+                                              str(origin)):
+                raise ConfigError(
+                    f"cors_origins[{i}]: must be '*' or an origin like "
+                    f"https://app.example.com (scheme, host, optional port), got {_fmt(origin)}")
         if self.api_key in ("None", "none", "null", ""):
             object.__setattr__(self, "api_key", None)
 

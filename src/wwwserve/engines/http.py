@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -217,6 +218,8 @@ class HTTPEngine:
         # streamed events carry a "delta" per choice, a plain chat answer a "message"
         key = ("delta" if streamed else "message") if request.is_chat else None
         options: Any = {"timeout": min(self.timeout, request.timeout)}
+        if _TRACE_RE.match(request.trace):  # (a peer's trace id is checked before a header)
+            options["headers"] = {"X-Request-Id": request.trace}
         try:
             if streamed:
                 events: Any = await self._client.post(
@@ -334,6 +337,9 @@ def _refused(status: int) -> bool:
     """Whether an engine's error status puts the fault in the request (the user's to fix,
     no use retrying elsewhere): a 4xx other than timeout and rate limit."""
     return 400 <= status < 500 and status not in (408, 429)
+
+
+_TRACE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 def _check_encodable(body: dict[str, Any]) -> None:

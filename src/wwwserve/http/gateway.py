@@ -149,7 +149,7 @@ class Gateway:
         self.app = OpenAIApp(
             node.submit, node.models, api_key=params.api_key,
             max_body=params.max_body_bytes, timeout=params.request_timeout,
-            health=node.healthy, on_done=self._observe)
+            health=node.healthy, on_done=self._observe, cors_origins=params.cors_origins)
         self.app.route("GET", "/metrics", metrics_handler(self.registry))
         self.app.route("GET", "/status", self._status)
         self.app.route("GET", "/ledger", self._ledger)

@@ -368,8 +368,11 @@ class OpenAIApp:
         health: Callable[[], bool] = lambda: True,
         on_done: Callable[[str, float, float | None], None] | None = None,
         headers_at_once: bool = False,
+        cors_origins: Iterable[str] = (),
     ) -> None:
         self.generate = generate
+        #: origins allowed to call from a browser (CORS); "*" allows any
+        self.cors_origins = frozenset(cors_origins)
         self.headers_at_once = headers_at_once
         self.models = models
         self.api_key = api_key
@@ -385,6 +388,9 @@ class OpenAIApp:
             ("POST", "/v1/completions"): self._text,
             ("GET", "/v1/models"): self._models,
             ("GET", "/health"): self._health,
+            ("POST", "/v1/embeddings"): _not_implemented("embeddings"),
+            ("POST", "/v1/responses"): _not_implemented(
+                "the Responses API (use /v1/chat/completions)"),
         }
 
     def route(self, method: str, path: str, handler: Handler) -> None:
@@ -403,8 +409,14 @@ class OpenAIApp:
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
+        send = self._with_cors(scope, send)
         handler = self.routes.get((method, path))
+        if handler is None and method == "GET" and path.startswith("/v1/models/"):
+            handler = self._model
         try:
+            if method == "OPTIONS" and self.cors_origins:
+                await self._preflight(scope, send)
+                return
             if handler is None:
                 if any(p == path for _, p in self.routes):
                     raise _HTTPError(405, f"method {method} not allowed on {path}")
@@ -435,6 +447,49 @@ class OpenAIApp:
         data = [{"id": m, "object": "model", "created": created, "owned_by": "wwwserve"}
                 for m in sorted(set(self.models()))]
         await send_json(send, 200, {"object": "list", "data": data})
+
+    async def _model(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name = scope["path"][len("/v1/models/"):]
+        if name not in set(self.models()):
+            raise _HTTPError(404, f"model {name!r} is not served in this network")
+        await send_json(send, 200, {"id": name, "object": "model",
+                                    "created": int(time.time()), "owned_by": "wwwserve"})
+
+    def _allowed_origin(self, scope: Scope) -> str | None:
+        if not self.cors_origins:
+            return None
+        for name, value in scope.get("headers", ()):
+            if name == b"origin":
+                origin = str(value.decode("latin-1"))
+                if "*" in self.cors_origins:
+                    return "*"
+                return origin if origin in self.cors_origins else None
+        return None
+
+    def _with_cors(self, scope: Scope, send: Send) -> Send:
+        """``send``, adding CORS headers to the response when the origin is allowed."""
+        origin = self._allowed_origin(scope)
+        if origin is None:
+            return send
+        extra = [(b"access-control-allow-origin", origin.encode()),
+                 (b"access-control-expose-headers", b"x-request-id, retry-after")]
+        if origin != "*":
+            extra.append((b"vary", b"origin"))
+
+        async def cors_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            await send(message)
+
+        return cors_send
+
+    async def _preflight(self, scope: Scope, send: Send) -> None:
+        allowed = self._allowed_origin(scope) is not None
+        headers = [("access-control-allow-methods", "GET, POST, OPTIONS"),
+                   ("access-control-allow-headers",
+                    "authorization, content-type, x-request-id"),
+                   ("access-control-max-age", "600")] if allowed else []
+        await send_response(send, 204 if allowed else 403, b"", "text/plain", headers)
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
         ok = self.health()
@@ -566,6 +621,13 @@ class OpenAIApp:
             await event(stream_chunk(request, created, usage=usage))
         self._done(request, "ok", start, first)
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+def _not_implemented(what: str) -> Handler:
+    async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+        raise _HTTPError(501, f"{scope['path']}: {what} is not implemented by wwwserve")
+
+    return refuse
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
