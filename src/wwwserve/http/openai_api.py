@@ -1,5 +1,7 @@
 """The OpenAI-compatible HTTP API, as a small ASGI application over a ``generate`` backend.
 
+One job: the OpenAI API's HTTP surface (parse a request, format an answer, serve both).
+
 Both the node's gateway and ``wwwserve sim-engine`` speak this API; they differ only in the
 backend that produces the chunks and in their ``/metrics``. Parsing and formatting are plain
 functions (sans-IO): :func:`parse_completion` turns a request body into a
