@@ -52,6 +52,8 @@ class Recording:
     reply_headers: list[tuple[str, str]] = field(default_factory=list)
     message: str = "engine says no"
     url: str = ""
+    #: the answer to give instead of "ok": (streamed events, the whole response)
+    script: tuple[list[dict[str, Any]], dict[str, Any]] | None = None
 
     @property
     def calls(self) -> int:
@@ -59,7 +61,55 @@ class Recording:
         return len(self.bodies)
 
 
-def _answer(body: dict[str, Any]) -> tuple[bytes, bytes]:
+#: the name the engine answers under (as vLLM's ``--served-model-name``)
+SERVED = "served/qwen3-8b"
+
+_CALL_ARGS = '{"city":"Paris"}'
+_LOGPROBS = [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": [
+    {"token": t, "logprob": lp, "bytes": list(t.encode())}]} for t, lp in (("a", -0.5),
+                                                                          ("b", -1.25))]
+
+
+def tool_call_script() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """An engine's answer that thinks, then calls a tool, with logprobs: streamed and whole."""
+    meta = {"id": "chatcmpl-engine", "object": "chat.completion.chunk", "created": 1,
+            "model": SERVED, "system_fingerprint": "fp-engine"}
+    events = [
+        {**meta, "choices": [{"index": 0, "delta": {"role": "assistant", "content": None,
+                                                    "reasoning_content": "Weather, "},
+                              "logprobs": None, "finish_reason": None}]},
+        {**meta, "choices": [{"index": 0, "delta": {"reasoning_content": "so a tool."},
+                              "logprobs": None, "finish_reason": None}]},
+        {**meta, "choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "id": "call_9", "type": "function",
+             "function": {"name": "get_weather", "arguments": ""}}]},
+            "logprobs": {"content": _LOGPROBS[:1]}, "finish_reason": None}]},
+        {**meta, "choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "function": {"arguments": _CALL_ARGS}}]},
+            "logprobs": {"content": _LOGPROBS[1:]}, "finish_reason": "tool_calls"}]},
+        {**meta, "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 9,
+                                          "total_tokens": 21}},
+    ]
+    whole = {"id": "chatcmpl-engine", "object": "chat.completion", "created": 1,
+             "model": SERVED, "system_fingerprint": "fp-engine",
+             "choices": [{"index": 0, "message": {
+                 "role": "assistant", "content": None,
+                 "reasoning_content": "Weather, so a tool.",
+                 "tool_calls": [{"id": "call_9", "type": "function", "function": {
+                     "name": "get_weather", "arguments": _CALL_ARGS}}]},
+                 "logprobs": {"content": _LOGPROBS}, "finish_reason": "tool_calls"}],
+             "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}}
+    return events, whole
+
+
+def _answer(body: dict[str, Any], script: tuple[list[dict[str, Any]], dict[str, Any]] | None
+            = None) -> tuple[bytes, bytes]:
+    if script is not None:
+        events, whole = script
+        if body.get("stream"):
+            data = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+            return data + b"data: [DONE]\n\n", b"text/event-stream"
+        return json.dumps(whole).encode(), b"application/json"
     chat = "messages" in body
     if body.get("stream"):
         delta = {"delta": {"role": "assistant", "content": "ok"}} if chat else {"text": "ok"}
@@ -108,7 +158,7 @@ def recording_app(rec: Recording) -> Any:
             rec.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
             status = rec.status
             if status == 200:
-                payload, kind = _answer(body)
+                payload, kind = _answer(body, rec.script)
                 headers = [(b"content-type", kind)]
             else:
                 payload = json.dumps({"error": {"message": rec.message, "type": "error",

@@ -1,5 +1,7 @@
 """Node configuration: frozen dataclasses and a strict YAML loader.
 
+One job: what a node's YAML may say, checked when it loads.
+
 The YAML schema is the WWW.Serve paper's (``server_params``, ``ledger_params``, ``models`` with
 ``gen_params`` and ``dispatch_params``), plus optional sections with defaults: ``node`` (name,
 data directory, key file), ``network`` (network id, listen address, bootstrap peers),
@@ -124,22 +126,43 @@ class LedgerParams:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GenParams:
-    """``gen_params``: default sampling parameters applied to requests for this model."""
+    """``gen_params``: this provider's default sampling parameters for this model.
 
-    max_tokens: int = 8192
-    temperature: float = 0.0
-    top_p: float = 1.0
+    Applied to every request this model runs (its own users' and its peers') where the
+    request does not set the field: the user's values win. A field left out (null) is not
+    sent, so the engine's own default applies.
+    """
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
     top_k: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
 
     def __post_init__(self) -> None:
-        _positive(self, "max_tokens")
-        _non_negative(self, "temperature")
-        if not 0.0 < self.top_p <= 1.0:
+        if self.max_tokens is not None:
+            _positive(self, "max_tokens")
+        if self.temperature is not None:
+            _non_negative(self, "temperature")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p: must be a number in (0, 1], got {_fmt(self.top_p)}")
         if self.top_k is not None and self.top_k < 1 and self.top_k != -1:
             raise ConfigError(f"top_k: must be >= 1 (or -1 for no limit), got {self.top_k}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if value is not None and not -2.0 <= value <= 2.0:
+                raise ConfigError(f"{name}: must be a number in [-2, 2], got {_fmt(value)}")
+
+    def defaults(self) -> dict[str, int | float]:
+        """The fields that are set, as request fields."""
+        out: dict[str, int | float] = {}
+        for name in ("max_tokens", "temperature", "top_p", "top_k", "presence_penalty",
+                     "frequency_penalty"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -275,7 +275,8 @@ class Node:
                                     timeout=self.config.gateway.request_timeout)
             self._engines[mc.model_path] = engine
             models.append(LocalModel(mc.model_path, engine,
-                                     mc.dispatch_params.target_token_usage))
+                                     mc.dispatch_params.target_token_usage,
+                                     mc.gen_params.defaults()))
         return models
 
     async def submit(self, request: CompletionRequest, emit: Emit) -> Usage:
@@ -301,8 +302,11 @@ class Node:
                                       load.healthy))
         ledger = self._ledger
         ledger_status = None
+        submitted = dispatcher.stats["payments_submitted"]
+        confirmed = submitted  # a credit book settles at once
         if ledger is not None:
             chain = ledger.chain
+            confirmed = chain.state.payments_made.get(self.peer_id, 0)
             ledger_status = LedgerStatus(
                 height=chain.height, finalized_height=chain.finalized_height,
                 pending=len(chain.pool), events={**chain.stats, **ledger.stats})
@@ -316,7 +320,8 @@ class Node:
             duels=dict(self.duels.stats),
             ratings={peer: RatingRow(rec.rating, rec.wins, rec.losses, rec.ties)
                      for peer, rec in self.ratings().items()},
-            ledger=ledger_status)
+            ledger=ledger_status,
+            payments={"submitted": submitted, "confirmed": confirmed})
 
     def ledger_json(self, last: int, *, accounts: bool = True) -> dict[str, object] | None:
         """The ledger's JSON summary with its ``last`` blocks (and, with ``accounts``, every

@@ -119,7 +119,7 @@ async def test_five_processes_agree_and_a_killed_node_resumes_from_disk(tmp_path
                                        max_retries=0, timeout=60)
             await burst(users, 16)
             before = await status(client, nodes[0])
-            assert before["dispatch"].get("paid", 0) > 0
+            assert before["dispatch"].get("payments_submitted", 0) > 0
             ledgers = await agree(client, nodes, 40)
             assert ledgers[0]["height"] > 3
             metrics = await client.get(nodes[1]["gateway"] + "/metrics", cast_to=str)
@@ -146,8 +146,8 @@ async def test_five_processes_agree_and_a_killed_node_resumes_from_disk(tmp_path
             assert back["ledger"]["stats"]["blocks_loaded"] >= height_at_kill
             ledgers = await agree(client, nodes, 60)
             assert ledgers[4]["height"] > height_at_kill
-            paid = (await status(client, nodes[0]))["dispatch"]["paid"]
-            assert paid > before["dispatch"]["paid"]
+            paid = (await status(client, nodes[0]))["dispatch"]["payments_submitted"]
+            assert paid > before["dispatch"]["payments_submitted"]
         finally:
             await client.close()
             if users is not None:

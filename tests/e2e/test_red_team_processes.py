@@ -366,7 +366,7 @@ async def attack(client: openai.AsyncOpenAI, nodes: list[dict[str, Any]],
         size = (data / f"n{k}" / "blocks").stat().st_size
         assert size < 4 * MiB, (k, size)
     # 5/9. n0's payments applied through the flood, none stuck behind a duplicate
-    paid = (await get(client, nodes[0], "/status"))["dispatch"].get("paid", 0)
+    paid = (await get(client, nodes[0], "/status"))["dispatch"].get("payments_submitted", 0)
     assert paid > 0
     me = nodes[0]["peer_id"]
     with trio.fail_after(40):

@@ -438,11 +438,11 @@ async def test_a_reused_user_request_id_never_freezes_the_nodes_account(autojump
             for _ in range(20):
                 nursery.start_soon(one)
         assert done == [100] * 20
-        assert node.dispatcher.stats["paid"] >= 2
+        assert node.dispatcher.stats["payments_submitted"] >= 2
         await trio.sleep(30)
         chain = node.ledger.chain  # type: ignore[union-attr]
         assert not chain.pending(node.peer_id)
-        assert chain.state.nonce(node.peer_id) >= node.dispatcher.stats["paid"]
+        assert chain.state.nonce(node.peer_id) >= node.dispatcher.stats["payments_submitted"]
         ledger_sound(net.nodes)
 
 

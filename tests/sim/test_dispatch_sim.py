@@ -402,7 +402,8 @@ async def test_a_stream_that_breaks_after_the_whole_answer_still_serves_it_once(
         assert usage.completion_tokens == 100 == sum(c.tokens for c in chunks)
         assert chunks[-1].finish_reason is not None
         d = requester.dispatcher
-        assert (d.stats["offloaded"], d.stats["offload_failed"], d.stats["paid"]) == (1, 0, 1)
+        assert (d.stats["offloaded"], d.stats["offload_failed"],
+                d.stats["payments_submitted"]) == (1, 0, 1)
         assert net.book.settled and len(net.book.settled) == 1
         assert net.engines[1].completed == 1 and net.engines[0].completed == 0
         assert "broke its stream after a whole answer" in caplog.text
@@ -439,7 +440,8 @@ async def test_an_executor_silent_after_the_whole_answer_is_not_waited_for_long(
         params = d.params
         assert params.probe_timeout <= waited < params.probe_timeout + 1.0 \
             < params.keepalive_interval
-        assert (d.stats["offloaded"], d.stats["offload_failed"], d.stats["paid"]) == (1, 0, 1)
+        assert (d.stats["offloaded"], d.stats["offload_failed"],
+                d.stats["payments_submitted"]) == (1, 0, 1)
         assert "did not end its stream after a whole answer" in caplog.text
 
 
@@ -471,7 +473,7 @@ async def test_a_user_who_leaves_pays_only_for_an_answer_that_was_whole(
         assert engine.load().running == 0
         whole = leave_at == "last chunk"
         assert engine.aborted == (0 if whole else 1)
-        assert user.dispatcher.stats["paid"] == (1 if whole else 0)
+        assert user.dispatcher.stats["payments_submitted"] == (1 if whole else 0)
         assert user.credit.balance() + user.credit.stake() == \
             pytest.approx(100.0 - (1.0 if whole else 0.0))
         assert executor.credit.balance() + executor.credit.stake() == \

@@ -75,6 +75,30 @@ async def test_the_attacker_invariant_fails_when_the_forfeit_fix_is_reverted(
     assert any("was not judged" in v for v in result.violations)
 
 
+@pytest.mark.parametrize("breakage", ["skip", "extra"])
+async def test_the_payment_invariant_fails_on_a_broken_build(
+        breakage, autojump_clock, tmp_path, monkeypatch):
+    """Break payments (every other one silently not sent; or each one joined by a payment
+    for a request nobody served): the harness sees it."""
+    from wwwserve.ledger.service import LedgerAccount
+
+    real = LedgerAccount.pay
+    calls = []
+
+    def broken(self, payee, amount, request_id):
+        calls.append(request_id)
+        if breakage == "skip":
+            return True if len(calls) % 2 else real(self, payee, amount, request_id)
+        real(self, payee, amount, request_id + ".phantom")
+        return real(self, payee, amount, request_id)
+
+    monkeypatch.setattr(LedgerAccount, "pay", broken)
+    result = await run_seed(1, tmp_path, max_nodes=8, duration=40.0, settle=60.0)
+    assert calls
+    want = "not paid exactly once" if breakage == "skip" else "never received whole"
+    assert any(want in v for v in result.violations), result.violations
+
+
 def _strategies(seed: int) -> list[str]:
     rng = random.Random(seed)
     rng.randint(5, 8)

@@ -122,3 +122,26 @@ async def test_twenty_replicas_agree_through_payments_and_a_partition(autojump_c
         state = nodes[0].ledger.chain.state  # type: ignore[union-attr]
         assert state.total() == state.genesis_supply
         nursery.cancel_scope.cancel()
+
+
+async def test_payments_submitted_and_confirmed_are_counted_apart(autojump_clock, tmp_path):
+    """A payment counts as submitted when it is signed and sent, and as confirmed only once
+    the chain holds it (the dashboard used to show submissions as payments)."""
+    from wwwserve.testing import MemoryTestnet
+
+    async with MemoryTestnet(3, ledger=True, data_dir=tmp_path, seed=2,
+                             target_token_usage=[0.0, 0.6, 0.6]) as net:
+        user = net.nodes[0]
+        for i in range(3):
+            await user.complete(net.request(f"u{i}", prompt_tokens=50, max_tokens=16))
+        st = user.status()
+        assert st.payments is not None
+        submitted = st.payments["submitted"]
+        assert submitted == user.dispatcher.stats["payments_submitted"] >= 1
+        assert user.ledger is not None
+        mine = [p for p in payments_on_chain(user) if p[0] == user.peer_id]
+        assert st.payments["confirmed"] == len(mine)
+        with trio.fail_after(60):  # virtual seconds: a few blocks
+            while user.status().payments["confirmed"] < submitted:  # type: ignore[index]
+                await trio.sleep(1.0)
+        assert len([p for p in payments_on_chain(user) if p[0] == user.peer_id]) == submitted

@@ -25,7 +25,7 @@ from wwwserve.errors import (
 from wwwserve.market import CreditBook, DefaultPolicy, Dispatcher, LocalModel
 from wwwserve.market.claims import DEMOTE_SECONDS, UNPROVEN_REFUSALS, Claims
 from wwwserve.market.executor import Grants
-from wwwserve.market.messages import Offload, Probe, ProbeReply
+from wwwserve.market.messages import OFFLOAD_PROTOCOL, Offload, Probe, ProbeReply
 from wwwserve.market.speed import SPEED_MIN_TOKENS, Meter, SpeedBook
 from wwwserve.sampling import weighted_sample
 from wwwserve.wire import decode, encode
@@ -313,7 +313,7 @@ async def test_the_executor_streams_an_offload_and_refuses_loops_and_floods(
         autojump_clock) -> None:
     d = dispatcher(FakeEngine(usage=0.1), max_peer_inflight=1)
     d.executor.serve()
-    on_offload = d.executor.overlay.handlers["/wwwserve/offload/1.0.0"]  # type: ignore[attr-defined]
+    on_offload = d.executor.overlay.handlers[OFFLOAD_PROTOCOL]  # type: ignore[attr-defined]
     offload = encode(Offload(request=encode(request()), route=("peer",), hops=1, offer=True))
     sender = Sender()
     await on_offload("peer", offload, sender)

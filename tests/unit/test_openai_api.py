@@ -11,9 +11,10 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wwwserve.engines import ChatMessage, Usage
+from wwwserve.engines import ChatMessage, Chunk, Usage
 from wwwserve.errors import BadRequestError, NoCapacityError
 from wwwserve.http.openai_api import (
+    Answer,
     OpenAIApp,
     completion_body,
     error_body,
@@ -38,16 +39,61 @@ def test_chat_request_is_normalised() -> None:
     assert (r.model, r.max_tokens, r.temperature, r.stream, r.ignore_eos) == \
         ("m", 7, 0.5, True, True)
     assert p.include_usage and r.is_chat
+    # what the gateway does not act on travels on unchanged
+    assert r.extra_fields() == {"logit_bias": {}, "user": "x"}
 
 
 def test_text_request_and_defaults() -> None:
-    p = parse_completion(body(prompt=["once"]), chat=False, max_tokens_default=33,
-                         timeout=20.0)
+    p = parse_completion(body(prompt=["once"]), chat=False, timeout=20.0)
     r = p.request
-    assert (r.prompt, r.model, r.max_tokens, r.timeout, r.stream) == \
-        ("once", "auto", 33, 20.0, False)
+    assert (r.prompt, r.model, r.timeout, r.stream) == ("once", "auto", 20.0, False)
+    # nothing the user left out is filled in
+    assert (r.max_tokens, r.temperature, r.top_p, r.extra) == (None, None, None, "")
+    assert r.planned_tokens == 256
     assert parse_completion(body(prompt="x", max_completion_tokens=5), chat=False
                             ).request.max_tokens == 5
+
+
+def test_every_other_field_is_passed_through_unchanged() -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    fields = {"tools": tools, "tool_choice": "auto", "stop": ["\n\n"], "seed": 7,
+              "presence_penalty": 0.5, "logprobs": True, "top_logprobs": 2,
+              "response_format": {"type": "json_object"}, "parallel_tool_calls": False,
+              "chat_template_kwargs": {"enable_thinking": False}, "top_k": 20}
+    history = [
+        {"role": "user", "content": "weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+    r = parse_completion(body(messages=history, **fields), chat=True).request
+    assert r.extra_fields() == fields
+    assert [m.fields() for m in r.messages] == history
+
+
+@pytest.mark.parametrize(("fields", "match"), [
+    ({"request_id": "x"}, "request_id: may not be set"),
+    ({"priority": -100}, "priority: may not be set"),
+    ({"best_of": 3}, "only best_of=1"),
+    ({"use_beam_search": True}, "beam search is not supported"),
+    ({"stop": "\ud800"}, "not valid Unicode"),
+    ({"tools": "x" * (1024 * 1024 + 1)}, "more than 1048576 bytes"),
+])
+def test_fields_that_cannot_be_honoured_are_named(fields: dict, match: str) -> None:
+    raw = json.dumps({"prompt": "x", **fields}).encode()
+    with pytest.raises(BadRequestError, match=match):
+        parse_completion(raw, chat=False)
+
+
+def test_a_peer_cannot_smuggle_acted_fields_in_extra() -> None:
+    from wwwserve.engines import CompletionRequest
+
+    for extra in ('{"n": 8}', '{"model": "x"}', '{"priority": -1}', "[1]", "{bad"):
+        with pytest.raises(ValueError):
+            CompletionRequest(request_id="r", prompt="p", extra=extra)
+    with pytest.raises(ValueError):
+        ChatMessage("user", "x", '{"role": "system"}')
 
 
 def test_timeout_extension_is_bounded_by_the_gateway() -> None:
@@ -102,17 +148,52 @@ def test_any_json_gives_a_request_or_bad_request(value: object, chat: bool) -> N
 def test_response_shapes() -> None:
     chat = parse_completion(body(model="m", messages=[{"role": "user", "content": "x"}]),
                             chat=True, request_id="r1").request
-    b = completion_body(chat, "hi", "length", Usage(3, 2), 100)
+    answer = Answer()
+    answer.add(Chunk(text="h", model="qwen3-8b", fingerprint="fp1"))
+    answer.add(Chunk(text="i", finish_reason="length"))
+    b = completion_body(chat, answer, Usage(3, 2), 100)
     assert b["object"] == "chat.completion" and b["id"] == "chatcmpl-r1"
     assert b["choices"][0]["message"] == {"role": "assistant", "content": "hi"}
+    assert b["choices"][0]["finish_reason"] == "length"
+    assert (b["model"], b["system_fingerprint"]) == ("qwen3-8b", "fp1")
     assert b["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-    first = stream_chunk(chat, 100, text="a", first=True)
+    first = stream_chunk(chat, 100, "m", Chunk(text="a"), first=True)
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": "a"}
-    last = stream_chunk(chat, 100, usage=Usage(1, 1))
+    last = stream_chunk(chat, 100, "m", usage=Usage(1, 1))
     assert last["choices"] == [] and last["usage"]["total_tokens"] == 2
     text = parse_completion(body(prompt="p"), chat=False, request_id="r2").request
-    assert stream_chunk(text, 1, text="b", finish_reason="stop")["choices"][0] == {
+    assert stream_chunk(text, 1, "m", Chunk(text="b", finish_reason="stop"))["choices"][0] == {
         "index": 0, "text": "b", "finish_reason": "stop", "logprobs": None}
+
+
+def test_streamed_tool_calls_and_logprobs_assemble_into_a_whole_answer() -> None:
+    chat = parse_completion(body(messages=[{"role": "user", "content": "x"}]),
+                            chat=True).request
+    head = {"index": 0, "id": "call_1", "type": "function",
+            "function": {"name": "f", "arguments": ""}}
+    answer = Answer()
+    for chunk in (
+        Chunk(text="", delta=json.dumps({"reasoning_content": "let me "})),
+        Chunk(text="", delta=json.dumps({"reasoning_content": "think"})),
+        Chunk(text="", delta=json.dumps({"tool_calls": [head]}),
+              logprobs=json.dumps({"content": [{"token": "a", "logprob": -0.1}]})),
+        Chunk(text="", delta=json.dumps({"tool_calls": [
+            {"index": 0, "function": {"arguments": '{"x":'}}]}),
+            logprobs=json.dumps({"content": [{"token": "b", "logprob": -0.2}]})),
+        Chunk(text="", delta=json.dumps({"tool_calls": [
+            {"index": 0, "function": {"arguments": "1}"}}]}), finish_reason="tool_calls"),
+    ):
+        answer.add(chunk)
+    message = completion_body(chat, answer, Usage(1, 3), 0)["choices"][0]
+    assert message["finish_reason"] == "tool_calls"
+    assert message["message"] == {
+        "role": "assistant", "content": None, "reasoning_content": "let me think",
+        "tool_calls": [{"id": "call_1", "type": "function",
+                        "function": {"name": "f", "arguments": '{"x":1}'}}]}
+    assert [t["token"] for t in message["logprobs"]["content"]] == ["a", "b"]
+    # a streamed delta goes out as it came, beside the text
+    event = stream_chunk(chat, 0, "m", Chunk(text="", delta=json.dumps({"tool_calls": [head]})))
+    assert event["choices"][0]["delta"] == {"tool_calls": [head]}
     assert error_body(503, "busy")["error"]["type"] == "service_unavailable"
 
 

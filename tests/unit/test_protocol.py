@@ -188,6 +188,37 @@ def test_the_executor_sends_reply_chunks_and_a_receipt_over_the_text() -> None:
     assert receipt.digest == hashlib.sha256(b"hello world").digest()
 
 
+def test_the_receipt_covers_the_tool_calls_a_user_sees() -> None:
+    """Two answers with the same (empty) text but different tool calls are different
+    answers: to a receipt and so to a duel's judges."""
+    import json
+
+    from wwwserve.engines import visible_text
+    from wwwserve.evidence import digest
+
+    def answer(city: str) -> tuple[bytes, str]:
+        chunks = [Chunk(text="", delta=json.dumps({"tool_calls": [
+                      {"index": 0, "id": "c", "type": "function",
+                       "function": {"name": "weather", "arguments": ""}}]})),
+                  Chunk(text="", delta=json.dumps({"tool_calls": [
+                      {"index": 0, "function": {"arguments": json.dumps({"city": city})}}]}),
+                        finish_reason="tool_calls")]
+        e = ExecutorStream("requester", "rid")
+        e.accept("m")
+        for c in chunks:
+            e.chunk(c)
+        envelope = e.finish(IDENT)
+        assert envelope is not None
+        text = "".join(visible_text(c) for c in chunks)
+        return unseal(decode(envelope, expect=Signed), expect=AnswerReceipt).digest, text
+
+    paris, paris_text = answer("Paris")
+    rome, _ = answer("Rome")
+    assert paris != rome
+    assert paris_text == '\n[tool call weather] {"city": "Paris"}'
+    assert paris == digest(paris_text)  # what a duel checks a receipt against
+
+
 def test_an_executor_without_identity_sends_no_receipt() -> None:
     e = ExecutorStream("r", "x")
     e.accept("m")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import struct
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wwwserve import ledger, membership  # noqa: F401  (registers their messages)
+from wwwserve.engines import ChatMessage, Chunk, CompletionRequest
 from wwwserve.errors import ProtocolError
 from wwwserve.identity import Identity
 from wwwserve.market import messages  # noqa: F401
@@ -45,6 +47,21 @@ class Sample(Message):
 
 st.register_type_strategy(float, finite)
 st.register_type_strategy(int, st.integers(-(2**63), 2**64 - 1))  # what msgpack can carry
+
+
+# messages whose own checks want pass-through fields as JSON objects without reserved keys
+_json_objects = st.just("") | st.dictionaries(
+    st.sampled_from(["tools", "stop", "seed", "logprobs", "x"]),
+    st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=5),
+    min_size=1, max_size=3).map(json.dumps)
+st.register_type_strategy(ChatMessage, st.builds(
+    ChatMessage, role=st.text(max_size=5), content=st.none() | st.text(max_size=5),
+    extra=_json_objects))
+st.register_type_strategy(CompletionRequest, st.builds(
+    CompletionRequest, max_tokens=st.none() | st.integers(1, 2**31), extra=_json_objects))
+st.register_type_strategy(Chunk, st.builds(
+    Chunk, tokens=st.integers(0, 2**31), delta=_json_objects,
+    logprobs=st.just("") | st.just("null") | st.just('{"content": []}')))
 
 
 def strategy_for(cls: type[Message]) -> st.SearchStrategy[Message]:

@@ -128,7 +128,7 @@ async def _demo(n_nodes: int, duration: float, burst: int) -> None:
                   if st["duel_copies"] else "")
         console.print(f"\n[bold]summary[/]: {outcome['ok']}/{burst} requests served "
                       f"({st['local']} on node0, {st['offloaded']} offloaded to peers"
-                      f"{copies}); node0 paid {st['paid']} credits")
+                      f"{copies}); node0 submitted {st['payments_submitted']} payments")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admission", default="sglang",
                    help="admission rule: sglang (optimistic, retracts when the KV runs out; "
                         "the default) or reserve (a request's whole KV footprint)")
+    p.add_argument("--reasoning", action="store_true",
+                   help="answer like a reasoning model: reasoning_content first (a request "
+                        "may turn it off with chat_template_kwargs.enable_thinking: false)")
+    p.add_argument("--tool-call-probability", type=float, default=0.5,
+                   help="how often a request with tools and tool_choice auto gets a tool "
+                        "call (default 0.5)")
     p.add_argument("--api-key", default=None, help="require this bearer key")
     p.add_argument("--json", action="store_true", help="print the start event as JSON")
     p.add_argument("--list", action="store_true", help="list the profiles and exit")

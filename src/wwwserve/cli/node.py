@@ -69,7 +69,8 @@ async def _sim_engine(args: argparse.Namespace) -> None:
     engine = SimEngine(profile, models=(args.model or profile.model,), seed=args.seed,
                        stream_interval=args.stream_interval,
                        mean_output_tokens=args.mean_output_tokens,
-                       admission=args.admission)
+                       admission=args.admission, reasoning=args.reasoning or None,
+                       tool_call_probability=args.tool_call_probability)
     server = SimEngineServer(engine, args.host, args.port, api_key=args.api_key)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
@@ -94,5 +95,8 @@ def cmd_sim_engine(args: argparse.Namespace) -> int:
         return 0
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port: must be in [0, 65535], got {args.port}")
+    if not 0.0 <= args.tool_call_probability <= 1.0:
+        raise ConfigError(f"--tool-call-probability: must be in [0, 1], got "
+                          f"{args.tool_call_probability}")
     trio.run(_sim_engine, args)
     return 0

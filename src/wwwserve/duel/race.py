@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import trio
 
-from ..engines import Chunk, CompletionRequest, Usage
+from ..engines import Chunk, CompletionRequest, Usage, visible_text
 from ..market.requester import Requester, UserSink
 from .service import Answer, DuelService
 
@@ -66,8 +66,9 @@ class _Tap:
 
     @property
     def text(self) -> str | None:
-        """The whole answer, if it completed."""
-        return "".join(c.text for c in self.chunks) if self.usage is not None else None
+        """The whole answer as a user sees it (text and tool calls), if it completed."""
+        return "".join(visible_text(c) for c in self.chunks) if self.usage is not None \
+            else None
 
     async def send(self, chunk: Chunk) -> None:
         self.chunks.append(chunk)

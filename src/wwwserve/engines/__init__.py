@@ -1,6 +1,9 @@
 """Inference engines: the :class:`Engine` protocol, the simulated engine and its profiles."""
 
 from .base import (
+    DEFAULT_PLANNED_TOKENS,
+    MAX_EXTRA_BYTES,
+    RESERVED_FIELDS,
     ChatMessage,
     Chunk,
     CompletionRequest,
@@ -9,10 +12,15 @@ from .base import (
     EngineLoad,
     Usage,
     approx_tokens,
+    visible_text,
+    with_defaults,
 )
 from .sim import Profile, SimEngine, get_profile, profile_names
 
 __all__ = [
+    "DEFAULT_PLANNED_TOKENS",
+    "MAX_EXTRA_BYTES",
+    "RESERVED_FIELDS",
     "ChatMessage",
     "Chunk",
     "CompletionRequest",
@@ -25,4 +33,6 @@ __all__ = [
     "approx_tokens",
     "get_profile",
     "profile_names",
+    "visible_text",
+    "with_defaults",
 ]

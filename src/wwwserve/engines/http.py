@@ -19,6 +19,7 @@ over. An engine started without metrics (``/metrics`` answers 404) is checked th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -37,7 +38,7 @@ from .base import Chunk, CompletionRequest, Emit, EngineLoad, Usage, approx_toke
 if TYPE_CHECKING:
     import openai
 
-__all__ = ["METRIC_NAMES", "HTTPEngine", "parse_load"]
+__all__ = ["METRIC_NAMES", "HTTPEngine", "parse_load", "request_body"]
 
 logger = logging.getLogger(__name__)
 
@@ -195,26 +196,15 @@ class HTTPEngine:
 
         # the client's generic post with plain dicts: no request-model transforms and no
         # pydantic models per streamed event (they cost more CPU than the rest of a hop)
-        streamed = request.stream or request.max_tokens > self.unstreamed_max_tokens
-        body: dict[str, Any] = {
-            "model": self.served_model, "max_tokens": request.max_tokens,
-            "temperature": request.temperature, "top_p": request.top_p, "stream": streamed,
-        }
-        if streamed:
-            body["stream_options"] = {"include_usage": True}
-        if request.ignore_eos:
-            body["ignore_eos"] = True
-        if request.is_chat:
-            path = "/chat/completions"
-            body["messages"] = [{"role": m.role, "content": m.content}
-                                for m in request.messages]
-        else:
-            path = "/completions"
-            body["prompt"] = request.prompt or ""
+        streamed = request.stream or request.planned_tokens > self.unstreamed_max_tokens
+        body = request_body(request, self.served_model, streamed=streamed)
         _check_encodable(body)
+        path = "/chat/completions" if request.is_chat else "/completions"
         finish: str | None = None
         usage: Usage | None = None
         generated = 0
+        model = fingerprint = ""
+        named = False
         # streamed events carry a "delta" per choice, a plain chat answer a "message"
         key = ("delta" if streamed else "message") if request.is_chat else None
         options: Any = {"timeout": min(self.timeout, request.timeout)}
@@ -236,17 +226,22 @@ class HTTPEngine:
                     if isinstance(u, dict):
                         usage = Usage(int(u.get("prompt_tokens") or 0),
                                       int(u.get("completion_tokens") or 0))
+                    if isinstance(event.get("model"), str):
+                        model = event["model"]
+                    if isinstance(event.get("system_fingerprint"), str):
+                        fingerprint = event["system_fingerprint"]
                     for choice in event.get("choices") or ():
-                        part = choice.get(key) or {} if key else choice
-                        text = part.get("content" if key else "text") or ""
-                        if not isinstance(text, str):
-                            raise EngineError(f"engine at {self.base_url} sent non-text")
-                        if text:
+                        chunk = _chunk_of(choice, key)
+                        if chunk.text or chunk.delta or chunk.logprobs:
                             # a plain answer is all its tokens (estimated without usage)
                             n = 1 if streamed else (usage.completion_tokens if usage
-                                                    else approx_tokens(text))
+                                                    else approx_tokens(chunk.text))
                             generated += n
-                            await emit(Chunk(text=text, tokens=n))
+                            # the served model's name travels once, on the first chunk
+                            await emit(dataclasses.replace(
+                                chunk, tokens=n, model="" if named else model,
+                                fingerprint="" if named else fingerprint))
+                            named = True
                         if choice.get("finish_reason") is not None:
                             finish = str(choice["finish_reason"])
         except openai.APIStatusError as exc:
@@ -276,7 +271,9 @@ class HTTPEngine:
             raise EngineError(f"engine at {self.base_url} ended the stream without finishing")
         if usage is None:
             usage = Usage(request.prompt_tokens(), generated)
-        await emit(Chunk(text="", tokens=0, finish_reason=finish, usage=usage))
+        await emit(Chunk(text="", tokens=0, finish_reason=finish, usage=usage,
+                         model="" if named else model,
+                         fingerprint="" if named else fingerprint))
         return usage
 
     def _mark_down(self, why: str) -> None:
@@ -331,6 +328,51 @@ class HTTPEngine:
             with trio.CancelScope(shield=True):
                 await self._client.close()
                 await self._scraper.aclose()
+
+
+def request_body(request: CompletionRequest, model: str, *, streamed: bool) -> dict[str, Any]:
+    """The JSON body that asks an OpenAI-compatible engine for ``request`` as ``model``:
+    its pass-through fields as they came, then the fields wwwserve acts on (only those the
+    request sets: nothing is injected)."""
+    body: dict[str, Any] = request.extra_fields()
+    body["model"] = model
+    body["stream"] = streamed
+    if streamed:
+        body["stream_options"] = {"include_usage": True}
+    for name in ("max_tokens", "temperature", "top_p"):
+        value = getattr(request, name)
+        if value is not None:
+            body[name] = value
+    if request.ignore_eos:
+        body["ignore_eos"] = True
+    if request.is_chat:
+        body["messages"] = [m.fields() for m in request.messages]
+    else:
+        body["prompt"] = request.prompt or ""
+    return body
+
+
+def _chunk_of(choice: Any, key: str | None) -> Chunk:
+    """One choice of an engine's event as a chunk: its text, its other delta (or message)
+    fields and its logprobs, unchanged."""
+    if not isinstance(choice, dict):
+        raise TypeError("a choice is not an object")
+    part = choice.get(key) or {} if key else choice
+    if not isinstance(part, dict):
+        raise TypeError(f"{key} is not an object")
+    text = part.get("content" if key else "text") or ""
+    if not isinstance(text, str):
+        raise TypeError("non-text content")
+    delta = ""
+    if key:
+        others = {k: v for k, v in part.items() if k not in ("role", "content")
+                  and v is not None}
+        if others:
+            delta = json.dumps(others, separators=(",", ":"))
+    logprobs = choice.get("logprobs")
+    return Chunk(text=text, delta=delta,
+                 logprobs="" if logprobs is None else json.dumps(logprobs,
+                                                                separators=(",", ":")))
 
 
 def _refused(status: int) -> bool:

@@ -1,5 +1,8 @@
 """The simulated engine: continuous batching on a calibrated GPU performance model.
 
+One job: the simulated engine's batching, admission and timing (what an answer looks
+like, for the OpenAI API's fields, is :mod:`.sim_api`'s).
+
 It runs in trio time, so under ``MockClock(autojump_threshold=0)`` an hour of serving takes
 seconds, and it reports the same load signals as SGLang and vLLM. Each iteration decodes one
 token for every running request and spends the rest of a chunked-prefill budget on prompts;
@@ -47,6 +50,7 @@ from ..errors import ConfigError, EngineError, EngineUnavailableError
 from ..judging import is_judge_prompt, split_judge_prompt
 from .base import Chunk, CompletionRequest, Emit, EngineLoad, Usage, approx_tokens
 from .quality import DEFAULT_MODEL, QualityModel, quality_marker
+from .sim_api import REASONING_TOKENS, Asked, Shaper
 
 __all__ = ["Profile", "SimEngine", "get_profile", "profile_names"]
 
@@ -82,6 +86,8 @@ class Profile:
     quality: float = 0.0
     backend: str = "flashinfer"
     backend_factor: float = 1.0
+    #: a reasoning model (answers start with ``reasoning_content``)
+    reasoning: bool = False
 
     def step_seconds(self, batch_tokens: int, batch_ctx: int) -> float:
         """Duration of one iteration processing ``batch_tokens`` over ``batch_ctx`` context."""
@@ -157,7 +163,11 @@ class SimEngine:
     footprint reserved at admission).
     ``stream_interval`` tokens are sent per chunk (like SGLang's ``--stream-interval``);
     ``mean_output_tokens`` is the mean of the (geometric) output length of requests that do
-    not set ``ignore_eos``. Deterministic for a ``seed``.
+    not set ``ignore_eos``. Deterministic for a ``seed`` (and for a request's own ``seed``).
+    The OpenAI API's ``stop``, ``seed``, ``logprobs``, ``tools`` / ``tool_choice`` (a
+    synthetic call; with ``auto``, with probability ``tool_call_probability``),
+    ``response_format`` and, with ``reasoning``, ``reasoning_content`` are honoured
+    (:mod:`.sim_api`).
     """
 
     def __init__(
@@ -173,12 +183,21 @@ class SimEngine:
         quality_markers: bool = True,
         quality_model: QualityModel = DEFAULT_MODEL,
         admission: str = "sglang",
+        reasoning: bool | None = None,
+        tool_call_probability: float = 0.5,
     ) -> None:
+        if not 0.0 <= tool_call_probability <= 1.0:
+            raise ConfigError(f"tool_call_probability: must be in [0, 1], got "
+                              f"{tool_call_probability}")
         if admission not in ADMISSIONS:
             raise ConfigError(f"unknown admission rule {admission!r}; known: "
                               f"{', '.join(ADMISSIONS)}")
         self.profile = profile
         self.admission = admission
+        #: answers start with ``reasoning_content`` (a reasoning model; default: the profile's)
+        self.reasoning = profile.reasoning if reasoning is None else reasoning
+        #: how often a request with ``tools`` and ``tool_choice: auto`` gets a tool call
+        self.tool_call_probability = tool_call_probability
         self._models = models or (profile.model,)
         self.seed = seed
         self.stream_interval = max(1, stream_interval)
@@ -219,57 +238,88 @@ class SimEngine:
             token_usage=min(1.0, self._used / self.profile.kv_capacity_tokens),
             running=len(self._running), queued=len(self._waiting), healthy=self._healthy)
 
-    def output_length(self, request: CompletionRequest) -> int:
+    def _limit(self, request: CompletionRequest) -> int:
+        """The most tokens ``request`` may generate: its ``max_tokens``, else what the KV
+        pool leaves after its prompt (SGLang's and vLLM's rule)."""
+        if request.max_tokens is not None:
+            return request.max_tokens
+        return max(1, self.profile.kv_capacity_tokens - request.prompt_tokens() - 1)
+
+    def _asked(self, request: CompletionRequest) -> Asked:
+        return Asked.of(request, engine_seed=self.seed, reasoning=self.reasoning,
+                        tool_probability=self.tool_call_probability)
+
+    def output_length(self, request: CompletionRequest, asked: Asked | None = None) -> int:
         """How many tokens this engine will generate for ``request`` (deterministic)."""
+        limit = self._limit(request)
         if request.ignore_eos:
-            return max(1, request.max_tokens)
-        rng = random.Random(f"{self.seed}:len:{request.trace}")
+            return max(1, limit)
+        rng = (asked or self._asked(request)).rng("len")
         p = 1.0 / max(1, self.mean_output_tokens)
         n = 1 + int(math.log(1.0 - rng.random()) / math.log(1.0 - p)) if p < 1 else 1
-        return max(1, min(request.max_tokens, n))
+        return max(1, min(limit, n))
 
-    def _script(self, request: CompletionRequest) -> str | None:
-        """A judge prompt gets a verdict; any other answer starts with its quality marker."""
-        messages = tuple((m.role, m.content) for m in request.messages)
+    def _script(self, request: CompletionRequest, asked: Asked) -> str | None:
+        """A judge prompt gets a verdict; an answer the request shapes (a tool call, JSON)
+        its text; any other answer starts with its quality marker."""
+        messages = tuple((m.role, m.content or "") for m in request.messages)
         if is_judge_prompt(messages):
             parts = split_judge_prompt(messages[1][1])
             rng = random.Random(f"{self.seed}:judge:{request.trace}")
             verdict = "abstain" if parts is None else self.quality_model.vote(
                 parts[1], parts[2], rng)
             return f"Verdict: {verdict}"
-        if not self.quality_markers:
-            return None
-        rng = random.Random(f"{self.seed}:quality:{request.trace}")
+        shaped = asked.script()
+        if shaped is not None or not self.quality_markers:
+            return shaped
+        rng = asked.rng("quality")
         return quality_marker(self.quality_model.answer_quality(self.quality, rng))
 
     async def generate(self, request: CompletionRequest, emit: Emit) -> Usage:
         """Queue ``request``, stream its tokens as the batching loop produces them."""
         if not self._healthy:
             raise EngineUnavailableError(f"simulated engine {self.profile.name} is down")
+        asked = self._asked(request)
         prompt = request.prompt_tokens()
-        output = self.output_length(request)
+        output = self.output_length(request, asked)
+        limit = self._limit(request)
         if prompt + output > self.profile.kv_capacity_tokens:
             raise EngineError(f"request needs {prompt + output} KV tokens; the engine has "
                               f"{self.profile.kv_capacity_tokens}")
-        script = self._script(request)
+        script = self._script(request, asked)
         if script is not None and not script.endswith(" "):
-            output = max(1, min(request.max_tokens, approx_tokens(script)))
+            output = max(1, min(limit, approx_tokens(script)))
+        if asked.reasoning:
+            output = min(limit, output + REASONING_TOKENS)
         send, receive = trio.open_memory_channel[Chunk | Exception](math.inf)
-        req = _Req(prompt, output,
-                   random.Random(f"{self.seed}:text:{request.trace}"), send,
-                   "length" if output >= request.max_tokens else "stop", script,
+        req = _Req(prompt, output, asked.rng("text"), send,
+                   "length" if output >= limit else "stop", script,
                    # like SGLang, which clips max_new_tokens to what its KV pool could hold
-                   max_new=min(request.max_tokens,
-                               self.profile.kv_capacity_tokens - prompt - 1))
+                   max_new=min(limit, self.profile.kv_capacity_tokens - prompt - 1))
+        shaper = None if asked.plain else Shaper(
+            asked, chat=request.is_chat, prompt_tokens=prompt, output=output,
+            model=self._served(request))
         self._waiting.append(req)
         self._wake.set()
         finished = False
+        named = False
         try:
             async with receive:
                 async for item in receive:
                     if isinstance(item, Exception):
                         raise item
-                    await emit(item)
+                    if shaper is None:
+                        # the served model's name travels once, on the first chunk
+                        await emit(item if named else replace(item, model=self._served(request)))
+                        named = True
+                    else:
+                        for piece in shaper.shape(item, script):
+                            await emit(piece)
+                        if shaper.stopped:
+                            # the answer reached a stop string: it ends here, its KV freed
+                            finished = True
+                            self.completed += 1
+                            return Usage(prompt, req.generated)
                     if item.finish_reason is not None:
                         finished = True
                         return item.usage or Usage(prompt, req.generated)
@@ -279,6 +329,10 @@ class SimEngine:
                 self.aborted += 1
             req.cancelled = True
             self._wake.set()
+
+    def _served(self, request: CompletionRequest) -> str:
+        """The name this engine answers ``request`` under."""
+        return request.model if request.model in self._models else self._models[0]
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The batching loop, advanced by events rather than token by token.

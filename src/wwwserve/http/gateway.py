@@ -10,6 +10,8 @@ Requests go to the node's ``submit`` (any :class:`~.service.NodeService`; a
 - ``wwwserve_request_latency_seconds``, ``wwwserve_ttft_seconds``: histograms;
 - ``wwwserve_dispatch_total{decision}``: dispatcher counters (``local``, ``offloaded``,
   ``accepted``, ``queued``, ``offload_failed``, ...);
+- ``wwwserve_payments_total{state}``: this node's payments for offloaded requests,
+  ``submitted`` (signed and sent) and ``confirmed`` (on the best chain);
 - ``wwwserve_credit``, ``wwwserve_stake``, ``wwwserve_peers{status}``;
 - ``wwwserve_duel_events_total{event}``: duels this node requested and judged (``decided``,
   ``tie``, ``settled``, ``void_*``, ``voted_A``, ``refused_*``, ...);
@@ -62,6 +64,13 @@ class _NodeCollector(Collector):
         for key, value in sorted(st.dispatch.items()):
             c.add_metric([key], float(value))
         yield c
+        if st.payments is not None:
+            p = CounterMetricFamily("wwwserve_payments", "This node's payments for offloaded "
+                                    "requests: submitted, and confirmed on the chain.",
+                                    labels=["state"])
+            for key, value in sorted(st.payments.items()):
+                p.add_metric([key], float(value))
+            yield p
         yield GaugeMetricFamily("wwwserve_credit", "Credit balance.", value=st.credit)
         yield GaugeMetricFamily("wwwserve_stake", "Staked credit.", value=st.stake)
         g = GaugeMetricFamily("wwwserve_peers", "Known peers by status.", labels=["status"])
@@ -171,6 +180,7 @@ class Gateway:
             "peers": [{"peer_id": p.peer_id, "status": p.status, "stake": p.stake,
                        "credit": p.credit, "models": list(p.models)} for p in st.peers],
             "dispatch": dict(st.dispatch),
+            "payments": dict(st.payments or {}),
             "offload_dispatch_ms": _percentiles(st.offload_delays),
             "ledger": self._ledger_summary(),
             "duels": dict(st.duels),

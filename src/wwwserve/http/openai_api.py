@@ -33,7 +33,7 @@ from typing import Any
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from ..engines import ChatMessage, Chunk, CompletionRequest, Emit, Usage
+from ..engines import MAX_EXTRA_BYTES, ChatMessage, Chunk, CompletionRequest, Emit, Usage
 from ..errors import (
     BadRequestError,
     NoCapacityError,
@@ -44,6 +44,7 @@ from ..errors import (
 
 __all__ = [
     "DEFAULT_MAX_BODY",
+    "Answer",
     "Generate",
     "OpenAIApp",
     "ParsedRequest",
@@ -128,7 +129,7 @@ def _text(value: str, where: str) -> str:
     return value
 
 
-def _content(value: Any, where: str) -> str:
+def _content(value: Any, where: str) -> str | None:
     if isinstance(value, str):
         return _text(value, where)
     if isinstance(value, list):
@@ -137,22 +138,67 @@ def _content(value: Any, where: str) -> str:
             if not (isinstance(part, dict) and part.get("type") == "text"
                     and isinstance(part.get("text"), str)):
                 raise _bad(f"{where}[{i}]: only text content parts "
-                           "({'type': 'text', 'text': ...}) are supported", where)
+                           "({'type': 'text', 'text': ...}) are supported (wwwserve "
+                           "serves text models)", where)
             parts.append(_text(part["text"], f"{where}[{i}].text"))
         return "".join(parts)
     if value is None:
-        return ""
+        return None
     raise _bad(f"{where}: must be a string or a list of text parts", where)
 
 
+#: body fields the gateway reads itself; every other field is passed through unchanged
+_ACTED = frozenset({"model", "messages", "prompt", "n", "best_of", "use_beam_search",
+                    "max_tokens", "max_completion_tokens", "temperature", "top_p", "stream",
+                    "stream_options", "ignore_eos", "timeout"})
+
+#: fields a user may not set (the node's to set on its engine), with why
+_REFUSED = {
+    "request_id": "send it as the X-Request-Id header",
+    "rid": "send it as the X-Request-Id header",
+    "priority": "an engine's scheduling priority is its provider's to set",
+}
+
+
+def _pass_through(fields: dict[str, Any], where: str) -> str:
+    """``fields`` as the JSON of a pass-through ``extra`` ("" for none), checked to be
+    sendable to an engine and within :data:`MAX_EXTRA_BYTES`."""
+    if not fields:
+        return ""
+    try:
+        text = json.dumps(fields, ensure_ascii=False, separators=(",", ":"),
+                          allow_nan=False)
+    except ValueError:
+        raise _bad(f"{where}: numbers must be finite", where) from None
+    except RecursionError:
+        raise _bad(f"{where}: nested too deeply", where) from None
+    _text(text, where)
+    if len(text) > MAX_EXTRA_BYTES:
+        raise _bad(f"{where}: more than {MAX_EXTRA_BYTES} bytes of fields to pass on",
+                   where)
+    return text
+
+
+def _message(m: Any, i: int) -> ChatMessage:
+    if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+        raise _bad(f"messages[{i}]: must be an object with a string 'role'", "messages")
+    content = _content(m.get("content"), f"messages[{i}].content")
+    others = {k: v for k, v in m.items() if k not in ("role", "content")}
+    return ChatMessage(_text(m["role"], f"messages[{i}].role"), content,
+                       _pass_through(others, f"messages[{i}]"))
+
+
 def parse_completion(raw: bytes, *, chat: bool, request_id: str | None = None,
-                     max_tokens_default: int = 256, timeout: float = 600.0,
+                     timeout: float = 600.0,
                      max_tokens_limit: int = 1 << 20) -> ParsedRequest:
     """Parse the JSON body of ``/v1/chat/completions`` (``chat``) or ``/v1/completions``.
 
-    Unknown fields are ignored (clients send many); known fields are checked. ``timeout``
-    (seconds) may be overridden per request by the body's ``timeout`` field (a wwwserve
-    extension), bounded by the given value.
+    The fields wwwserve acts on are checked; every other field is carried unchanged to the
+    engine that runs the request (:attr:`CompletionRequest.extra`). Nothing is filled in
+    for a field the user left out. What cannot be honoured (``n`` > 1, non-text content)
+    is a :class:`BadRequestError` naming the field. ``timeout`` (seconds) may be
+    overridden per request by the body's ``timeout`` field (a wwwserve extension),
+    bounded by the given value.
     """
     try:
         body = json.loads(raw)
@@ -166,9 +212,16 @@ def parse_completion(raw: bytes, *, chat: bool, request_id: str | None = None,
     if not isinstance(model, str) or not model:
         raise _bad("model: must be a non-empty string", "model")
     _text(model, "model")
-    n = body.get("n", 1)
-    if isinstance(n, bool) or n != 1:
-        raise _bad(f"n: only n=1 is supported, got {n!r}", "n")
+    for key in ("n", "best_of"):
+        value = body.get(key, 1)
+        if value is not None and (isinstance(value, bool) or value != 1):
+            raise _bad(f"{key}: only {key}=1 is supported (one answer per request), "
+                       f"got {value!r}", key)
+    if body.get("use_beam_search"):
+        raise _bad("use_beam_search: beam search is not supported", "use_beam_search")
+    for key, why in _REFUSED.items():
+        if key in body:
+            raise _bad(f"{key}: may not be set ({why})", key)
     messages: tuple[ChatMessage, ...] = ()
     prompt: str | None = None
     if chat:
@@ -176,14 +229,7 @@ def parse_completion(raw: bytes, *, chat: bool, request_id: str | None = None,
         if not isinstance(raw_messages, list) or not raw_messages:
             raise _bad("messages: must be a non-empty list of {role, content} objects",
                        "messages")
-        out = []
-        for i, m in enumerate(raw_messages):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-                raise _bad(f"messages[{i}]: must be an object with a string 'role'",
-                           "messages")
-            out.append(ChatMessage(_text(m["role"], f"messages[{i}].role"),
-                                   _content(m.get("content"), f"messages[{i}].content")))
-        messages = tuple(out)
+        messages = tuple(_message(m, i) for i, m in enumerate(raw_messages))
     else:
         p = body.get("prompt")
         if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str):
@@ -194,13 +240,12 @@ def parse_completion(raw: bytes, *, chat: bool, request_id: str | None = None,
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None \
         else "max_tokens"
     mt = body.get(key)
-    if mt is None:
-        max_tokens = max_tokens_default
-    elif isinstance(mt, bool) or not isinstance(mt, int) or not 1 <= mt <= max_tokens_limit:
+    if mt is not None and (isinstance(mt, bool) or not isinstance(mt, int)
+                           or not 1 <= mt <= max_tokens_limit):
         raise _bad(f"{key}: must be an integer in [1, {max_tokens_limit}], got {mt!r}", key)
-    else:
-        max_tokens = mt
     stream = body.get("stream", False)
+    if stream is None:
+        stream = False
     if not isinstance(stream, bool):
         raise _bad(f"stream: must be true or false, got {stream!r}", "stream")
     opts = body.get("stream_options")
@@ -210,15 +255,21 @@ def parse_completion(raw: bytes, *, chat: bool, request_id: str | None = None,
     ignore_eos = body.get("ignore_eos", False)
     if not isinstance(ignore_eos, bool):
         raise _bad(f"ignore_eos: must be true or false, got {ignore_eos!r}", "ignore_eos")
+    budget = _number(body, "timeout", timeout, 0.001, timeout)
     request = CompletionRequest(
         request_id=request_id or _new_id(), model=model, messages=messages, prompt=prompt,
-        max_tokens=max_tokens,
-        temperature=_number(body, "temperature", 0.0, 0.0, 2.0),
-        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
-        stream=stream, ignore_eos=ignore_eos,
-        timeout=_number(body, "timeout", timeout, 0.001, timeout),
+        max_tokens=mt,
+        temperature=_optional_number(body, "temperature", 0.0, 2.0),
+        top_p=_optional_number(body, "top_p", 0.0, 1.0),
+        stream=stream, ignore_eos=ignore_eos, timeout=budget,
+        extra=_pass_through({k: v for k, v in body.items() if k not in _ACTED},
+                            "request body"),
     )
     return ParsedRequest(request, include_usage=bool(opts.get("include_usage", False)))
+
+
+def _optional_number(body: dict[str, Any], key: str, lo: float, hi: float) -> float | None:
+    return None if body.get(key) is None else _number(body, key, 0.0, lo, hi)
 
 
 # ---- formatting -------------------------------------------------------------------------
@@ -230,42 +281,139 @@ def _usage(usage: Usage) -> dict[str, int]:
             "total_tokens": usage.total_tokens}
 
 
-def completion_body(request: CompletionRequest, text: str, finish_reason: str | None,
-                    usage: Usage, created: int) -> dict[str, Any]:
+class Answer:
+    """A whole answer assembled from its chunks, as the engine would have sent it unstreamed:
+    text, tool calls (streamed deltas merged by index), ``reasoning_content`` and other
+    delta fields, logprobs, finish reason, served model name and fingerprint."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.finish_reason: str | None = None
+        self.model = ""
+        self.fingerprint = ""
+        self.fields: dict[str, Any] = {}
+        self.logprobs: Any = None
+        self._calls: dict[int, dict[str, Any]] = {}
+        self._unindexed: list[dict[str, Any]] = []
+
+    def add(self, chunk: Chunk) -> None:
+        """Take the next chunk."""
+        self.parts.append(chunk.text)
+        if chunk.finish_reason is not None:
+            self.finish_reason = chunk.finish_reason
+        self.model = self.model or chunk.model
+        self.fingerprint = self.fingerprint or chunk.fingerprint
+        if chunk.delta:
+            for key, value in chunk.delta_fields().items():
+                if key == "tool_calls" and isinstance(value, list):
+                    self._add_calls(value)
+                elif isinstance(value, str) and isinstance(self.fields.get(key), str):
+                    self.fields[key] += value  # reasoning_content, refusal: in pieces
+                else:
+                    self.fields[key] = value
+        if chunk.logprobs:
+            self.logprobs = _merge_logprobs(self.logprobs, chunk.logprobs_value())
+
+    def _add_calls(self, calls: list[Any]) -> None:
+        for call in calls:
+            if not isinstance(call, dict):
+                continue
+            index = call.get("index")
+            if not isinstance(index, int) or isinstance(index, bool):
+                self._unindexed.append(call)
+                continue
+            have = self._calls.get(index)
+            if have is None:
+                self._calls[index] = {k: v for k, v in call.items() if k != "index"}
+                continue
+            fn = call.get("function")
+            if isinstance(fn, dict):
+                mine = have.setdefault("function", {})
+                for k, v in fn.items():
+                    if isinstance(v, str) and isinstance(mine.get(k), str):
+                        mine[k] += v
+                    elif v is not None:
+                        mine[k] = v
+            for k, v in call.items():
+                if k not in ("index", "function") and v is not None and k not in have:
+                    have[k] = v
+
+    @property
+    def text(self) -> str:
+        """The answer's text."""
+        return "".join(self.parts)
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """The answer's tool calls, whole."""
+        return [*(self._calls[i] for i in sorted(self._calls)), *self._unindexed]
+
+
+def _merge_logprobs(have: Any, more: Any) -> Any:
+    """Logprobs of two consecutive pieces as one: lists (one entry per token) joined."""
+    if not isinstance(have, dict) or not isinstance(more, dict):
+        return more if more is not None else have
+    out = dict(have)
+    for key, value in more.items():
+        if isinstance(value, list) and isinstance(out.get(key), list):
+            out[key] = [*out[key], *value]
+        elif value is not None or key not in out:
+            out[key] = value
+    return out
+
+
+def completion_body(request: CompletionRequest, answer: Answer, usage: Usage,
+                    created: int) -> dict[str, Any]:
     """The JSON of a whole (non-streamed) chat or text completion."""
+    finish = answer.finish_reason or "stop"
     if request.is_chat:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason or "stop",
-                                  "message": {"role": "assistant", "content": text},
-                                  "logprobs": None}
+        calls = answer.tool_calls
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": None if calls and not answer.text else answer.text}
+        message.update(answer.fields)
+        if calls:
+            message["tool_calls"] = calls
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "message": message,
+                                  "logprobs": answer.logprobs}
         obj, prefix = "chat.completion", "chatcmpl"
     else:
-        choice = {"index": 0, "text": text, "finish_reason": finish_reason or "stop",
-                  "logprobs": None}
+        choice = {"index": 0, "text": answer.text, "finish_reason": finish,
+                  "logprobs": answer.logprobs}
         obj, prefix = "text_completion", "cmpl"
-    return {"id": f"{prefix}-{request.request_id}", "object": obj, "created": created,
-            "model": request.model, "choices": [choice], "usage": _usage(usage)}
+    out = {"id": f"{prefix}-{request.request_id}", "object": obj, "created": created,
+           "model": answer.model or request.model, "choices": [choice],
+           "usage": _usage(usage)}
+    if answer.fingerprint:
+        out["system_fingerprint"] = answer.fingerprint
+    return out
 
 
-def stream_chunk(request: CompletionRequest, created: int, *, text: str | None = None,
-                 finish_reason: str | None = None, usage: Usage | None = None,
-                 first: bool = False) -> dict[str, Any]:
-    """One SSE event of a streamed completion (``usage`` alone: the final usage chunk)."""
+def stream_chunk(request: CompletionRequest, created: int, model: str,
+                 chunk: Chunk | None = None, *, usage: Usage | None = None,
+                 first: bool = False, fingerprint: str = "") -> dict[str, Any]:
+    """One SSE event of a streamed completion: ``chunk`` as the engine sent it, or (only
+    ``usage``) the final usage event."""
     choices: list[dict[str, Any]] = []
     if request.is_chat:
         obj, prefix = "chat.completion.chunk", "chatcmpl"
-        if usage is None or text is not None or finish_reason is not None:
+        if chunk is not None:
             delta: dict[str, Any] = {"role": "assistant"} if first else {}
-            if text:
-                delta["content"] = text
-            choices = [{"index": 0, "delta": delta, "finish_reason": finish_reason,
-                        "logprobs": None}]
+            if chunk.text:
+                delta["content"] = chunk.text
+            if chunk.delta:
+                delta.update(chunk.delta_fields())
+            choices = [{"index": 0, "delta": delta, "finish_reason": chunk.finish_reason,
+                        "logprobs": chunk.logprobs_value()}]
     else:
         obj, prefix = "text_completion", "cmpl"
-        if usage is None or text is not None or finish_reason is not None:
-            choices = [{"index": 0, "text": text or "", "finish_reason": finish_reason,
-                        "logprobs": None}]
+        if chunk is not None:
+            choices = [{"index": 0, "text": chunk.text, "finish_reason": chunk.finish_reason,
+                        "logprobs": chunk.logprobs_value()}]
     out: dict[str, Any] = {"id": f"{prefix}-{request.request_id}", "object": obj,
-                           "created": created, "model": request.model, "choices": choices}
+                           "created": created, "model": model, "choices": choices}
+    if fingerprint:
+        out["system_fingerprint"] = fingerprint
     if usage is not None:
         out["usage"] = _usage(usage)
     return out
@@ -366,7 +514,6 @@ class OpenAIApp:
         api_key: str | None = None,
         max_body: int = DEFAULT_MAX_BODY,
         timeout: float = 600.0,
-        max_tokens_default: int = 256,
         health: Callable[[], bool] = lambda: True,
         on_done: Callable[[str, float, float | None], None] | None = None,
         headers_at_once: bool = False,
@@ -380,7 +527,6 @@ class OpenAIApp:
         self.api_key = api_key
         self.max_body = max_body
         self.timeout = timeout
-        self.max_tokens_default = max_tokens_default
         self.health = health
         self.on_done = on_done
         #: requests whose outcome was reported (by id of the request object, while running)
@@ -514,8 +660,7 @@ class OpenAIApp:
             raise
         try:
             parsed = parse_completion(raw, chat=chat, timeout=self.timeout,
-                                      request_id=request_id,
-                                      max_tokens_default=self.max_tokens_default)
+                                      request_id=request_id)
         except BadRequestError as exc:
             if self.on_done is not None:
                 self.on_done("bad_request", 0.0, None)
@@ -547,15 +692,12 @@ class OpenAIApp:
     async def _whole(self, request: CompletionRequest, send: Send) -> None:
         start = trio.current_time()
         first: list[float] = []
-        parts: list[str] = []
-        finish: list[str | None] = [None]
+        answer = Answer()
 
         async def collect(chunk: Chunk) -> None:
             if not first:
                 first.append(trio.current_time())
-            parts.append(chunk.text)
-            if chunk.finish_reason is not None:
-                finish[0] = chunk.finish_reason
+            answer.add(chunk)
 
         try:
             with trio.fail_after(request.timeout + 1.0):
@@ -568,8 +710,7 @@ class OpenAIApp:
                             headers)
             return
         self._done(request, "ok", start, first[0] if first else None)
-        await send_json(send, 200, completion_body(request, "".join(parts), finish[0], usage,
-                                                   int(time.time())),
+        await send_json(send, 200, completion_body(request, answer, usage, int(time.time())),
                         [("x-request-id", request.request_id)])
 
     async def _stream(self, request: CompletionRequest, include_usage: bool,
@@ -578,6 +719,8 @@ class OpenAIApp:
         created = int(time.time())
         started = False
         first: float | None = None
+        model = request.model
+        fingerprint = ""
 
         async def begin() -> None:
             nonlocal started
@@ -591,14 +734,17 @@ class OpenAIApp:
                         "body": b"data: " + json.dumps(obj).encode() + b"\n\n"})
 
         async def forward(chunk: Chunk) -> None:
-            nonlocal first
+            nonlocal first, model, fingerprint
             if not started:
                 await begin()
             is_first = first is None
             if is_first:
                 first = trio.current_time()
-            await event(stream_chunk(request, created, text=chunk.text,
-                                     finish_reason=chunk.finish_reason, first=is_first))
+                # the served model's name comes with the first chunk (else the request's)
+                model = chunk.model or model
+                fingerprint = chunk.fingerprint
+            await event(stream_chunk(request, created, model, chunk, first=is_first,
+                                     fingerprint=fingerprint))
 
         if self.headers_at_once:
             await begin()
@@ -620,7 +766,8 @@ class OpenAIApp:
         if not started:
             await begin()
         if include_usage:
-            await event(stream_chunk(request, created, usage=usage))
+            await event(stream_chunk(request, created, model, usage=usage,
+                                     fingerprint=fingerprint))
         self._done(request, "ok", start, first)
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 

@@ -80,6 +80,9 @@ class NodeStatus:
     duels: Mapping[str, int]
     ratings: Mapping[str, RatingRow]
     ledger: LedgerStatus | None = None
+    #: this node's payments for offloaded requests: ``submitted`` (signed and sent) and
+    #: ``confirmed`` (on the best chain; without a ledger, settled at once)
+    payments: Mapping[str, int] | None = None
 
 
 class NodeService(Protocol):

@@ -89,6 +89,8 @@ class LedgerState:
         self.unbonding: dict[str, tuple[tuple[int, int], ...]] = {}
         self.nonces: dict[str, int] = {}
         self.paid: dict[tuple[str, str], bool] = {}
+        #: payer -> payments of its on this chain (what a dashboard's "confirmed" reads)
+        self.payments_made: dict[str, int] = {}
         self.settled: dict[tuple[str, str], bool] = {}
         self.granted: dict[str, bool] = {}
         #: offences already slashed (:class:`~.slashing.Offence` keys)
@@ -288,6 +290,7 @@ class LedgerState:
             raise InvalidTransactionError(
                 f"payment of {tx.amount} exceeds the balance {self.balance(tx.payer)}")
         self._set(undo, self.paid, (tx.payer, tx.request_id), True)
+        self._set(undo, self.payments_made, tx.payer, self.payments_made.get(tx.payer, 0) + 1)
         self._set(undo, self.balances, tx.payer, self.balance(tx.payer) - tx.amount)
         self._set(undo, self.balances, tx.payee, self.balance(tx.payee) + tx.amount)
 

@@ -155,7 +155,8 @@ class Executor:
             name = min(candidates, key=lambda m: (m.load.queued, m.load.token_usage)).name
         await sender.send(stream.accept(name))
 
-        engine = local.by_name(name).engine
+        model = local.by_name(name)
+        engine = model.engine
         sending = trio.Lock()
         interval = self.params.keepalive_interval
         last = trio.current_time()
@@ -183,7 +184,7 @@ class Executor:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(keep_alive)
                 try:
-                    await engine.generate(request, forward)
+                    await model.generate(request, forward)
                 finally:
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:

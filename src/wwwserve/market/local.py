@@ -10,11 +10,12 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
-from ..engines import Engine
+from ..engines import CompletionRequest, Emit, Engine, Usage, with_defaults
 from ..membership import PeerInfo, PeerStatus
 from .credit import CreditAccount
 from .policy import ModelView, NodeView, Policy
@@ -25,11 +26,17 @@ __all__ = ["Local", "LocalModel", "serves"]
 
 @dataclass(slots=True)
 class LocalModel:
-    """A model this node serves: its name, engine and target token usage."""
+    """A model this node serves: its name, engine, target token usage and its provider's
+    sampling defaults (``gen_params``: applied where a request does not set a field)."""
 
     name: str
     engine: Engine
     target_token_usage: float = 0.6
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    async def generate(self, request: CompletionRequest, emit: Emit) -> Usage:
+        """Run ``request`` on this model's engine, with this provider's defaults."""
+        return await self.engine.generate(with_defaults(request, self.defaults), emit)
 
 
 def serves(info: PeerInfo, model: str) -> bool:

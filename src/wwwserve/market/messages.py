@@ -9,7 +9,8 @@ from ..wire import Message, message
 __all__ = ["Offload", "Probe", "ProbeReply"]
 
 PROBE_PROTOCOL = "/wwwserve/probe/1.0.0"
-OFFLOAD_PROTOCOL = "/wwwserve/offload/1.0.0"
+#: 2.0.0: requests carry their pass-through fields, chunks the engine's whole answer
+OFFLOAD_PROTOCOL = "/wwwserve/offload/2.0.0"
 
 
 @message("probe", 1)

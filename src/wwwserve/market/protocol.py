@@ -38,7 +38,7 @@ import enum
 import hashlib
 from dataclasses import dataclass
 
-from ..engines import Chunk, CompletionRequest, Usage
+from ..engines import Chunk, CompletionRequest, Usage, visible_text
 from ..errors import ProtocolError
 from ..evidence import AnswerReceipt
 from ..identity import Identity
@@ -135,7 +135,7 @@ Event = Accepted | Refused | Data | Keepalive | Receipt | Ended | Broken
 def probe_request(request: CompletionRequest, route: tuple[str, ...]) -> bytes:
     """The bytes that open a probe stream for ``request``."""
     return encode(Probe(request_id=request.request_id, model=request.model,
-                        prompt_tokens=request.prompt_tokens(), max_tokens=request.max_tokens,
+                        prompt_tokens=request.prompt_tokens(), max_tokens=request.planned_tokens,
                         route=route))
 
 
@@ -264,9 +264,9 @@ class ExecutorStream:
         return encode(ProbeReply(accept=True, model=model))
 
     def chunk(self, chunk: Chunk) -> bytes:
-        """One chunk of the answer (the receipt covers its text)."""
+        """One chunk of the answer (the receipt covers what a user sees of it)."""
         self._expect(Phase.STREAMING)
-        self._digest.update(chunk.text.encode())
+        self._digest.update(visible_text(chunk).encode())
         if chunk.finish_reason is not None:
             self.phase = Phase.AWAIT_END
         return encode(chunk)

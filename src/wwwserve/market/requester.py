@@ -151,6 +151,10 @@ class DuelRunner(Protocol):
         ...
 
 
+#: whole answers from peers a requester remembers (:attr:`Requester.delivered`)
+DELIVERED_RECORD = 4096
+
+
 class Requester:
     """Placement of this node's users' requests (see the module docs)."""
 
@@ -177,6 +181,9 @@ class Requester:
         self._ids = itertools.count()
         #: seconds from a request's arrival to its dispatch to a peer (the last 1024)
         self.offload_delays: deque[float] = deque(maxlen=1024)
+        #: (executor, market request id) of the last whole answers received from peers:
+        #: what an audit of this node's payments checks the chain against
+        self.delivered: deque[tuple[str, str]] = deque(maxlen=DELIVERED_RECORD)
         self._local_runs: set[trio.CancelScope] = set()
 
     def network_models(self) -> set[str]:
@@ -309,7 +316,7 @@ class Requester:
                 await sink.send(chunk)
 
             with scope, trio.fail_after(max(0.0, deadline - trio.current_time())):
-                usage = await model.engine.generate(request, emit)
+                usage = await model.generate(request, emit)
             if scope.cancelled_caught:
                 sink.failed("the node is stopping")
                 return None
@@ -479,6 +486,7 @@ class Requester:
                         if isinstance(event, Data):
                             meter.note(event.chunk, trio.current_time())
                             if stream.whole:
+                                self.delivered.append((executor, request.request_id))
                                 # paid before the last chunk reaches the user, with no
                                 # checkpoint between: a user who leaves now cannot take
                                 # the whole answer unpaid
@@ -542,7 +550,7 @@ class Requester:
             return None
         self.local.speeds.measured(executor, meter)
         if self.local.credit.pay(executor, self.params.reward, request.request_id):
-            self.stats["paid"] += 1
+            self.stats["payments_submitted"] += 1
         self.stats["duel_copies" if sink.duel_copy else "offloaded"] += 1
         if sink.duel_copy:
             logger.info("duel copy %s served by %s (%d tokens)", request.request_id,

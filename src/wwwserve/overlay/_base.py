@@ -159,7 +159,7 @@ class Overlay(Protocol):
         ...
 
     def serve(self, protocol: str, handler: Handler) -> None:
-        """Answer requests for ``protocol`` (e.g. ``/wwwserve/offload/1.0.0``) with ``handler``."""
+        """Answer requests for ``protocol`` (e.g. ``/wwwserve/offload/2.0.0``) with ``handler``."""
         ...
 
     def request(

@@ -9,7 +9,10 @@ injects random faults, heals everything, lets the ledger settle and checks the i
 - every replica's state holds exactly the genesis credit (credit is conserved);
 - all replicas agree on the finalized chain, and finality moves again once the faults are
   healed (it may stall during a partition, never for good);
-- no request was billed twice (no two payments on the chain for one payer and request id);
+- every whole answer a requester received from a peer is paid exactly once on the settled
+  chain (60 virtual seconds after the heal), to that peer; no payment exists for an answer
+  its payer did not receive whole, or that the payee's engine never produced
+  (:class:`PaymentAudit` gathers what was served and received, beside the market's code);
 - no balance or stake is negative.
 
 Adversarial runs (``adversarial=True``) add an attacker (:mod:`.attacks`) and two
@@ -54,9 +57,12 @@ GRACE = 2.0
 class FaultyEngine:
     """A simulated engine that can be made slow (a delay before each answer) or failing."""
 
-    def __init__(self, inner: SimEngine, rng: random.Random) -> None:
+    def __init__(self, inner: SimEngine, rng: random.Random,
+                 served: set[str] | None = None) -> None:
         self.inner = inner
         self.rng = rng
+        #: request ids this engine answered whole (kept across the node's restarts)
+        self.served = served if served is not None else set()
         self.fail_rate = 0.0
         self.delay = 0.0
 
@@ -75,11 +81,29 @@ class FaultyEngine:
             raise EngineError("injected engine failure")
         if self.delay:
             await trio.sleep(self.rng.uniform(0.0, self.delay))
-        return await self.inner.generate(request, emit)
+        usage = await self.inner.generate(request, emit)
+        self.served.add(request.request_id)
+        return usage
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The inner engine's batching loop."""
         await self.inner.run(task_status=task_status)
+
+
+@dataclass
+class PaymentAudit:
+    """What the payment invariant checks the chain against, gathered beside the market's
+    own code: the request ids each node's engine answered whole, and the whole answers
+    each requester received from a peer (collected before a node is stopped)."""
+
+    #: node index -> market request ids its engine answered whole
+    served: dict[int, set[str]] = field(default_factory=dict)
+    #: requester node index -> (executor peer id, market request id) it received whole
+    delivered: dict[int, set[tuple[str, str]]] = field(default_factory=dict)
+
+    def collect(self, k: int, node: Node) -> None:
+        """Remember what node ``k``'s requester received (before it stops)."""
+        self.delivered.setdefault(k, set()).update(node.dispatcher.requester.delivered)
 
 
 @dataclass
@@ -122,9 +146,11 @@ async def run_seed(seed: int, data_dir: Path, *, max_nodes: int = 12,
     strategies = sorted(rng.sample(STRATEGIES, rng.randint(2, 4))) if adversarial else []
     result.faults.update(attack_counts(strategies))
     engines: dict[int, FaultyEngine] = {}
+    audit = PaymentAudit()
 
     def wrap(k: int, engine: SimEngine) -> FaultyEngine:
-        engines[k] = FaultyEngine(engine, random.Random(seed * 7919 + k))
+        engines[k] = FaultyEngine(engine, random.Random(seed * 7919 + k),
+                                  audit.served.setdefault(k, set()))
         return engines[k]
 
     skews = [rng.uniform(-3.0, 3.0) if rng.random() < 0.3 else 0.0 for _ in range(n)]
@@ -143,7 +169,8 @@ async def run_seed(seed: int, data_dir: Path, *, max_nodes: int = 12,
         down: set[int] = set()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_users, net, rng, duration, down, outcomes, result)
-            nursery.start_soon(_chaos, net, rng, duration, down, engines, result, attacker)
+            nursery.start_soon(_chaos, net, rng, duration, down, engines, result, attacker,
+                               audit)
             if attacker is not None:
                 nursery.start_soon(run_attacks, net, attacker, strategies,
                                    random.Random(f"attacker:{seed}"), duration)
@@ -158,6 +185,10 @@ async def run_seed(seed: int, data_dir: Path, *, max_nodes: int = 12,
         await trio.sleep(settle)
         result.virtual_s = trio.current_time() - start
         _check_ledgers(net.nodes, result)
+        for k, node in enumerate(net.nodes):
+            audit.collect(k, node)
+        _check_payments(net.nodes, audit, result, honest=[
+            k for k in range(n) if k != attacker])
         if attacker is not None:
             honest = {node.peer_id for k, node in enumerate(net.nodes) if k != attacker}
             ledger = net.nodes[0].ledger
@@ -219,7 +250,7 @@ async def _users(net: MemoryTestnet, rng: random.Random, duration: float, down: 
 
 async def _chaos(net: MemoryTestnet, rng: random.Random, duration: float, down: set[int],
                  engines: dict[int, FaultyEngine], result: SeedResult,
-                 attacker: int | None = None) -> None:
+                 attacker: int | None = None, audit: PaymentAudit | None = None) -> None:
     """A random fault about every 8 s; each one is undone after a while (or at the end)."""
     async with trio.open_nursery() as nursery:
         end = trio.current_time() + duration
@@ -249,6 +280,8 @@ async def _chaos(net: MemoryTestnet, rng: random.Random, duration: float, down: 
                 else:
                     k = rng.choice(choices)
                 down.add(k)
+                if audit is not None:
+                    audit.collect(k, net.nodes[k])
                 net.network.crash(net.nodes[k].peer_id)
                 net.stop_node(k)
                 nursery.start_soon(_restart, net, k, down, undo_after)
@@ -308,16 +341,50 @@ def _check_ledgers(nodes: list[Node], result: SeedResult) -> None:
         negative = [a for a in state.accounts() if state.balance(a) < 0 or state.stake(a) < 0]
         if negative:
             result.violations.append(f"node{k}: negative balance or stake: {negative}")
-    billed: Counter[tuple[str, str]] = Counter()
-    chain = chains[0]
+
+
+def _check_payments(nodes: list[Node], audit: PaymentAudit, result: SeedResult, *,
+                    honest: list[int]) -> None:
+    """Every whole answer an honest requester received from a peer is paid exactly once on
+    the settled chain, to that peer; no honest node paid for an answer it did not receive
+    whole or that the payee's engine never produced."""
+    ledger = nodes[0].ledger
+    if ledger is None:
+        return
+    chain = ledger.chain
+    index = {node.peer_id: k for k, node in enumerate(nodes)}
+    payments: dict[tuple[str, str], list[str]] = {}
     for block in chain.canonical_blocks(1, chain.height):
         for env in block.txs:
             tx = decode_tx(env).tx
             if isinstance(tx, Payment):
-                billed[(tx.payer, tx.request_id)] += 1
-    twice = [key for key, count in billed.items() if count > 1]
-    if twice:
-        result.violations.append(f"requests billed more than once: {twice[:5]}")
+                payments.setdefault((tx.payer, tx.request_id), []).append(tx.payee)
+    unpaid, wrong, unserved = [], [], []
+    for k in honest:
+        me = nodes[k].peer_id
+        delivered = audit.delivered.get(k, set())
+        for executor, rid in sorted(delivered):
+            payees = payments.get((me, rid), [])
+            if payees != [executor]:
+                unpaid.append(f"node{k}:{rid} from {executor[-6:]} paid to "
+                              f"{[p[-6:] for p in payees]}")
+        for (payer, rid), payees in payments.items():
+            if payer != me:
+                continue
+            for payee in payees:
+                if (payee, rid) not in delivered:
+                    wrong.append(f"node{k}:{rid} to {payee[-6:]}")
+                elif rid not in audit.served.get(index.get(payee, -1), set()):
+                    unserved.append(f"node{k}:{rid} to {payee[-6:]}")
+    if unpaid:
+        result.violations.append(f"whole answers not paid exactly once, to their executor, "
+                                 f"{len(unpaid)}: {unpaid[:3]}")
+    if wrong:
+        result.violations.append(f"payments for answers the payer never received whole, "
+                                 f"{len(wrong)}: {wrong[:3]}")
+    if unserved:
+        result.violations.append(f"payments for requests the payee's engine never answered, "
+                                 f"{len(unserved)}: {unserved[:3]}")
 
 
 def run(seed: int, data_dir: Path, **kw: Any) -> SeedResult:

@@ -115,7 +115,7 @@ async def _run(scenario: Scenario, strategy: str, seed: int,
             submitters = [e.generate for e in engines]
         elif strategy == "oracle":
             def oracle(request: CompletionRequest, emit: Emit) -> Any:
-                size = (request.prompt_tokens(), request.max_tokens)
+                size = (request.prompt_tokens(), request.planned_tokens)
                 best = min((k for k in range(len(engines)) if present(k)), key=lambda k: (
                     engines[k].engine.estimate_completion(*size), k))
                 return engines[best].generate(request, emit)
