@@ -180,7 +180,7 @@ async def test_the_engine_gets_the_request_unchanged_and_the_user_its_answer(
         assert tokens == ["a", "b"]
 
 
-@pytest.mark.parametrize(("world", "where"), WAYS[:2])
+@pytest.mark.parametrize(("world", "where"), WAYS)
 async def test_gen_params_are_defaults_the_users_values_win(world: str, where: str) -> None:
     params = GenParams(max_tokens=77, temperature=0.6, top_p=0.9, top_k=20,
                        presence_penalty=0.1)
@@ -258,7 +258,7 @@ async def test_json_stop_seed_logprobs_and_lengths_on_the_simulated_engine(
         assert short.choices[0].finish_reason == "length"
 
 
-@pytest.mark.parametrize(("world", "where"), WAYS[:2])
+@pytest.mark.parametrize(("world", "where"), WAYS)
 async def test_reasoning_content_reaches_the_user(world: str, where: str) -> None:
     async with simulated(world, where, reasoning=True) as m:
         msgs: Any = [{"role": "user", "content": "Think, then answer."}]
@@ -273,7 +273,7 @@ async def test_reasoning_content_reaches_the_user(world: str, where: str) -> Non
         assert any(d.get("reasoning_content") for d in deltas)
 
 
-@pytest.mark.parametrize(("world", "where"), WAYS[:2])
+@pytest.mark.parametrize(("world", "where"), WAYS)
 async def test_what_cannot_be_honoured_is_a_400_naming_the_field(
         world: str, where: str) -> None:
     async with recorded(world, where) as (m, rec):

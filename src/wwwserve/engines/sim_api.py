@@ -137,6 +137,8 @@ class Asked:
     def script(self) -> str | None:
         """The answer's whole text when it is set by the request (a tool call's arguments,
         a JSON document), else None."""
+        if self.tool is None and self.json_schema is None:
+            return None
         rng = self.rng("script")
         if self.tool is not None:
             return _compact(synthetic_value(self.tool.get("parameters") or {}, rng))
