@@ -10,7 +10,7 @@ import trio
 from wwwserve.clock import SIM_EPOCH, trio_wall_clock
 from wwwserve.config import GatewayParams, MembershipParams, NetworkParams, NodeConfig, NodeParams
 from wwwserve.identity import Identity
-from wwwserve.ledger import UNIT, Allocation, Genesis, Payment, decode_tx
+from wwwserve.ledger import UNIT, Allocation, Genesis, Payment, decode_tx, sign_tx
 from wwwserve.node import Node
 from wwwserve.overlay import MemoryNetwork
 from wwwserve.testing import seed_trio_scheduler
@@ -145,3 +145,38 @@ async def test_payments_submitted_and_confirmed_are_counted_apart(autojump_clock
             while user.status().payments["confirmed"] < submitted:  # type: ignore[index]
                 await trio.sleep(1.0)
         assert len([p for p in payments_on_chain(user) if p[0] == user.peer_id]) == submitted
+
+
+async def test_a_payment_whose_nonce_a_transaction_from_before_a_restart_took_is_signed_again(
+        autojump_clock, tmp_path):
+    """After a restart a node's nonces start again from the chain's, while a transaction it
+    signed before still waits in its peers' pools under the same nonce. When the peers'
+    chain takes that one, the new payment loses its nonce: it must be signed again, not
+    lost. (The payer is cut off meanwhile, so the peers' blocks decide which one wins.)"""
+    ids = identities(3, seed=5)
+    async with MemoryNetwork(seed=5) as net, trio.open_nursery() as nursery:
+        nodes = await start_network(nursery, net, ids, make_genesis(ids), tmp_path, seed=5)
+        me, peer = nodes[0], nodes[1]
+        assert me.ledger is not None and peer.ledger is not None
+        with trio.fail_after(30):  # virtual seconds: what it sent at start goes on the chain
+            while me.ledger.chain.pending(me.peer_id):
+                await trio.sleep(1.0)
+        net.partition([me.peer_id], [n.peer_id for n in nodes[1:]])
+        nonce = me.ledger.chain.state.nonce(me.peer_id)
+        before_restart = sign_tx(Payment(network="sim", payer=me.peer_id, payee=peer.peer_id,
+                                         amount=UNIT, request_id="old", nonce=nonce), ids[0])
+        for other in nodes[1:]:
+            assert other.ledger is not None
+            other.ledger.chain.add_tx(before_restart, other.ledger.wall_clock())
+        assert me.credit.pay(peer.peer_id, 2.0, "new")
+        assert [s.tx.nonce for s in me.ledger.chain.pending(me.peer_id)] == [nonce]
+        with trio.fail_after(30):
+            while (me.peer_id, "old") not in peer.ledger.chain.state.paid:
+                await trio.sleep(1.0)
+        net.heal()
+        with trio.fail_after(60):
+            while {"old", "new"} - {rid for _, rid in payments_on_chain(peer)}:
+                await trio.sleep(1.0)
+        assert me.ledger.stats.get("payments_resigned", 0) >= 1
+        assert sorted(payments_on_chain(me)) == [(me.peer_id, "new"), (me.peer_id, "old")]
+        nursery.cancel_scope.cancel()

@@ -28,7 +28,7 @@ import logging
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
@@ -73,6 +73,8 @@ MAX_OWED = 64
 MAX_DEBTORS = 4096
 #: seconds after which a debt is forgotten (a payment that never came stops counting)
 OWED_TTL = 3600.0
+#: our own payments followed until they are on the chain (:meth:`LedgerService.follow`)
+MAX_FOLLOWED = 4096
 #: Most blocks one sync request returns.
 SYNC_BATCH = 64
 #: seconds one sync batch may take in all (a peer trickling blocks is left)
@@ -183,6 +185,8 @@ class LedgerService:
         self._sync_from: str | None = None
         #: sync peers that were too slow or failed, avoided until the time given
         self._slow: dict[str, float] = {}
+        #: our payments not yet on the chain, by request id (see :meth:`follow`)
+        self._followed: OrderedDict[str, Payment] = OrderedDict()
 
     @property
     def network(self) -> str:
@@ -309,6 +313,53 @@ class LedgerService:
                        nonce, type(head.tx).__name__ if head.tx.nonce == nonce else "missing")
         return True
 
+    def next_nonce(self) -> int:
+        """The nonce our next transaction takes: after the chain's and our pending ones."""
+        pending = [s.tx.nonce for s in self.chain.pending(self.identity.peer_id)]
+        return max([self.chain.state.nonce(self.identity.peer_id) - 1, *pending]) + 1
+
+    def follow(self, payment: Payment) -> None:
+        """Keep ``payment`` (ours, submitted) until the chain holds it: see
+        :meth:`resign_lost_payments`."""
+        self._followed[payment.request_id] = payment
+        self._followed.move_to_end(payment.request_id)
+        while len(self._followed) > MAX_FOLLOWED:
+            self._followed.popitem(last=False)
+
+    def resign_lost_payments(self) -> int:
+        """Sign again, with a fresh nonce, each followed payment that is neither on the
+        chain nor pending any more; returns how many.
+
+        A payment can lose its place without being refused: after a restart our nonces
+        start again from the chain's, while transactions we signed before it still wait
+        in peers' pools under the same nonces; whichever is included first takes the
+        nonce, and the other is dropped. Expiry and eviction drop one too. Signing it
+        again cannot pay twice: the chain takes one payment per (payer, request id).
+        """
+        me = self.identity.peer_id
+        paid = self.chain.state.paid
+        pending = {s.tx.request_id for s in self.chain.pending(me) if isinstance(s.tx, Payment)}
+        again = 0
+        for rid, payment in list(self._followed.items()):
+            if (me, rid) in paid:
+                del self._followed[rid]
+                continue
+            if rid in pending:
+                continue
+            fresh = replace(payment, nonce=self.next_nonce())
+            try:
+                self.submit(sign_tx(fresh, self.identity))
+            except InvalidTransactionError as exc:
+                logger.warning("payment for %s lost and not signed again: %s", rid, exc)
+                del self._followed[rid]
+                continue
+            self._followed[rid] = fresh
+            self._count("payments_resigned")
+            logger.info("payment for %s lost its nonce %d: signed again as %d", rid,
+                        payment.nonce, fresh.nonce)
+            again += 1
+        return again
+
     async def _rebroadcast(self) -> None:
         """Gossip our pending transactions again (the oldest nonces first)."""
         pending = sorted(self.chain.pending(self.identity.peer_id), key=lambda s: s.tx.nonce)
@@ -386,6 +437,7 @@ class LedgerService:
             slot = self.chain.genesis.slot_at(now)
             self.chain.expire(now)
             self.repair_nonces()
+            self.resign_lost_payments()
             block = self.chain.propose(self.identity, slot)
             if block is not None:
                 self._count("blocks_proposed")
@@ -533,10 +585,6 @@ class LedgerAccount:
     def _pending(self) -> list[SignedTx]:
         return self.service.chain.pending(self.owner)
 
-    def _next_nonce(self) -> int:
-        pending = [s.tx.nonce for s in self._pending()]
-        return max([self.service.chain.state.nonce(self.owner) - 1, *pending]) + 1
-
     def balance(self) -> float:
         """Spendable credit: the tip's balance less pending payments, stakes and duel
         rewards."""
@@ -573,9 +621,13 @@ class LedgerAccount:
         value = micro(amount)
         if value <= 0 or micro(self.balance()) < value:
             return False
-        return self.submit(lambda nonce: Payment(
-            network=self.service.network, payer=self.owner, payee=payee, amount=value,
-            request_id=request_id, nonce=nonce))
+        payment = Payment(network=self.service.network, payer=self.owner, payee=payee,
+                          amount=value, request_id=request_id,
+                          nonce=self.service.next_nonce())
+        if not self._submit(payment):
+            return False
+        self.service.follow(payment)
+        return True
 
     def earn(self, payer: str, amount: float, request_id: str) -> bool:
         """Remember that ``payer`` owes us for ``request_id`` until its payment is on the
@@ -617,7 +669,9 @@ class LedgerAccount:
     def submit(self, make: Callable[[int], Transaction]) -> bool:
         """Sign and gossip ``make(nonce)`` with this account's next nonce; False (logged)
         if the ledger rejects it."""
-        tx = make(self._next_nonce())
+        return self._submit(make(self.service.next_nonce()))
+
+    def _submit(self, tx: Transaction) -> bool:
         try:
             self.service.submit(sign_tx(tx, self.service.identity))
         except InvalidTransactionError as exc:
