@@ -54,6 +54,10 @@ class Recording:
     url: str = ""
     #: the answer to give instead of "ok": (streamed events, the whole response)
     script: tuple[list[dict[str, Any]], dict[str, Any]] | None = None
+    #: what /metrics answers (SGLang's names by default)
+    metrics: bytes = METRICS
+    #: what /v1/models lists (None: 404)
+    models: list[str] | None = None
 
     @property
     def calls(self) -> int:
@@ -148,8 +152,12 @@ def recording_app(rec: Recording) -> Any:
                 break
         headers = [(b"content-type", b"application/json")]
         if scope["path"] == "/metrics":
-            payload, headers = METRICS, [(b"content-type", b"text/plain")]
+            payload, headers = rec.metrics, [(b"content-type", b"text/plain")]
             status = 200
+        elif scope["path"] == "/v1/models":
+            status = 200 if rec.models is not None else 404
+            payload = json.dumps({"object": "list", "data": [
+                {"id": m, "object": "model"} for m in rec.models or ()]}).encode()
         elif scope["path"] == "/health":
             payload, status = b"{}", 200
         else:

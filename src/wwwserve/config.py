@@ -225,7 +225,7 @@ class DispatchParams:
 #: the dispatcher's defaults
 DEFAULT_DISPATCH = DispatchParams()
 
-ENGINE_KINDS = ("sglang", "vllm", "sim")
+ENGINE_KINDS = ("auto", "sglang", "vllm", "sim")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -237,9 +237,14 @@ class ModelConfig:
     api_key: str | None = None
     gen_params: GenParams = field(default_factory=GenParams)
     dispatch_params: ModelDispatchParams = field(default_factory=ModelDispatchParams)
-    #: ``sglang`` or ``vllm`` (an HTTP engine at ``base_url``), or ``sim`` (a simulated
+    #: ``auto`` (an HTTP engine at ``base_url``, SGLang or vLLM as its metrics tell),
+    #: ``sglang`` or ``vllm`` (checked against its metrics), or ``sim`` (a simulated
     #: engine in the node's process with ``sim_profile`` and ``attention_backend``)
-    engine: str = "sglang"
+    engine: str = "auto"
+    #: the engine's own name for the model (vLLM's and SGLang's ``--served-model-name``)
+    #: when it differs from ``model_path``, the name the network knows; unset: the
+    #: engine's ``/v1/models`` is asked
+    served_model_name: str | None = None
     sim_profile: str = "a100-80g/qwen3-8b"
     attention_backend: str = "flashinfer"
     #: seconds a load reading of an HTTP engine's ``/metrics`` is reused

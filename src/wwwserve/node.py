@@ -271,6 +271,8 @@ class Node:
                                    seed=self.rng.randrange(1 << 30))
             elif engine is None:
                 engine = HTTPEngine(mc.base_url, mc.model_path, kind=mc.engine,
+                                    served_model=mc.served_model_name,
+                                    config_key=f"models[{i}]",
                                     api_key=mc.api_key, scrape_interval=mc.scrape_interval,
                                     timeout=self.config.gateway.request_timeout)
             self._engines[mc.model_path] = engine

@@ -32,13 +32,19 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from .._compat import TaskStatus
-from ..errors import BadRequestError, EngineError, EngineUnavailableError, ProtocolError
+from ..errors import (
+    BadRequestError,
+    ConfigError,
+    EngineError,
+    EngineUnavailableError,
+    ProtocolError,
+)
 from .base import Chunk, CompletionRequest, Emit, EngineLoad, Usage, approx_tokens
 
 if TYPE_CHECKING:
     import openai
 
-__all__ = ["METRIC_NAMES", "HTTPEngine", "parse_load", "request_body"]
+__all__ = ["METRIC_NAMES", "HTTPEngine", "detect_kind", "parse_load", "request_body"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +54,15 @@ METRIC_NAMES: dict[str, tuple[tuple[str, ...], str, str]] = {
     "vllm": (("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
              "vllm:num_requests_running", "vllm:num_requests_waiting"),
 }
+
+
+def detect_kind(text: str) -> str | None:
+    """The engine kind whose load metrics a Prometheus exposition ``text`` holds (``sglang``
+    or ``vllm``), or None if neither's."""
+    for kind, (usage_names, running, queued) in METRIC_NAMES.items():
+        if running in text and queued in text and any(n in text for n in usage_names):
+            return kind
+    return None
 
 
 def parse_load(text: str, kind: str, model: str | None = None) -> EngineLoad:
@@ -116,7 +131,13 @@ def _root(base_url: str) -> str:
 class HTTPEngine:
     """An OpenAI-compatible engine at ``base_url`` serving ``model`` (see module docs).
 
-    ``kind`` (``sglang`` or ``vllm``) picks the metric names; ``timeout`` bounds one
+    ``kind`` (``sglang`` or ``vllm``) picks the metric names; ``auto`` tells them from the
+    first ``/metrics`` read, and an explicit kind that the metrics contradict is a
+    :class:`ConfigError` from :meth:`run` naming ``config_key`` (the config entry, such
+    as ``models[0]``). ``served_model`` is the
+    engine's own name for the model (vLLM's ``--served-model-name``); without it the
+    engine's ``/v1/models`` is asked: ``model`` if it is listed, else the one model listed.
+    ``timeout`` bounds one
     request's wall time (the request's own ``timeout`` too); ``connect_timeout`` bounds
     connecting; ``scrape_interval`` is how long a load reading is reused;
     ``unstreamed_max_tokens`` bounds the non-streamed requests fetched in one response.
@@ -127,7 +148,7 @@ class HTTPEngine:
         base_url: str,
         model: str,
         *,
-        kind: str = "sglang",
+        kind: str = "auto",
         api_key: str | None = None,
         served_model: str | None = None,
         timeout: float = 600.0,
@@ -135,13 +156,18 @@ class HTTPEngine:
         scrape_interval: float = 0.5,
         scrape_timeout: float = 2.0,
         unstreamed_max_tokens: int = 256,
+        config_key: str = "model",
     ) -> None:
-        if kind not in METRIC_NAMES:
-            raise ValueError(f"unknown engine kind {kind!r}; one of {sorted(METRIC_NAMES)}")
+        if kind != "auto" and kind not in METRIC_NAMES:
+            raise ValueError(f"unknown engine kind {kind!r}; one of auto, "
+                             f"{', '.join(sorted(METRIC_NAMES))}")
         self.base_url = _root(base_url)
         self.model = model
         self.served_model = served_model or model
+        #: the engine's kind: ``auto`` until the first /metrics read tells
         self.kind = kind
+        self.config_key = config_key
+        self._discover = served_model is None
         self.timeout = timeout
         self.scrape_interval = scrape_interval
         self.scrape_timeout = scrape_timeout
@@ -202,7 +228,7 @@ class HTTPEngine:
         path = "/chat/completions" if request.is_chat else "/completions"
         finish: str | None = None
         usage: Usage | None = None
-        generated = 0
+        generated = pending = 0
         model = fingerprint = ""
         named = False
         # streamed events carry a "delta" per choice, a plain chat answer a "message"
@@ -232,10 +258,15 @@ class HTTPEngine:
                         fingerprint = event["system_fingerprint"]
                     for choice in event.get("choices") or ():
                         chunk = _chunk_of(choice, key)
+                        if streamed and choice.get("finish_reason") is None:
+                            # one streamed event, one token, even one that decodes to no
+                            # text (counted with the next chunk that has something)
+                            pending += 1
                         if chunk.text or chunk.delta or chunk.logprobs:
                             # a plain answer is all its tokens (estimated without usage)
-                            n = 1 if streamed else (usage.completion_tokens if usage
-                                                    else approx_tokens(chunk.text))
+                            n = pending if streamed else (usage.completion_tokens if usage
+                                                          else approx_tokens(chunk.text))
+                            pending = 0
                             generated += n
                             # the served model's name travels once, on the first chunk
                             await emit(dataclasses.replace(
@@ -270,8 +301,10 @@ class HTTPEngine:
         if finish is None:
             raise EngineError(f"engine at {self.base_url} ended the stream without finishing")
         if usage is None:
-            usage = Usage(request.prompt_tokens(), generated)
-        await emit(Chunk(text="", tokens=0, finish_reason=finish, usage=usage,
+            usage = Usage(request.prompt_tokens(), generated + pending)
+        # the engine's count is the truth: the last chunk carries what the others did not
+        await emit(Chunk(text="", tokens=max(0, usage.completion_tokens - generated),
+                         finish_reason=finish, usage=usage,
                          model="" if named else model,
                          fingerprint="" if named else fingerprint))
         return usage
@@ -292,7 +325,7 @@ class HTTPEngine:
                     resp = await self._scraper.get(self.base_url + "/metrics")
                     if resp.status_code != 404:
                         _check(resp)
-                        return parse_load(resp.text, self.kind, self.served_model)
+                        return self._parse(resp.text)
                     logger.warning("engine %s has no /metrics (start it with metrics "
                                    "enabled); using /health", self.base_url)
                     self._has_metrics = False
@@ -303,7 +336,50 @@ class HTTPEngine:
         except httpx.HTTPError as exc:
             raise EngineUnavailableError(f"{type(exc).__name__}: {exc}") from None
 
+    def _parse(self, text: str) -> EngineLoad:
+        """The load in a /metrics ``text``, telling (``auto``) or checking the kind."""
+        found = detect_kind(text)
+        if self.kind == "auto":
+            if found is None:
+                raise ProtocolError(f"the engine at {self.base_url} exports neither SGLang's "
+                                    "nor vLLM's load metrics")
+            logger.info("engine %s is %s (from its metrics)", self.base_url, found)
+            self.kind = found
+        elif found is not None and found != self.kind:
+            raise ConfigError(
+                f"{self.config_key}.engine: {self.kind} is configured, but the engine at "
+                f"{self.base_url} exports {found}'s metrics; set engine: {found} (or auto)")
+        return parse_load(text, self.kind, self.served_model)
+
+    async def _discover_name(self) -> None:
+        """The engine's name for the model, from its ``/v1/models`` (asked until the engine
+        answers; an engine without the list keeps the configured name)."""
+        try:
+            with trio.fail_after(self.scrape_timeout):
+                resp = await self._scraper.get(self.base_url + "/v1/models")
+        except (trio.TooSlowError, httpx.HTTPError):
+            return  # down: asked again at the next refresh
+        self._discover = False
+        try:
+            data = resp.json().get("data") if resp.status_code == 200 else None
+            names = [m["id"] for m in data or () if isinstance(m, dict)
+                     and isinstance(m.get("id"), str)]
+        except (ValueError, AttributeError, TypeError):
+            return  # no list to go by: the configured name it is
+        if not names or self.model in names:
+            return
+        if len(names) == 1:
+            logger.info("engine %s serves %s as %r (its /v1/models)", self.base_url,
+                        self.model, names[0])
+            self.served_model = names[0]
+            return
+        raise ConfigError(
+            f"{self.config_key}.served_model_name: the engine at {self.base_url} serves "
+            f"{', '.join(sorted(names)[:8])}, not {self.model!r}; say which one")
+
     async def _refresh(self) -> None:
+        if self._discover:
+            await self._discover_name()
         try:
             load = await self.scrape()
         except (EngineError, ProtocolError) as exc:

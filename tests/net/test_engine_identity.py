@@ -1,0 +1,131 @@
+"""What kind of engine sits at ``base_url``, under which name it serves the model, and how
+many tokens it generated: told by the engine itself (its /metrics, /v1/models and usage),
+over real HTTP on loopback against a recording engine."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pytest
+import trio
+
+from recording_engine import MODEL, recording_engine
+from waiting import wait_until
+from wwwserve.config import GatewayParams, ModelConfig, NodeConfig
+from wwwserve.engines import Chunk, CompletionRequest
+from wwwserve.engines.http import HTTPEngine, detect_kind
+from wwwserve.errors import ConfigError
+from wwwserve.identity import Identity
+from wwwserve.node import Node
+from wwwserve.overlay import MemoryNetwork
+
+VLLM_METRICS = b"""# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="local-qwen"} 0.25
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="local-qwen"} 2
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="local-qwen"} 1
+"""
+
+
+def test_the_kind_is_told_by_the_metric_names() -> None:
+    assert detect_kind(VLLM_METRICS.decode()) == "vllm"
+    assert detect_kind("sglang:token_usage 0\nsglang:num_running_reqs 0\n"
+                       "sglang:num_queue_reqs 0\n") == "sglang"
+    assert detect_kind("process_cpu_seconds_total 3\n") is None
+
+
+async def run_engine(engine: HTTPEngine) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        nursery.cancel_scope.cancel()
+
+
+async def test_auto_reads_a_vllm_and_finds_its_served_name() -> None:
+    async with recording_engine(metrics=VLLM_METRICS, models=["local-qwen"]) as rec:
+        engine = HTTPEngine(rec.url, MODEL, scrape_interval=0.05)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            assert engine.kind == "vllm" and engine.served_model == "local-qwen"
+            load = engine.load()
+            assert (load.token_usage, load.running, load.queued, load.healthy) == \
+                (0.25, 2, 1, True)
+
+            async def emit(chunk: Chunk) -> None:
+                pass
+
+            await engine.generate(CompletionRequest(request_id="r", model=MODEL, prompt="p",
+                                                    max_tokens=4), emit)
+            assert rec.bodies[-1]["model"] == "local-qwen"
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_explicit_kind_the_metrics_contradict_is_a_config_error() -> None:
+    async with recording_engine(metrics=VLLM_METRICS) as rec:
+        engine = HTTPEngine(rec.url, MODEL, kind="sglang", config_key="models[0]")
+        with pytest.RaisesGroup(pytest.RaisesExc(
+                ConfigError, match=r"models\[0\]\.engine: sglang is configured.*"
+                                   r"exports vllm's metrics; set engine: vllm"),
+                flatten_subgroups=True):
+            await run_engine(engine)
+
+
+async def test_an_engine_serving_other_models_is_a_config_error_naming_the_key() -> None:
+    async with recording_engine(models=["a", "b"]) as rec:
+        engine = HTTPEngine(rec.url, MODEL, config_key="models[1]")
+        with pytest.RaisesGroup(pytest.RaisesExc(
+                ConfigError, match=r"models\[1\]\.served_model_name: .* serves a, b"),
+                flatten_subgroups=True):
+            await run_engine(engine)
+    async with recording_engine(models=["a", "b"]) as rec:
+        named = HTTPEngine(rec.url, MODEL, served_model="b")
+        await run_engine(named)  # told which: fine
+        assert named.served_model == "b"
+
+
+async def test_a_node_with_a_mismatched_engine_stops_with_the_key_named() -> None:
+    async with recording_engine(metrics=VLLM_METRICS) as rec, MemoryNetwork() as net:
+        ident = Identity.from_seed(b"\x07" * 32)
+        cfg = NodeConfig(models=(ModelConfig(model_path=MODEL, base_url=rec.url,
+                                             engine="sglang"),),
+                         gateway=GatewayParams(enabled=False))
+        node = Node(cfg, identity=ident, overlay=net.node(ident), rng=random.Random(0))
+        with pytest.raises(ConfigError, match=r"models\[0\]\.engine"):  # unwrapped by the node
+            with trio.fail_after(10):
+                await node.run()
+
+
+def _events(tokens: list[str]) -> list[dict[str, Any]]:
+    """A text completion's stream, one event per token."""
+    out: list[dict[str, Any]] = [{"choices": [{"index": 0, "text": t,
+                                               "finish_reason": None}]} for t in tokens]
+    out.append({"choices": [{"index": 0, "text": "", "finish_reason": "length"}]})
+    out.append({"choices": [], "usage": {"prompt_tokens": 2,
+                                         "completion_tokens": len(tokens) + 1}})
+    return out
+
+
+async def test_tokens_are_the_engines_count_even_those_without_text() -> None:
+    # five tokens streamed, two of them decode to no text, and one more the engine counted
+    events = _events(["a", "", "b", "", "c"])
+    script = (events, {"choices": [{"index": 0, "text": "abc", "finish_reason": "length"}],
+                       "usage": {"prompt_tokens": 2, "completion_tokens": 6}})
+    async with recording_engine(script=script) as rec:
+        engine = HTTPEngine(rec.url, MODEL, scrape_interval=0.05)
+        chunks: list[Chunk] = []
+
+        async def emit(chunk: Chunk) -> None:
+            chunks.append(chunk)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            await wait_until(lambda: engine.load().healthy, within=5, what="engine up")
+            usage = await engine.generate(CompletionRequest(
+                request_id="r", model=MODEL, prompt="p", max_tokens=6, stream=True), emit)
+            nursery.cancel_scope.cancel()
+        assert usage.completion_tokens == 6
+        assert sum(c.tokens for c in chunks) == 6
+        assert "".join(c.text for c in chunks) == "abc"
+        assert json.dumps(rec.bodies[-1]["stream_options"]) == '{"include_usage": true}'
