@@ -52,6 +52,9 @@ async def engine(bodies: list[dict[str, object]], stream: trio.SocketStream, *,
                 return
         if target == b"/metrics":
             payload, kind = METRICS, b"text/plain"
+        elif target.endswith(b"/models"):  # the driver asks which models it serves
+            payload, kind = json.dumps({"object": "list", "data": [
+                {"id": "m", "object": "model"}]}).encode(), b"application/json"
         elif stream_error is not None:
             bodies.append(json.loads(data))
             token = {"choices": [{"index": 0, "delta": {"content": "a"},

@@ -47,7 +47,7 @@ def test_node_with_a_bad_config_exits_2(tmp_path: Path,
     cfg.write_text("models:\n  - model_path: m\n    engine: tgi\n")
     assert main(["node", str(cfg)]) == 2
     err = capsys.readouterr().err
-    assert "models[0].engine: must be one of sglang, vllm, sim" in err
+    assert "models[0].engine: must be one of auto, sglang, vllm, sim" in err
 
 
 def _copy_configs(tmp_path: Path, n: int = 3) -> list[str]:
