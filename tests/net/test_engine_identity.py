@@ -14,7 +14,7 @@ import trio
 from recording_engine import MODEL, recording_engine
 from waiting import wait_until
 from wwwserve.config import GatewayParams, ModelConfig, NodeConfig
-from wwwserve.engines import Chunk, CompletionRequest
+from wwwserve.engines import ChatMessage, Chunk, CompletionRequest
 from wwwserve.engines.http import HTTPEngine, detect_kind
 from wwwserve.errors import ConfigError
 from wwwserve.identity import Identity
@@ -129,3 +129,30 @@ async def test_tokens_are_the_engines_count_even_those_without_text() -> None:
         assert sum(c.tokens for c in chunks) == 6
         assert "".join(c.text for c in chunks) == "abc"
         assert json.dumps(rec.bodies[-1]["stream_options"]) == '{"include_usage": true}'
+
+
+async def test_a_chat_streams_opening_role_event_is_not_a_token() -> None:
+    # vLLM opens a chat stream with the role and empty content: no token generated yet
+    opening = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                            "finish_reason": None}]}
+    tokens = [{"choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]}
+              for t in ("a", "", "b")]
+    end = [{"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+           {"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 3}}]
+    script = ([opening, *tokens, *end], {})
+    async with recording_engine(script=script) as rec:
+        engine = HTTPEngine(rec.url, MODEL, scrape_interval=0.05)
+        chunks: list[Chunk] = []
+
+        async def emit(chunk: Chunk) -> None:
+            chunks.append(chunk)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            await wait_until(lambda: engine.load().healthy, within=5, what="engine up")
+            usage = await engine.generate(CompletionRequest(
+                request_id="r", model=MODEL, messages=(ChatMessage("user", "hi"),),
+                max_tokens=3, stream=True), emit)
+            nursery.cancel_scope.cancel()
+        assert usage.completion_tokens == 3
+        assert sum(c.tokens for c in chunks) == 3

@@ -56,6 +56,12 @@ METRIC_NAMES: dict[str, tuple[tuple[str, ...], str, str]] = {
 }
 
 
+def _announces_role(delta: object) -> bool:
+    """A chat stream's opening event: the role, with nothing generated yet (no token)."""
+    return isinstance(delta, dict) and "role" in delta and not any(
+        v for k, v in delta.items() if k != "role")
+
+
 def detect_kind(text: str) -> str | None:
     """The engine kind whose load metrics a Prometheus exposition ``text`` holds (``sglang``
     or ``vllm``), or None if neither's."""
@@ -258,7 +264,8 @@ class HTTPEngine:
                         fingerprint = event["system_fingerprint"]
                     for choice in event.get("choices") or ():
                         chunk = _chunk_of(choice, key)
-                        if streamed and choice.get("finish_reason") is None:
+                        if streamed and choice.get("finish_reason") is None \
+                                and not _announces_role(choice.get(key)):
                             # one streamed event, one token, even one that decodes to no
                             # text (counted with the next chunk that has something)
                             pending += 1
