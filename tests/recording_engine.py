@@ -56,6 +56,8 @@ class Recording:
     script: tuple[list[dict[str, Any]], dict[str, Any]] | None = None
     #: what /metrics answers (SGLang's names by default)
     metrics: bytes = METRICS
+    #: seconds /metrics takes to answer (a busy engine is slow to)
+    metrics_delay: float = 0.0
     #: what /v1/models lists (None: 404)
     models: list[str] | None = None
 
@@ -152,6 +154,8 @@ def recording_app(rec: Recording) -> Any:
                 break
         headers = [(b"content-type", b"application/json")]
         if scope["path"] == "/metrics":
+            if rec.metrics_delay:
+                await trio.sleep(rec.metrics_delay)
             payload, headers = rec.metrics, [(b"content-type", b"text/plain")]
             status = 200
         elif scope["path"] == "/v1/models":

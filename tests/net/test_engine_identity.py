@@ -15,7 +15,7 @@ from recording_engine import MODEL, recording_engine
 from waiting import wait_until
 from wwwserve.config import GatewayParams, ModelConfig, NodeConfig
 from wwwserve.engines import ChatMessage, Chunk, CompletionRequest
-from wwwserve.engines.http import HTTPEngine, detect_kind
+from wwwserve.engines.http import SLOW_SCRAPES_DOWN, HTTPEngine, detect_kind
 from wwwserve.errors import ConfigError
 from wwwserve.identity import Identity
 from wwwserve.node import Node
@@ -156,3 +156,22 @@ async def test_a_chat_streams_opening_role_event_is_not_a_token() -> None:
             nursery.cancel_scope.cancel()
         assert usage.completion_tokens == 3
         assert sum(c.tokens for c in chunks) == 3
+
+
+async def test_a_slow_scrape_keeps_the_last_reading_and_the_running_requests() -> None:
+    """A real vLLM busy with a burst answered /metrics after more than the scrape timeout
+    while it served every request: marking it down at once cancelled them all."""
+    async with recording_engine(metrics=VLLM_METRICS, models=["local-qwen"]) as rec:
+        engine = HTTPEngine(rec.url, MODEL, scrape_interval=0.02, scrape_timeout=0.2)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            rec.metrics_delay = 0.5
+            await wait_until(lambda: engine.scrape_failures >= SLOW_SCRAPES_DOWN - 1,
+                             within=5, what="slow scrapes")
+            # still up, on the last reading, until SLOW_SCRAPES_DOWN slow scrapes in a row
+            assert engine.load().healthy and engine.load().running == 2
+            await wait_until(lambda: not engine.load().healthy, within=5,
+                             what=f"down after {SLOW_SCRAPES_DOWN} slow scrapes in a row")
+            rec.metrics_delay = 0.0
+            await wait_until(lambda: engine.load().healthy, within=5, what="back")
+            nursery.cancel_scope.cancel()

@@ -124,6 +124,15 @@ class _OneEvent:
         yield self.event
 
 
+class _SlowScrape(EngineUnavailableError):
+    """A load scrape that did not finish within ``scrape_timeout``."""
+
+
+#: slow scrapes in a row after which an engine is marked down (a real vLLM busy with a
+#: burst answered /metrics after more than 2 s, while it served every request)
+SLOW_SCRAPES_DOWN = 3
+
+
 def _check(resp: httpx.Response) -> None:
     if resp.status_code >= 400:
         raise EngineUnavailableError(f"HTTP {resp.status_code} from {resp.request.url}")
@@ -196,6 +205,7 @@ class HTTPEngine:
         self._closed = False
         self.scrapes = 0
         self.scrape_failures = 0
+        self._slow_scrapes = 0
 
     # ---- Engine protocol --------------------------------------------------------------------
     @property
@@ -339,7 +349,7 @@ class HTTPEngine:
                 _check(await self._scraper.get(self.base_url + "/health"))
                 return EngineLoad(running=len(self._inflight))
         except trio.TooSlowError:
-            raise EngineUnavailableError("metrics scrape timed out") from None
+            raise _SlowScrape(f"metrics scrape timed out ({self.scrape_timeout:g} s)") from None
         except httpx.HTTPError as exc:
             raise EngineUnavailableError(f"{type(exc).__name__}: {exc}") from None
 
@@ -389,10 +399,18 @@ class HTTPEngine:
             await self._discover_name()
         try:
             load = await self.scrape()
+        except _SlowScrape as exc:
+            # a busy engine is slow to answer /metrics: its last reading stands a while
+            # (marking it down would cancel every request it is serving)
+            self.scrape_failures += 1
+            self._slow_scrapes += 1
+            if self._slow_scrapes >= SLOW_SCRAPES_DOWN or not self._load.healthy:
+                self._mark_down(f"{exc}, {self._slow_scrapes} in a row")
         except (EngineError, ProtocolError) as exc:
             self.scrape_failures += 1
             self._mark_down(str(exc))
         else:
+            self._slow_scrapes = 0
             if not self._load.healthy:
                 logger.info("engine %s (%s) is available", self.base_url, self.model)
             self._load = load

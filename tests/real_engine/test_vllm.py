@@ -1,0 +1,191 @@
+"""The HTTP driver, a node's gateway and the offload path against a real vLLM (CPU build,
+tiny random model, on loopback): what vLLM really sends, not what wwwserve's own engines
+and hand-written samples say it sends."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from markets import market
+from recording_engine import MODEL
+from vllm_server import SERVED, VLLMServer
+from waiting import wait_until
+from wwwserve.engines import ChatMessage, Chunk, CompletionRequest
+from wwwserve.engines.http import HTTPEngine
+from wwwserve.errors import BadRequestError
+
+pytestmark = pytest.mark.real_engine
+
+
+@asynccontextmanager
+async def driver(vllm: VLLMServer) -> AsyncIterator[HTTPEngine]:
+    """An HTTP driver for the real vLLM: its kind and its name found by asking it."""
+    engine = HTTPEngine(vllm.url, MODEL, scrape_interval=0.1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        yield engine
+        nursery.cancel_scope.cancel()
+
+
+async def run(engine: HTTPEngine, request: CompletionRequest) -> tuple[list[Chunk], int]:
+    chunks: list[Chunk] = []
+
+    async def emit(chunk: Chunk) -> None:
+        chunks.append(chunk)
+
+    with trio.fail_after(60):
+        usage = await engine.generate(request, emit)
+    assert sum(c.tokens for c in chunks) == usage.completion_tokens
+    return chunks, usage.completion_tokens
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("chat", [True, False])
+async def test_the_driver_reads_vllm_and_counts_its_tokens(vllm: VLLMServer, chat: bool,
+                                                           stream: bool) -> None:
+    async with driver(vllm) as engine:
+        assert (engine.kind, engine.served_model) == ("vllm", SERVED)
+        assert engine.load().healthy
+        request = CompletionRequest(
+            request_id="r", model=MODEL, max_tokens=40, stream=stream, ignore_eos=True,
+            **({"messages": (ChatMessage("user", "hello"),)} if chat else
+               {"prompt": "def f(x):"}))
+        chunks, generated = await run(engine, request)
+        # the engine's own count, though a random model's tokens often decode to no text
+        assert generated == 40
+        assert chunks[-1].finish_reason == "length"
+        assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens > 0
+
+
+async def test_a_too_long_prompt_is_the_users_error_not_the_engines(vllm: VLLMServer) -> None:
+    async with driver(vllm) as engine:
+        with pytest.raises(BadRequestError, match="maximum context length"):
+            await run(engine, CompletionRequest(request_id="long", model=MODEL,
+                                                prompt="word " * 3000, max_tokens=8))
+        assert engine.load().healthy
+        _, generated = await run(engine, CompletionRequest(
+            request_id="next", model=MODEL, prompt="x", max_tokens=4, ignore_eos=True))
+        assert generated == 4
+
+
+async def test_load_rises_under_a_burst_and_returns_to_idle(vllm: VLLMServer) -> None:
+    async with driver(vllm) as engine:
+        peak = {"running": 0, "queued": 0, "usage": 0.0}
+
+        async def watch() -> None:
+            while True:  # the driver's readings: its own, and one asked for now
+                for load in (engine.load(), await engine.scrape()):
+                    peak["running"] = max(peak["running"], load.running)
+                    peak["queued"] = max(peak["queued"], load.queued)
+                    peak["usage"] = max(peak["usage"], load.token_usage)
+                await trio.sleep(0.05)
+
+        async def one(i: int) -> None:
+            await run(engine, CompletionRequest(request_id=f"b{i}", model=MODEL,
+                                                prompt=" ".join(str(j * i) for j in range(120)),
+                                                max_tokens=300,
+                                                stream=True, ignore_eos=True))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            async with trio.open_nursery() as burst:
+                for i in range(24):
+                    burst.start_soon(one, i)
+            nursery.cancel_scope.cancel()
+        # 24 requests of ~600 tokens each want 14,000 of the pool's 2,048 KV tokens
+        assert peak["running"] >= 3 and peak["queued"] >= 1 and peak["usage"] > 0.5, \
+            (peak, engine.scrapes, engine.scrape_failures)
+
+        def idle() -> bool:
+            load = engine.load()
+            return load.healthy and (load.running, load.queued) == (0, 0)
+
+        await wait_until(idle, within=10, what="vLLM idle again after the burst")
+        assert engine.load().token_usage < 0.05
+
+
+@pytest.mark.parametrize("where", ["local", "offloaded"])
+async def test_the_official_client_through_a_node_in_front_of_vllm(vllm: VLLMServer,
+                                                                   where: str) -> None:
+    """Served by the user's node, and offloaded over real libp2p from a node with a
+    simulated engine to the node in front of vLLM."""
+    async with market("libp2p", where, HTTPEngine(vllm.url, MODEL, scrape_interval=0.1)) as m:
+        with trio.fail_after(60):
+            answer = await m.client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=12,
+                extra_body={"ignore_eos": True})
+            assert answer.usage is not None and answer.usage.completion_tokens == 12
+            assert answer.choices[0].finish_reason == "length"
+            stream = await m.client.completions.create(
+                model=MODEL, prompt="def g():", max_tokens=12, stream=True,
+                stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+            usage = None
+            async for event in stream:
+                usage = event.usage or usage
+            assert usage is not None and usage.completion_tokens == 12
+        if where == "offloaded":  # the node in front of vLLM ran both for its peer
+            assert m.executor.dispatcher.stats["accepted"] == 2
+
+
+async def test_seed_stop_and_logprobs_reach_vllm(vllm: VLLMServer) -> None:
+    async with market("libp2p", "local", HTTPEngine(vllm.url, MODEL,
+                                                    scrape_interval=0.1)) as m:
+        ask = {"model": MODEL, "prompt": "import os\n", "max_tokens": 24, "temperature": 1.0,
+               "seed": 7, "extra_body": {"ignore_eos": True}}
+        with trio.fail_after(60):
+            first = await m.client.completions.create(**ask)
+            again = await m.client.completions.create(**ask)
+            # vLLM's per-request seed: the same seed, the same sampled text
+            assert first.choices[0].text == again.choices[0].text
+            text = first.choices[0].text
+            cut = next((i for i in range(3, len(text)) if text[i].strip()), None)
+            if cut is not None:  # stop at a later character of what the seed gives
+                stopped = await m.client.completions.create(
+                    **{**ask, "extra_body": {}}, stop=[text[cut:cut + 1]])
+                assert stopped.choices[0].finish_reason == "stop"
+                assert text[cut:cut + 1] not in stopped.choices[0].text
+            chat = await m.client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=6,
+                logprobs=True, top_logprobs=2, extra_body={"ignore_eos": True})
+            content = chat.choices[0].logprobs and chat.choices[0].logprobs.content
+            assert content and all(len(t.top_logprobs) == 2 for t in content)
+
+
+async def test_a_cancelled_stream_stops_vllms_request(vllm: VLLMServer) -> None:
+    engine = HTTPEngine(vllm.url, MODEL, scrape_interval=0.1)
+    async with market("libp2p", "local", engine) as m:
+        with trio.fail_after(60):
+            stream = await m.client.completions.create(
+                model=MODEL, prompt="z", max_tokens=900, stream=True,
+                extra_body={"ignore_eos": True})
+            running = 0
+            async for _ in stream:  # read on until vLLM's metrics show the request
+                running = (await engine.scrape()).running
+                if running:
+                    break
+            assert running == 1
+            await stream.close()
+
+        async def stopped() -> bool:
+            return (await engine.scrape()).running == 0
+
+        # 900 tokens at ~500 tokens/s would run ~2 s more: gone well before
+        await wait_until(stopped, within=1.5, every=0.1, what="vLLM dropped the request")
+
+
+async def test_an_engine_restart_is_down_then_back(vllm: VLLMServer) -> None:
+    """Last in the tier: the shared vLLM is stopped and started again on its port."""
+    async with driver(vllm) as engine:
+        await trio.to_thread.run_sync(vllm.stop)
+        await wait_until(lambda: not engine.load().healthy, within=5,
+                         what="the driver marks the stopped engine down")
+        await trio.to_thread.run_sync(vllm.start)
+        await wait_until(lambda: engine.load().healthy, within=10,
+                         what="the driver sees the engine back")
+        _, generated = await run(engine, CompletionRequest(
+            request_id="after", model=MODEL, prompt="x", max_tokens=4, ignore_eos=True))
+        assert generated == 4
