@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SERVED = "tiny-llama"
 #: vLLM's start (weights, KV pool, HTTP server) took 16-47 s on a 2-core machine
 START_WITHIN = 300.0
