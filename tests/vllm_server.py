@@ -1,9 +1,6 @@
-"""A real vLLM (CPU build) on loopback serving a tiny random model: the real-engine tier's engine.
-
-``setup.sh`` makes the vLLM venv and the model in ``WWWSERVE_REAL_ENGINE`` (default
-``.real-engine/`` in the clone). Without them these tests skip, saying why; with
-``WWWSERVE_REQUIRE_REAL_ENGINE=1`` (CI) they fail instead, as they do when vLLM cannot start.
-"""
+"""A real vLLM (CPU build) on loopback serving a tiny random model, as a process the
+real-engine tier starts, stops and restarts; ``real_engine_home`` is where
+``tests/real_engine/setup.sh`` made its venv and model."""
 
 from __future__ import annotations
 
