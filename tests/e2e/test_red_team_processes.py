@@ -360,6 +360,10 @@ async def attack(client: openai.AsyncOpenAI, nodes: list[dict[str, Any]],
             await trio.sleep(0.5)
     ledgers = await agree(60)
     assert ledgers[0]["height"] > start_height + ATTACK_SECONDS / 2
+    # 2. the equivocation's evidence lands in a block (the twins' last slot may be late)
+    with trio.fail_after(30):
+        while (await get(client, nodes[2], "/ledger"))["offences_slashed"] < 1:
+            await trio.sleep(0.5)
 
     # 4. the block files hold the best chain, not 12 MiB of side blocks
     for k in range(N):

@@ -175,3 +175,57 @@ async def test_a_slow_scrape_keeps_the_last_reading_and_the_running_requests() -
             rec.metrics_delay = 0.0
             await wait_until(lambda: engine.load().healthy, within=5, what="back")
             nursery.cancel_scope.cancel()
+
+
+async def test_a_scrape_whose_connection_breaks_is_not_a_dead_engine(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A real vLLM under a burst now and then dropped a kept-alive /metrics connection
+    without an answer (httpx: "Server disconnected without sending a response"); the
+    driver marked it down at once and cancelled every request it was serving. A refused
+    connection, nobody listening, is still down at once."""
+    drop = 0  # connections to close unanswered
+
+    async def serve(stream: trio.SocketStream) -> None:
+        nonlocal drop
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                data += chunk
+            if drop:
+                drop -= 1
+                return  # closed: no status line, no body
+            path = data.split(b" ", 2)[1]
+            body = VLLM_METRICS if path == b"/metrics" else b"{}"
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n"
+                                  b"content-length: %d\r\n\r\n%s" % (len(body), body))
+
+    listening = trio.CancelScope()
+
+    async def listen(*, task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
+        with listening:
+            await trio.serve_tcp(serve, 0, host="127.0.0.1", task_status=task_status)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(listen)
+        port = listeners[0].socket.getsockname()[1]
+        engine = HTTPEngine(f"http://127.0.0.1:{port}", MODEL, served_model="local-qwen",
+                            scrape_interval=0.02)
+        await nursery.start(engine.run)
+        assert engine.load().healthy and engine.load().running == 2
+        drop = SLOW_SCRAPES_DOWN - 1
+        await wait_until(lambda: drop == 0 and engine.scrape_failures == SLOW_SCRAPES_DOWN - 1,
+                         within=5, what="broken scrapes")
+        await wait_until(lambda: engine.scrapes > SLOW_SCRAPES_DOWN + 2, within=5,
+                         what="scrapes after them")
+        # never marked down in between (which cancels every request being served)
+        assert engine.load().healthy and "unavailable" not in caplog.text
+        assert engine.scrape_failures == SLOW_SCRAPES_DOWN - 1
+        failures = engine.scrape_failures
+        listening.cancel()  # nobody listening: down at the first refusal
+        await wait_until(lambda: engine.scrape_failures > failures, within=5, every=0.001,
+                         what="a refused scrape")
+        assert not engine.load().healthy
+        nursery.cancel_scope.cancel()

@@ -125,11 +125,13 @@ class _OneEvent:
 
 
 class _SlowScrape(EngineUnavailableError):
-    """A load scrape that did not finish within ``scrape_timeout``."""
+    """A load scrape that did not finish within ``scrape_timeout``, or whose connection
+    broke mid-answer: what a busy engine does, unlike refusing the connection."""
 
 
-#: slow scrapes in a row after which an engine is marked down (a real vLLM busy with a
-#: burst answered /metrics after more than 2 s, while it served every request)
+#: slow or broken scrapes in a row after which an engine is marked down (a real vLLM
+#: busy with a burst answered /metrics after more than 2 s, and now and then dropped a
+#: kept-alive connection unanswered, while it served every request)
 SLOW_SCRAPES_DOWN = 3
 
 
@@ -212,6 +214,11 @@ class HTTPEngine:
     def models(self) -> tuple[str, ...]:
         """The one model this engine serves."""
         return (self.model,)
+
+    @property
+    def in_flight(self) -> int:
+        """How many requests this driver has open at the engine now."""
+        return len(self._inflight)
 
     def load(self) -> EngineLoad:
         """The last scraped load (unhealthy until the first successful scrape)."""
@@ -350,6 +357,10 @@ class HTTPEngine:
                 return EngineLoad(running=len(self._inflight))
         except trio.TooSlowError:
             raise _SlowScrape(f"metrics scrape timed out ({self.scrape_timeout:g} s)") from None
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nobody there: down
+            raise EngineUnavailableError(f"{type(exc).__name__}: {exc}") from None
+        except httpx.TransportError as exc:  # a connection that broke while answering
+            raise _SlowScrape(f"{type(exc).__name__}: {exc}") from None
         except httpx.HTTPError as exc:
             raise EngineUnavailableError(f"{type(exc).__name__}: {exc}") from None
 

@@ -118,6 +118,7 @@ def ledger_view(chain: Chain, *, last: int = 10, accounts: bool = True,
         "justified_height": chain.finality.last_justified.height,
         "state_root": state.root().hex(), "pending": len(chain.pool),
         "total_credit": credits(state.total()), "duels_settled": len(state.settled),
+        "offences_slashed": len(state.slashed),
         "stats": {**chain.stats, **(stats or {})},
         "blocks": [{"height": b.height, "slot": b.slot, "proposer": b.proposer,
                     "txs": len(b.txs)}
