@@ -14,6 +14,10 @@ the same workload and seed are served by every strategy in virtual time
 - ``<s>_sim_requests_per_wall_s``: simulated requests per wall-clock second, all strategies.
 
     python bench/paper.py [--seed N] [--seeds K] [--only fluctuating,azure]
+                          [--scrape-interval S]
+
+The decentralized nodes read their engines' load every ``scrape_interval`` seconds, as
+they read a real engine's ``/metrics`` (``--scrape-interval 0``: the load as it is).
 
 ``--seeds K`` pools the requests of K seeds per scenario before computing the figures
 (the fluctuating setting has ~100 requests per run: single runs swing widely).
@@ -22,6 +26,7 @@ the same workload and seed are served by every strategy in virtual time
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -57,10 +62,13 @@ def vs_single(summaries: dict[str, Any], who: str) -> tuple[float, float]:
     return ratio, reduction
 
 
-def main(seed: int, only: list[str], seeds: int = 1) -> dict[str, float]:
+def main(seed: int, only: list[str], seeds: int = 1,
+         scrape_interval: float | None = None) -> dict[str, float]:
     out: dict[str, float] = {}
     for name in only:
         scenario = load_scenario(name)
+        if scrape_interval is not None:
+            scenario = dataclasses.replace(scenario, scrape_interval=scrape_interval)
         t = time.perf_counter()
         runs = pooled(scenario, STRATEGIES, seed, seeds)
         wall = time.perf_counter() - t
@@ -89,8 +97,12 @@ if __name__ == "__main__":
                         help="pool the requests of this many seeds from --seed on")
     parser.add_argument("--only", default=",".join(SCENARIOS),
                         help="comma-separated scenario names")
+    parser.add_argument("--scrape-interval", type=float, default=None,
+                        help="how stale the decentralized nodes' load readings are (s; "
+                             "0: the load as it is; default: the scenario's, 0.5)")
     args = parser.parse_args()
-    res = main(args.seed, [x for x in args.only.split(",") if x], args.seeds)
+    res = main(args.seed, [x for x in args.only.split(",") if x], args.seeds,
+               args.scrape_interval)
     for key, value in res.items():
         print(f"{key:>48}: {value}", file=sys.stderr)
     print(json.dumps(res))

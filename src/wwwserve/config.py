@@ -170,9 +170,16 @@ class ModelDispatchParams:
     """``models[].dispatch_params``: when this model counts as busy."""
 
     target_token_usage: float = 0.6
+    #: decide on the engine's last load reading *plus* the requests admitted to it since
+    #: that reading (false: on the reading alone, the authors' rule, which lets a burst
+    #: that arrives between two readings all land on one engine)
+    count_admitted: bool = True
 
     def __post_init__(self) -> None:
         _probability(self, "target_token_usage")
+        if not isinstance(self.count_admitted, bool):
+            raise ConfigError(f"count_admitted: must be true or false, got "
+                              f"{_fmt(self.count_admitted)}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -29,7 +29,16 @@ from .config import NodeConfig
 from .duel.race import DuelRace
 from .duel.ratings import PeerRecord
 from .duel.service import ChainRatings, DuelService
-from .engines import Chunk, CompletionRequest, Emit, Engine, SimEngine, Usage, get_profile
+from .engines import (
+    Chunk,
+    CompletionRequest,
+    Emit,
+    Engine,
+    Scraped,
+    SimEngine,
+    Usage,
+    get_profile,
+)
 from .engines.http import HTTPEngine
 from .errors import ConfigError, leaves
 from .evidence import DuelRecord, Outcome
@@ -244,7 +253,8 @@ class Node:
         sp = self.config.server_params
         models: tuple[ModelLoad, ...] = ()
         if self._dispatcher is not None:
-            loads = [(m.name, m.engine.load()) for m in self._dispatcher.models]
+            # the last reading and what was admitted since (what the node decides on)
+            loads = [(m.name, m.load()) for m in self._dispatcher.models]
             models = tuple(ModelLoad(model=name, token_usage=ld.token_usage, running=ld.running,
                                      queued=ld.queued) for name, ld in loads if ld.healthy)
         return LocalState(
@@ -267,8 +277,10 @@ class Node:
                     profile = get_profile(mc.sim_profile, mc.attention_backend)
                 except ConfigError as exc:
                     raise ConfigError(f"models[{i}] ({mc.model_path}): {exc}") from None
-                engine = SimEngine(profile, models=(mc.model_path,),
-                                   seed=self.rng.randrange(1 << 30))
+                # read every scrape_interval, as a real engine's /metrics are
+                engine = Scraped(SimEngine(profile, models=(mc.model_path,),
+                                           seed=self.rng.randrange(1 << 30)),
+                                 mc.scrape_interval)
             elif engine is None:
                 engine = HTTPEngine(mc.base_url, mc.model_path, kind=mc.engine,
                                     served_model=mc.served_model_name,
@@ -278,7 +290,8 @@ class Node:
             self._engines[mc.model_path] = engine
             models.append(LocalModel(mc.model_path, engine,
                                      mc.dispatch_params.target_token_usage,
-                                     mc.gen_params.defaults()))
+                                     mc.gen_params.defaults(),
+                                     mc.dispatch_params.count_admitted))
         return models
 
     async def submit(self, request: CompletionRequest, emit: Emit) -> Usage:

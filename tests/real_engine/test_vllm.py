@@ -4,6 +4,8 @@ and hand-written samples say it sends."""
 
 from __future__ import annotations
 
+import json
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,13 +13,25 @@ import httpx
 import pytest
 import trio
 
-from markets import market
+from markets import OTHER, PARAMS, market
 from recording_engine import MODEL
 from vllm_server import SERVED, VLLMServer
 from waiting import wait_until
-from wwwserve.engines import ChatMessage, Chunk, CompletionRequest
+from wwwserve.config import (
+    DuelParams,
+    GatewayParams,
+    ModelConfig,
+    NetworkParams,
+    NodeConfig,
+    ServerParams,
+)
+from wwwserve.engines import ChatMessage, Chunk, CompletionRequest, Engine, SimEngine, get_profile
 from wwwserve.engines.http import HTTPEngine
 from wwwserve.errors import BadRequestError, EngineUnavailableError
+from wwwserve.identity import Identity
+from wwwserve.market import CreditBook
+from wwwserve.node import Node
+from wwwserve.overlay import MemoryNetwork
 
 pytestmark = pytest.mark.real_engine
 
@@ -165,6 +179,24 @@ async def test_seed_stop_and_logprobs_reach_vllm(vllm: VLLMServer) -> None:
             assert content and all(len(t.top_logprobs) == 2 for t in content)
 
 
+async def test_response_format_reaches_vllm(vllm: VLLMServer) -> None:
+    """A JSON schema through the node: vLLM's structured output makes even a random model
+    answer with one of the schema's two values."""
+    schema = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}},
+              "required": ["answer"], "additionalProperties": False}
+    async with market("libp2p", "local", HTTPEngine(vllm.url, MODEL,
+                                                    scrape_interval=0.1)) as m:
+        with trio.fail_after(60):
+            answer = await m.client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "yes or no?"}],
+                max_tokens=200, temperature=1.0, seed=3,
+                response_format={"type": "json_schema",
+                                 "json_schema": {"name": "answer", "schema": schema}})
+        content = answer.choices[0].message.content
+        assert answer.choices[0].finish_reason == "stop", content
+        assert json.loads(content or "") in ({"answer": "yes"}, {"answer": "no"})
+
+
 async def test_a_user_who_goes_away_closes_the_nodes_request_to_vllm(
         vllm: VLLMServer) -> None:
     """A user who gives up while the request waits in vLLM's queue behind a burst: the
@@ -224,3 +256,47 @@ async def test_an_engine_restart_is_down_then_back(vllm: VLLMServer) -> None:
         _, generated = await run(engine, CompletionRequest(
             request_id="after", model=MODEL, prompt="x", max_tokens=4, ignore_eos=True))
         assert generated == 4
+
+
+async def test_a_duel_judged_by_vllm_ends_in_an_abstention(vllm: VLLMServer) -> None:
+    """A duel end to end whose one judge is the node in front of vLLM: the random model
+    writes no ``Verdict:`` line, so the judge abstains, the duel is a tie, and nobody's
+    standing moves."""
+    book = CreditBook(shared=True)
+    judge_model = "judge/tiny"
+    async with MemoryNetwork(seed=9, latency=0.0005) as net, trio.open_nursery() as nursery:
+        nodes: list[Node] = []
+        for i in range(4):
+            ident = Identity.from_seed(bytes([i + 61]) * 32)
+            model = (OTHER, MODEL, MODEL, judge_model)[i]
+            engine: Engine = HTTPEngine(vllm.url, judge_model, served_model=SERVED,
+                                        scrape_interval=0.1) if i == 3 else \
+                SimEngine(get_profile("h100/qwen3-8b"), models=(model,), seed=i)
+            cfg = NodeConfig(
+                server_params=ServerParams(offload_frequency=1.0, queue_frequency=1.0,
+                                           accept_frequency=1.0),
+                models=(ModelConfig(model_path=model, engine="sim"),),
+                network=NetworkParams(network_id="duel", bootstrap=tuple(
+                    n.addresses[0] for n in nodes[:1])),
+                membership=PARAMS, gateway=GatewayParams(enabled=False),
+                duel=DuelParams(p_inspect=1.0, k_judges=1, judge_timeout=60.0,
+                                judge_max_tokens=64))
+            node = Node(cfg, identity=ident, overlay=net.node(ident), engines={model: engine},
+                        credit=book.open(ident.peer_id, 100.0, 10.0), rng=random.Random(i))
+            await nursery.start(node.run)
+            nodes.append(node)
+        await wait_until(lambda: all(len(n.peers) == 3 for n in nodes), within=15,
+                         what="four nodes see each other")
+        requester, judge = nodes[0], nodes[3]
+        with trio.fail_after(60):
+            _, usage = await requester.complete(CompletionRequest(
+                request_id="q", model=MODEL, prompt="which is better?", max_tokens=16,
+                ignore_eos=True))
+            assert usage.completion_tokens == 16
+            await wait_until(lambda: requester.duels.stats["tie"] == 1, within=50,
+                             what="the duel tallied")
+        assert judge.duels.stats["voted_abstain"] == 1
+        assert requester.duels.stats["decided"] == 0
+        ratings = requester.duels.ratings()
+        assert all(r.wins == r.losses == 0 for r in ratings.values())
+        nursery.cancel_scope.cancel()

@@ -14,7 +14,7 @@ from wwwserve.config import (
     DispatchParams,
     MembershipParams,
 )
-from wwwserve.engines import Chunk, CompletionRequest
+from wwwserve.engines import Chunk, CompletionRequest, Engine, Scraped, SimEngine
 from wwwserve.errors import (
     ClosedError,
     DeadlineExceededError,
@@ -478,3 +478,33 @@ async def test_a_user_who_leaves_pays_only_for_an_answer_that_was_whole(
             pytest.approx(100.0 - (1.0 if whole else 0.0))
         assert executor.credit.balance() + executor.credit.stake() == \
             pytest.approx(100.0 + (1.0 if whole else 0.0))
+
+
+@pytest.mark.parametrize("count_admitted", [True, False])
+async def test_a_burst_between_two_load_readings_does_not_all_land_here(
+        memory_testnet, autojump_clock, count_admitted: bool) -> None:
+    """30 requests at once at a node whose engine's load is read every 0.5 s, as a real
+    engine's /metrics are: on the reading alone (the authors' rule) all 30 ran here on a
+    slow engine, while three idle peers waited; counting what was admitted since the
+    reading runs a few here and offloads the rest."""
+    def scraped(k: int, engine: SimEngine) -> Engine:
+        return Scraped(engine, 0.5)
+
+    async with memory_testnet(4, accept_frequency=[0.0, 1.0, 1.0, 1.0],
+                              profile=["rtx3090/qwen3-8b"] + ["h100/qwen3-8b"] * 3,
+                              target_token_usage=0.6, queue_frequency=1.0, latency=ONE_WAY,
+                              engine_wrapper=scraped) as net:
+        for node in net.nodes:
+            for model in node.dispatcher.models:
+                model.count_admitted = count_admitted
+        await trio.sleep(1.0)  # a reading of the idle engines
+        texts = await burst(net.nodes[0], 30)
+        assert len(texts) == 30
+        stats = net.nodes[0].dispatcher.stats
+        assert stats["local"] + stats["offloaded"] == 30
+        if count_admitted:
+            assert stats["offloaded"] >= 18, dict(stats)
+            # nor did every offload land on the first peer drawn: each counts its own
+            assert sum(1 for n in net.nodes[1:] if n.dispatcher.stats["accepted"]) >= 2
+        else:
+            assert stats["local"] == 30, dict(stats)

@@ -120,11 +120,11 @@ def test_claim_tables_are_bounded() -> None:
 # ---- grants --------------------------------------------------------------------------------
 def test_a_grant_is_used_once_before_it_expires() -> None:
     grants = Grants(ttl=30.0)
-    grants.grant("p", "r", now=0.0)
-    assert not grants.take("q", "r", 1.0)  # another peer's
-    assert grants.take("p", "r", 1.0) and not grants.take("p", "r", 1.0)
+    grants.grant("p", "r", now=0.0, model="m")
+    assert grants.take("q", "r", 1.0) is None  # another peer's
+    assert grants.take("p", "r", 1.0) == "m" and grants.take("p", "r", 1.0) is None
     grants.grant("p", "s", now=0.0)
-    assert not grants.take("p", "s", 30.0)
+    assert grants.take("p", "s", 30.0) is None
 
 
 def test_grants_are_bounded_and_drop_expired_ones_first() -> None:
@@ -135,7 +135,7 @@ def test_grants_are_bounded_and_drop_expired_ones_first() -> None:
     assert len(grants) == 1
     for i in range(20):
         grants.grant("p", f"live{i}", now=5.0)
-    assert len(grants) <= 8 and grants.take("p", "live19", 5.5)
+    assert len(grants) <= 8 and grants.take("p", "live19", 5.5) is not None
 
 
 # ---- speed -------------------------------------------------------------------------------
@@ -299,7 +299,7 @@ async def test_the_executor_answers_probes_from_its_policy_and_grants_them(
 
     assert await probe("ghost", "g") == ProbeReply(accept=False, reason="model")
     assert await probe("m", "r") == ProbeReply(accept=True, model="m")
-    assert d.executor.grants.take("peer", "r", trio.current_time())
+    assert d.executor.grants.take("peer", "r", trio.current_time()) == "m"
     busy = dispatcher(FakeEngine(usage=0.9))
     busy.executor.serve()
     handler = busy.executor.overlay.handlers["/wwwserve/probe/1.0.0"]  # type: ignore[attr-defined]
@@ -333,3 +333,50 @@ async def test_the_executor_streams_an_offload_and_refuses_loops_and_floods(
     assert decode(refused.sent[0], expect=ProbeReply) == ProbeReply(
         accept=False, reason="too many requests")
     assert d.stats["flood_refused"] == 1
+
+
+# ---- admissions counted between load readings ------------------------------------------------
+class Readings:
+    """An engine whose load is one reading until :meth:`read` takes the next."""
+
+    models = ("m",)
+
+    def __init__(self) -> None:
+        self.reading = EngineLoad()
+
+    def read(self, **load: Any) -> None:
+        self.reading = EngineLoad(**load)
+
+    def load(self) -> EngineLoad:
+        return self.reading
+
+
+def test_admitted_requests_count_until_the_next_reading() -> None:
+    engine = Readings()
+    model = LocalModel("m", engine, target_token_usage=0.35)  # type: ignore[arg-type]
+    tokens = [model.admit() for _ in range(3)]  # 0.1 each (no running request seen yet)
+    assert model.load() == EngineLoad(token_usage=pytest.approx(0.3), running=3)
+    tokens.append(model.admit())  # 0.3 < 0.35: one more runs, at 0.4 the next waits
+    tokens.append(model.admit())
+    assert (model.load().running, model.load().queued) == (4, 1)
+    model.release(tokens[0])  # finished before any reading showed it
+    assert (model.load().running, model.load().queued) == (3, 1)
+    # a reading replaces the estimate, and teaches what a running request holds
+    engine.read(token_usage=0.4, running=2)
+    assert model.load() == EngineLoad(token_usage=0.4, running=2)
+    model.release(tokens[1])  # counted by the reading now: nothing to take back
+    assert model.load() == EngineLoad(token_usage=0.4, running=2)
+    waiting = model.admit()  # over the target: it waits
+    assert (model.load().running, model.load().queued) == (2, 1)
+    model.release(waiting)
+    model.target_token_usage = 0.9
+    model.admit()  # under it: it runs, holding the mean of the prior and what was read
+    assert model.load().token_usage == pytest.approx(0.4 + (0.1 + 0.2) / 2)
+
+
+def test_the_authors_rule_decides_on_the_reading_alone() -> None:
+    engine = Readings()
+    model = LocalModel("m", engine, count_admitted=False)  # type: ignore[arg-type]
+    for _ in range(30):
+        model.admit()
+    assert model.load() == EngineLoad()

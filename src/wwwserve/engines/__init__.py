@@ -15,6 +15,7 @@ from .base import (
     visible_text,
     with_defaults,
 )
+from .scraped import Scraped
 from .sim import Profile, SimEngine, get_profile, profile_names
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Engine",
     "EngineLoad",
     "Profile",
+    "Scraped",
     "SimEngine",
     "Usage",
     "approx_tokens",

@@ -37,28 +37,32 @@ logger = logging.getLogger(__name__)
 
 
 class Grants:
-    """Accepted probes: (peer, request id) -> expiry, at most ``limit`` of them (sans-IO)."""
+    """Accepted probes: (peer, request id) -> expiry and the model granted, at most
+    ``limit`` of them (sans-IO)."""
 
     def __init__(self, ttl: float, limit: int = 4096) -> None:
         self.ttl = ttl
         self.limit = limit
-        self._grants: dict[tuple[str, str], float] = {}
+        self._grants: dict[tuple[str, str], tuple[float, str]] = {}
 
     def __len__(self) -> int:
         return len(self._grants)
 
-    def grant(self, peer: str, request_id: str, now: float) -> None:
-        """Entitle ``peer`` to send ``request_id`` until ``now + ttl``."""
+    def grant(self, peer: str, request_id: str, now: float, model: str = "") -> None:
+        """Entitle ``peer`` to send ``request_id`` until ``now + ttl``, on ``model``."""
         if len(self._grants) >= self.limit:
-            for key in [k for k, t in self._grants.items() if t <= now] or \
+            for key in [k for k, g in self._grants.items() if g[0] <= now] or \
                     [next(iter(self._grants))]:
                 del self._grants[key]
-        self._grants[(peer, request_id)] = now + self.ttl
+        self._grants[(peer, request_id)] = (now + self.ttl, model)
 
-    def take(self, peer: str, request_id: str, now: float) -> bool:
-        """Use up ``peer``'s grant for ``request_id``; False if it has none (or it expired)."""
-        expiry = self._grants.pop((peer, request_id), None)
-        return expiry is not None and expiry > now
+    def take(self, peer: str, request_id: str, now: float) -> str | None:
+        """Use up ``peer``'s grant for ``request_id``: the model granted, or None if it
+        has none (or it expired)."""
+        grant = self._grants.pop((peer, request_id), None)
+        if grant is None or grant[0] <= now:
+            return None
+        return grant[1]
 
 
 class Executor:
@@ -109,8 +113,8 @@ class Executor:
         refusal = "model" if not self.local.matching(probe.model) else self._refusal(peer)
         name = self._accepts(probe.model, probe.route) if refusal is None else None
         self.stats["probe_accepted" if name else "probe_refused"] += 1
-        if name:
-            self.grants.grant(peer, probe.request_id, trio.current_time())
+        if name:  # (not counted as admitted: most granted probes are never used)
+            self.grants.grant(peer, probe.request_id, trio.current_time(), name)
         await sender.send(encode(ProbeReply(accept=name is not None, model=name or "",
                                             reason="" if name else refusal or "busy")))
 
@@ -140,19 +144,33 @@ class Executor:
     async def _run_for(self, peer: str, off: Offload, request: CompletionRequest,
                        stream: ExecutorStream, sender: ResponseSender) -> None:
         local = self.local
-        if off.offer or not self.grants.take(peer, request.request_id, trio.current_time()):
+        granted = None if off.offer else \
+            self.grants.take(peer, request.request_id, trio.current_time())
+        if granted is None:
             # an offer, or an offload no accepted probe of ours announced: the policy decides
             accepted = self._accepts(request.model, off.route)
             self.stats["probe_accepted" if accepted else "probe_refused"] += 1
             if accepted is None:
                 await sender.send(stream.refuse("busy"))
                 return
-            name = accepted
+            name, token = accepted, local.by_name(accepted).admit()
         else:
             candidates = local.view(request.model).models
             if not candidates:
                 raise WWWServeError(f"model {request.model!r} unavailable here")
-            name = min(candidates, key=lambda m: (m.load.queued, m.load.token_usage)).name
+            name = granted
+            if all(m.name != name for m in candidates):  # the granted model went down
+                name = min(candidates, key=lambda m: (m.load.queued, m.load.token_usage)).name
+            token = local.by_name(name).admit()
+        try:
+            await self._serve_admitted(peer, request, stream, sender, name, token)
+        finally:
+            local.by_name(name).release(token)
+
+    async def _serve_admitted(self, peer: str, request: CompletionRequest,
+                              stream: ExecutorStream, sender: ResponseSender, name: str,
+                              token: int) -> None:
+        local = self.local
         await sender.send(stream.accept(name))
 
         model = local.by_name(name)
@@ -184,7 +202,7 @@ class Executor:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(keep_alive)
                 try:
-                    await model.generate(request, forward)
+                    await model.generate(request, forward, admitted=token)
                 finally:
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:

@@ -7,15 +7,16 @@ same counters, and wake the requests waiting for capacity (:meth:`Local.notify`)
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
 
-from ..engines import CompletionRequest, Emit, Engine, Usage, with_defaults
+from ..engines import CompletionRequest, Emit, Engine, EngineLoad, Usage, with_defaults
 from ..membership import PeerInfo, PeerStatus
 from .credit import CreditAccount
 from .policy import ModelView, NodeView, Policy
@@ -24,19 +25,75 @@ from .speed import SpeedBook
 __all__ = ["Local", "LocalModel", "serves"]
 
 
+#: the share of an engine's KV pool one admitted request is assumed to take until the
+#: engine's readings have shown one (then: the mean usage per running request it read)
+ADMIT_USAGE_PRIOR = 0.1
+
+
 @dataclass(slots=True)
 class LocalModel:
     """A model this node serves: its name, engine, target token usage and its provider's
-    sampling defaults (``gen_params``: applied where a request does not set a field)."""
+    sampling defaults (``gen_params``: applied where a request does not set a field).
+
+    Its :meth:`load` is the engine's last reading plus what was admitted since it
+    (``count_admitted``): an engine's load is read every ``scrape_interval``, and a burst
+    decided on one reading would all land here. Each request admitted (:meth:`admit`, or
+    by :meth:`generate`) counts as one more running request holding the usage that a
+    running request held on the engine's readings, or as one more queued request once
+    that estimate is at the target; its count ends when it finishes or when a new reading
+    comes (which shows it, if it still runs).
+    """
 
     name: str
     engine: Engine
     target_token_usage: float = 0.6
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    count_admitted: bool = True
+    _reading: EngineLoad | None = field(default=None, init=False, repr=False)
+    #: admissions since the reading: token -> counted as queued
+    _since: dict[int, bool] = field(default_factory=dict, init=False, repr=False)
+    _per_request: float = field(default=ADMIT_USAGE_PRIOR, init=False, repr=False)
+    _tokens: Iterator[int] = field(default_factory=itertools.count, init=False, repr=False)
 
-    async def generate(self, request: CompletionRequest, emit: Emit) -> Usage:
-        """Run ``request`` on this model's engine, with this provider's defaults."""
-        return await self.engine.generate(with_defaults(request, self.defaults), emit)
+    def load(self) -> EngineLoad:
+        """The engine's last reading, with the requests admitted since it counted in."""
+        reading = self.engine.load()
+        if reading is not self._reading:  # a new reading: it shows what still runs
+            self._reading = reading
+            self._since.clear()
+            if reading.running > 0 and reading.token_usage > 0:
+                seen = reading.token_usage / reading.running
+                self._per_request = 0.5 * (self._per_request + seen)
+        if not self._since or not self.count_admitted or not reading.healthy:
+            return reading
+        queued = sum(self._since.values())
+        running = len(self._since) - queued
+        return replace(reading, running=reading.running + running,
+                       queued=reading.queued + queued,
+                       token_usage=min(1.0, reading.token_usage + running * self._per_request))
+
+    def admit(self) -> int:
+        """Count one request admitted to the engine now; returns the token that
+        :meth:`release` takes when it is done (or was never sent)."""
+        load = self.load()
+        token = next(self._tokens)
+        self._since[token] = not (load.token_usage < self.target_token_usage
+                                  and load.queued == 0)
+        return token
+
+    def release(self, token: int) -> None:
+        """An admitted request is done (a no-op once a newer reading replaced its count)."""
+        self._since.pop(token, None)
+
+    async def generate(self, request: CompletionRequest, emit: Emit, *,
+                       admitted: int | None = None) -> Usage:
+        """Run ``request`` on this model's engine, with this provider's defaults
+        (``admitted``: its :meth:`admit` token, if it was admitted before)."""
+        token = self.admit() if admitted is None else admitted
+        try:
+            return await self.engine.generate(with_defaults(request, self.defaults), emit)
+        finally:
+            self.release(token)
 
 
 def serves(info: PeerInfo, model: str) -> bool:
@@ -87,7 +144,7 @@ class Local:
         """What the policy sees for a request for ``model``."""
         views = []
         for m in self.matching(model):
-            load = m.engine.load()
+            load = m.load()
             if load.healthy:
                 views.append(ModelView(m.name, load, m.target_token_usage))
         return NodeView(tuple(views), self.waiting, self.credit.balance(), self.credit.stake(),

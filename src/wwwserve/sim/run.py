@@ -16,7 +16,16 @@ from ..config import (
     MembershipParams,
     ServerParams,
 )
-from ..engines import Chunk, CompletionRequest, EngineLoad, SimEngine, Usage, get_profile
+from ..engines import (
+    Chunk,
+    CompletionRequest,
+    Engine,
+    EngineLoad,
+    Scraped,
+    SimEngine,
+    Usage,
+    get_profile,
+)
 from ..engines.base import Emit
 from ..errors import ConfigError, WWWServeError
 from ..market import CreditBook, Draining, FixedStake, ServePeersOnly, get_policy
@@ -248,8 +257,11 @@ class _SimNetwork:
         if spec.stake is not None:
             policy = FixedStake(policy, spec.stake)
         self.drains[k] = Draining(policy)
+        engine: Engine = self.engines[k]
+        if scenario.scrape_interval > 0:  # the node reads the load as a real one does
+            engine = Scraped(engine, scenario.scrape_interval)
         node = sim_node(cfg, identity=ident, network=self.net, policy=self.drains[k],
-                        engines={_node_model(scenario, spec): self.engines[k]},
+                        engines={_node_model(scenario, spec): engine},
                         credit=None if self.genesis is not None
                         else self.book.open(ident.peer_id, 1e9, 0.0), genesis=self.genesis,
                         rng=random.Random(f"{self.seed}:node:{spec.name}"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -130,8 +131,14 @@ class Scenario:
     #: the simulated engines' admission rule: ``sglang`` (optimistic, with retraction, as
     #: SGLang does) or ``reserve`` (a request's whole KV footprint reserved at admission)
     admission: str = "sglang"
+    #: how often a node reads its engine's load, as it scrapes a real engine's /metrics
+    #: (the decentralized world decides on readings this stale; 0: the load as it is)
+    scrape_interval: float = 0.5
 
     def __post_init__(self) -> None:
+        if not (self.scrape_interval >= 0 and math.isfinite(self.scrape_interval)):
+            raise ConfigError(f"scrape_interval: must be a number >= 0, got "
+                              f"{self.scrape_interval!r}")
         if self.admission not in ADMISSIONS:
             raise ConfigError(f"admission: must be one of {', '.join(ADMISSIONS)}, got "
                               f"{self.admission!r}")

@@ -225,7 +225,8 @@ class ProcessTestnet:
 
     ``engines``: engine base URLs (one for all nodes, or one per node); empty means one
     ``wwwserve sim-engine`` process per node with ``profiles`` (one for all or one per node).
-    ``target_token_usage``, ``accept_frequency`` and ``profiles`` may be per node.
+    ``target_token_usage``, ``accept_frequency`` and ``profiles`` may be per node;
+    ``count_admitted`` is every model's ``dispatch_params.count_admitted``.
     ``config`` is merged into every node's YAML (top-level sections, shallow per section).
     ``netns`` runs node ``k`` and its engine in the network namespace ``netns[k]`` (made by
     the caller), listening for peers on ``hosts[k]``; its gateway is then only reachable
@@ -245,6 +246,7 @@ class ProcessTestnet:
         initial_credit: float = 1000.0,
         initial_staked: float = 10.0,
         target_token_usage: float | Sequence[float] = 0.5,
+        count_admitted: bool = True,
         accept_frequency: float | Sequence[float] = 1.0,
         offload_frequency: float = 1.0,
         queue_frequency: float = 0.5,
@@ -270,6 +272,7 @@ class ProcessTestnet:
         self.engine_urls = [engines[i % len(engines)] for i in range(n)] if engines else []
         self.profiles = per_node(profiles, n, "profiles")
         self.targets = per_node(target_token_usage, n, "target_token_usage")
+        self.count_admitted = count_admitted
         self.accepts = per_node(accept_frequency, n, "accept_frequency")
         self.model = model
         self.network_id = network_id
@@ -415,7 +418,8 @@ class ProcessTestnet:
                               "initial_staked": self.initial_staked},
             "models": [{"model_path": self.model, "base_url": node.engine_url,
                         "scrape_interval": 0.5,
-                        "dispatch_params": {"target_token_usage": self.targets[node.index]}}],
+                        "dispatch_params": {"target_token_usage": self.targets[node.index],
+                                            "count_admitted": self.count_admitted}}],
             "node": {"name": node.name, "data_dir": str(node.config.parent),
                      "key_path": str(node.config.parent / "node.key")},
             "network": {"network_id": self.network_id, "bootstrap": bootstrap,
