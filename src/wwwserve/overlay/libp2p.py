@@ -23,6 +23,7 @@ times the round trip itself.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from typing import Any, Self
@@ -235,6 +236,12 @@ class Libp2pOverlay:
         )
         bounded_mesh(gossipsub)
         pubsub = Pubsub(host, gossipsub, strict_signing=True)
+        # py-libp2p starts the sequence numbers at int(time.time()) and names a message by
+        # sender and sequence number (remembered 120 s): a node that published more than
+        # one message a second, restarted, reused names its peers had seen, and they
+        # dropped its heartbeats for up to a minute. Nanoseconds stay ahead of any earlier
+        # start (nobody publishes a billion messages a second), and fit the uint64
+        pubsub.counter = time.time_ns()
         self._pubsub = pubsub
         guard_host(host, pubsub, self._offence)
         try:
