@@ -411,8 +411,11 @@ class DuelParams:
 
     #: share of offloaded requests also sent to a second executor and judged
     p_inspect: float = 0.1
-    #: judges per duel, drawn by stake (a duel without that many candidates is skipped)
+    #: judges per duel, drawn by stake; a network too small to seat that many seats as
+    #: many as it can (in a 4-node network: one), down to ``min_judges``
     k_judges: int = 3
+    #: the fewest judges a duel is judged by (with fewer candidates it is void)
+    min_judges: int = 1
     #: seconds judges get to evaluate and commit their votes
     judge_timeout: float = 300.0
     #: seconds judges get to reveal their votes once all commits are in
@@ -424,9 +427,12 @@ class DuelParams:
 
     def __post_init__(self) -> None:
         _probability(self, "p_inspect")
-        for name in ("k_judges", "judge_timeout", "reveal_timeout", "judge_max_tokens",
-                     "max_judging"):
+        for name in ("k_judges", "min_judges", "judge_timeout", "reveal_timeout",
+                     "judge_max_tokens", "max_judging"):
             _positive(self, name)
+        if self.min_judges > self.k_judges:
+            raise ConfigError(f"min_judges: must be at most k_judges ({self.k_judges}), got "
+                              f"{_fmt(self.min_judges)}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

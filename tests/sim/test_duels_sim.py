@@ -299,3 +299,29 @@ async def test_a_duelled_request_reaches_the_user_once_from_one_executor(stream,
         assert d["duels"] == 6 and d["duel_copies"] == 6 - d["duels_unmatched"] >= 4
         assert user.duels.stats["settled"] == d["duel_copies"]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_four_node_network_judges_its_duels_with_the_one_judge_it_can_seat(
+        autojump_clock, tmp_path):
+    """With the default ``k_judges: 3``, every duel of a 4-node network (the shipped
+    configs') was void: the requester and both executors never judge, so one node is
+    left. It now judges alone (``min_judges: 1``), and the duels settle on the ledger."""
+    seed = 5
+    seed_trio_scheduler(seed)
+    specs = [Spec("user", credit=100_000)] + [Spec("p", "a100-80g/qwen3-8b")] * 3
+    async with MemoryNetwork(seed=seed, latency=0.005) as net, trio.open_nursery() as nursery:
+        network = await start(nursery, net, specs, tmp_path, seed,
+                              duel=DuelParams(p_inspect=1.0))
+        await network.drive(60, 0.5, seed)
+        await trio.sleep(30)
+        assert network.done == {"ok": network.done["ok"]}
+        user = network.of("user")[0]
+        stats = user.duels.stats
+        # (void now only when the one node left holds no stake at the duel's checkpoint:
+        # a busy provider unbonds)
+        assert stats["fewer_judges"] >= 10 and stats["decided"] + stats["tie"] >= 10
+        assert stats["decided"] + stats["tie"] > stats["void_too_few_judges"], dict(stats)
+        settled = network.settlements()
+        assert len(settled) >= 10 and all(len(rec.judges) == 1 for _, rec in settled)
+        assert any(tx.winner for tx, _ in settled)
+        nursery.cancel_scope.cancel()

@@ -8,7 +8,8 @@ The user gets the first answer (the first to stream, or the first complete one w
 streaming); the other is collected up to the request's deadline. Then :meth:`DuelService.judge`:
 
 1. draws ``k_judges`` judges by stake among live peers serving some model, without the
-   executors, the requester and the route; signs a :class:`~.evidence.DuelRecord`;
+   executors, the requester and the route (as many as there are, down to ``min_judges``);
+   signs a :class:`~.evidence.DuelRecord`;
 2. sends each judge the request's prompt and the two answers, in a random order per judge,
    over ``/wwwserve/judge/1.0.0``; each judge evaluates with its own engine and answers with a
    signed commit (within ``judge_timeout``);
@@ -224,9 +225,11 @@ class DuelService:
                 exclude = {self.peer_id, x.executor, y.executor, *route}
                 judges = weighted_sample(self._eligible_judges(exclude),
                                          self.params.k_judges, self.rng)
-            if len(judges) < self.params.k_judges:
+            if len(judges) < self.params.min_judges:
                 self.stats["void_too_few_judges"] += 1
                 return None
+            if len(judges) < self.params.k_judges:  # all the network could seat
+                self.stats["fewer_judges"] += 1
         x_first = tuple(self.rng.random() < 0.5 for _ in judges)
         logger.info("duel %s between %s and %s, judges %s (they log it as duel-%s)",
                     duel_id, x.executor, y.executor, ", ".join(judges) or "none", duel_id)
