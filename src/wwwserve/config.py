@@ -18,6 +18,7 @@ directory of that file, so a config works from any current directory.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import re
 import types
@@ -54,6 +55,26 @@ __all__ = [
 T = TypeVar("T")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _POLICY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*(:[A-Za-z_][A-Za-z0-9_]*)?$")
+
+
+def _multiaddr_problem(addr: object, *, peer: bool) -> str | None:
+    """What is wrong with ``addr`` as a TCP multiaddr (ending in a peer id if ``peer``),
+    checked as libp2p will read it; None if nothing."""
+    from multiaddr import Multiaddr  # (the multiaddr package only, not libp2p)
+
+    if not isinstance(addr, str) or not addr.startswith("/"):
+        return "not a multiaddr"
+    try:
+        protocols = [p.name for p in Multiaddr(addr).protocols()]
+    except Exception as exc:  # the parser raises several kinds; each says what is wrong
+        return re.sub(r"^Invalid MultiAddr '.*?': ", "", str(exc).split(" (string:")[0])
+    if "tcp" not in protocols:
+        return "no /tcp/<port> in it"
+    if peer and protocols[-1] != "p2p":
+        return "it must end with /p2p/<peer id>"
+    if not peer and "p2p" in protocols:
+        return "a listen address names no peer id"
+    return None
 
 
 def _fmt(value: Any) -> str:
@@ -99,6 +120,11 @@ class ServerParams:
 
     def __post_init__(self) -> None:
         _port(self, "port")
+        try:  # it makes the default listen address /ip4/<ip>/tcp/<port>
+            ipaddress.IPv4Address(self.ip)
+        except (ipaddress.AddressValueError, TypeError):
+            raise ConfigError(f"ip: must be an IPv4 address like 127.0.0.1, "
+                              f"got {_fmt(self.ip)}") from None
         for name in ("offload_frequency", "queue_frequency", "accept_frequency"):
             _probability(self, name)
         if not _POLICY_RE.match(self.policy):
@@ -325,17 +351,12 @@ class NetworkParams:
             )
         for key, addrs in (("listen", self.listen), ("bootstrap", self.bootstrap)):
             for i, addr in enumerate(addrs):
-                if not addr.startswith("/"):
+                problem = _multiaddr_problem(addr, peer=key == "bootstrap")
+                if problem is not None:
                     raise ConfigError(
-                        f"{key}[{i}]: must be a multiaddr like /ip4/127.0.0.1/tcp/5778"
-                        f"{'/p2p/<peer id>' if key == 'bootstrap' else ''}, got {_fmt(addr)}"
-                    )
-        for i, addr in enumerate(self.bootstrap):
-            if "/p2p/" not in addr:
-                raise ConfigError(
-                    f"bootstrap[{i}]: must end with /p2p/<peer id> (see `wwwserve id`), "
-                    f"got {_fmt(addr)}"
-                )
+                        f"{key}[{i}]: {problem}; a multiaddr like /ip4/127.0.0.1/tcp/5778"
+                        f"{'/p2p/<peer id> (see `wwwserve id`)' if key == 'bootstrap' else ''}"
+                        f", got {_fmt(addr)}")
         _positive(self, "target_degree")
         low, high = GOSSIP_DEGREES
         if not low <= self.gossip_degree <= high:

@@ -146,7 +146,31 @@ def test_bad_base_url(tmp_path):
 
 def test_bootstrap_needs_peer_id(tmp_path):
     msg = error_of(tmp_path, GOOD + "network:\n  bootstrap: [/ip4/127.0.0.1/tcp/5778]\n")
-    assert "network.bootstrap[0]: must end with /p2p/<peer id>" in msg
+    assert "network.bootstrap[0]: it must end with /p2p/<peer id>" in msg
+
+
+@pytest.mark.parametrize(("section", "value", "says"), [
+    # each of these stopped a node with a traceback from inside libp2p
+    ("network:\n  bootstrap: [/ip4/127.0.0.1/tcp/5778/p2p/]\n",
+     "network.bootstrap[0]", "missing value for protocol: p2p"),
+    ("network:\n  bootstrap: [/ip4/127.0.0.1/tcp/5778/p2p/12D3KooWabc]\n",
+     "network.bootstrap[0]", "Invalid CID: 12D3KooWabc"),
+    ("network:\n  bootstrap: [/ip4/300.0.0.1/tcp/5778/p2p/12D3KooWabc]\n",
+     "network.bootstrap[0]", "is not IPv4"),
+    ("network:\n  listen: [/ip4/127.0.0.1/tcp/70000]\n",
+     "network.listen[0]", "integer not in range"),
+    ("network:\n  listen: [/ip4/127.0.0.1/udp/5778]\n",
+     "network.listen[0]", "no /tcp/<port> in it"),
+])
+def test_every_address_libp2p_reads_is_checked_when_the_config_loads(tmp_path, section,
+                                                                     value, says):
+    msg = error_of(tmp_path, GOOD + section)
+    assert f"{value}: " in msg and says in msg, msg
+
+
+def test_server_ip_must_be_an_ipv4_address(tmp_path):
+    msg = error_of(tmp_path, GOOD.replace("ip: 127.0.0.1", "ip: localhost"))
+    assert "server_params.ip: must be an IPv4 address" in msg, msg
 
 
 def test_gossip_degree_is_bounded_and_reaches_the_overlay(tmp_path):
