@@ -68,7 +68,7 @@ def _multiaddr_problem(addr: object, *, peer: bool) -> str | None:
         protocols = [p.name for p in Multiaddr(addr).protocols()]
     except Exception as exc:  # the parser raises several kinds; each says what is wrong
         return re.sub(r"^Invalid MultiAddr '.*?': ", "", str(exc).split(" (string:")[0])
-    if "tcp" not in protocols:
+    if "tcp" not in protocols and "memory" not in protocols:  # (memory: the simulator's)
         return "no /tcp/<port> in it"
     if peer and protocols[-1] != "p2p":
         return "it must end with /p2p/<peer id>"
