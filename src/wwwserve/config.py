@@ -369,7 +369,7 @@ class GatewayParams:
     """``gateway`` (optional): the OpenAI-compatible HTTP address for this node's users."""
 
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = 8100  # not 8000 (vLLM's default) nor 30000 (SGLang's)
     enabled: bool = True
     #: if set, users must send ``Authorization: Bearer <api_key>``
     api_key: str | None = None

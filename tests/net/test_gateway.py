@@ -152,6 +152,8 @@ async def test_errors_use_openai_envelope_and_status() -> None:
                     for f in text_string_to_metric_families(metrics) for s in f.samples
                     if s.name == "wwwserve_requests_total"}
         assert outcomes == {"not_found": 1, "bad_request": 2, "deadline": 1, "no_capacity": 1}
+        # no creation-time series (a counter and a histogram each had one)
+        assert "_created" not in metrics and "wwwserve_ttft_seconds_count" in metrics
 
 
 async def test_stream_broken_after_first_token_ends_with_an_error_event() -> None:

@@ -128,3 +128,11 @@ def test_a_node_without_http_engines_does_not_import_openai() -> None:
             "from wwwserve.engines.http import HTTPEngine; HTTPEngine('http://127.0.0.1:1', 'm'); "
             "assert 'openai' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_verbose_is_taken_after_the_command_too() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["node", "x.yaml"]).verbose == 0
+    assert parser.parse_args(["-v", "node", "x.yaml"]).verbose == 1
+    assert parser.parse_args(["node", "x.yaml", "-vv"]).verbose == 2  # was: an error
+    assert parser.parse_args(["status", "http://127.0.0.1:1", "-v"]).verbose == 1

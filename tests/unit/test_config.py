@@ -207,3 +207,9 @@ def test_logging_levels_are_named_levels(tmp_path):
     msg = error_of(tmp_path, GOOD + "logging: {level: LOUD}\n")
     assert "logging.level: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'LOUD'" \
         in msg
+
+
+def test_the_gateway_default_port_is_not_an_engines_default() -> None:
+    from wwwserve.config import GatewayParams
+
+    assert GatewayParams().port not in (8000, 30000)  # vLLM's, SGLang's

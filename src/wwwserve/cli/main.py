@@ -29,9 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more logging (-vvv includes libp2p)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # -v after the command too (`wwwserve node x.yaml -v`; given on both sides, the -v after
+    # the command counts)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="more logging (-vvv includes libp2p)")
 
     def add(name: str, help_: str, example: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_, description=help_,
+        return sub.add_parser(name, help=help_, description=help_, parents=[common],
                               epilog=f"example:\n  {example}",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 

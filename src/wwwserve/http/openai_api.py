@@ -26,12 +26,13 @@ import math
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 
 from ..engines import MAX_EXTRA_BYTES, ChatMessage, Chunk, CompletionRequest, Emit, Usage
 from ..errors import (
@@ -466,11 +467,28 @@ async def send_json(send: Send, status: int, obj: object,
     await send_response(send, status, json.dumps(obj).encode(), "application/json", headers)
 
 
+class _WithoutCreated:
+    """``registry`` without the ``*_created`` sample of every counter and histogram
+    (creation timestamps no dashboard reads: vLLM and SGLang export none). Per registry,
+    not prometheus_client's process-wide switch: an integrator's own metrics keep theirs."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            if any(s.name.endswith("_created") for s in family.samples):
+                family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield family
+
+
 def metrics_handler(registry: CollectorRegistry) -> Handler:
     """A route serving ``registry`` in Prometheus text exposition."""
+    exposed = _WithoutCreated(registry)
 
     async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
-        await send_response(send, 200, generate_latest(registry), CONTENT_TYPE_LATEST)
+        await send_response(send, 200, generate_latest(exposed),
+                            CONTENT_TYPE_LATEST)
 
     return metrics
 
