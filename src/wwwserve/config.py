@@ -619,8 +619,9 @@ def config_from_dict(data: Any, *, source: str = "<config>", base_dir: Path | No
         raise ConfigError(f"{source}: {exc.path}: {exc.message}") from None
 
 
-def load_config(path: str | Path) -> NodeConfig:
-    """Read and validate a node YAML file; every problem is a :class:`ConfigError`."""
+def read_config_data(path: str | Path) -> dict[str, Any]:
+    """A node YAML file's mapping, read but not yet validated (:func:`config_from_dict`
+    does that); an unreadable or malformed file is a :class:`ConfigError`."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -638,5 +639,19 @@ def load_config(path: str | Path) -> NodeConfig:
     if data is None:
         raise ConfigError(f"{p}: top level: file is empty (expected a mapping with at least "
                           "server_params and models)")
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "-", p.stem)[:64] or "node"
-    return config_from_dict(data, source=str(p), base_dir=p.resolve().parent, name=stem)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level: must be a mapping of sections, got "
+                          f"{type(data).__name__}")
+    return data
+
+
+def config_name(path: str | Path) -> str:
+    """The default node name of the config file at ``path`` (its file name's stem)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", Path(path).stem)[:64] or "node"
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Read and validate a node YAML file; every problem is a :class:`ConfigError`."""
+    p = Path(path)
+    return config_from_dict(read_config_data(p), source=str(p), base_dir=p.resolve().parent,
+                            name=config_name(p))

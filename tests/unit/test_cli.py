@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from wwwserve.cli import build_parser, main
 
@@ -136,3 +142,86 @@ def test_verbose_is_taken_after_the_command_too() -> None:
     assert parser.parse_args(["-v", "node", "x.yaml"]).verbose == 1
     assert parser.parse_args(["node", "x.yaml", "-vv"]).verbose == 2  # was: an error
     assert parser.parse_args(["status", "http://127.0.0.1:1", "-v"]).verbose == 1
+
+
+# ---- wwwserve node from flags ---------------------------------------------------------------
+class _Member(http.server.BaseHTTPRequestHandler):
+    """An engine's /v1/models and a member node's /status, on loopback."""
+
+    def do_GET(self) -> None:
+        body = {"/v1/models": {"object": "list", "data": [{"id": "served/qwen"}]},
+                "/status": {"peer_id": PEER, "addresses": [f"/ip4/127.0.0.1/tcp/5999/p2p/{PEER}"]}
+                }.get(self.path)
+        data = json.dumps(body).encode()
+        self.send_response(200 if body else 404)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+PEER = "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def member() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Member)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def printed_config(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
+    assert main(["node", *argv, "--print-config"]) == 0, capsys.readouterr().err
+    data = yaml.safe_load(capsys.readouterr().out)
+    assert isinstance(data, dict)
+    return data
+
+
+def test_a_node_from_flags_alone_finds_its_model_and_a_member(
+        member: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    data = printed_config(capsys, "--engine", member, "--bootstrap", member,
+                          "--gateway", "127.0.0.1:9101", "--api-key", "k", "--data-dir", "d")
+    # the engine's one model, and the member's multiaddr from its gateway's /status
+    assert data["models"] == [{"base_url": member, "model_path": "served/qwen"}]
+    assert data["network"]["bootstrap"] == [f"/ip4/127.0.0.1/tcp/5999/p2p/{PEER}"]
+    assert data["gateway"] == {"host": "127.0.0.1", "port": 9101, "api_key": "k"}
+    assert data["node"] == {"data_dir": "d"}
+
+
+def test_flags_win_over_variables_and_variables_over_the_file(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    shipped = str(ROOT / "node_configs" / "node2.yaml")
+    monkeypatch.setenv("WWWSERVE_ENGINE", "http://127.0.0.1:31000")
+    monkeypatch.setenv("WWWSERVE_POLICY", "default_vllm")
+    monkeypatch.setenv("WWWSERVE_LISTEN", "/ip4/127.0.0.1/tcp/6001, /ip4/127.0.0.1/tcp/6002")
+    data = printed_config(capsys, shipped, "--policy", "speed_aware")
+    assert data["models"][0]["base_url"] == "http://127.0.0.1:31000"  # variable over file
+    assert data["models"][0]["model_path"] == "Qwen/Qwen3-8B"  # the file's
+    assert data["server_params"]["policy"] == "speed_aware"  # flag over variable
+    assert data["network"]["listen"] == ["/ip4/127.0.0.1/tcp/6001", "/ip4/127.0.0.1/tcp/6002"]
+    assert data["gateway"]["port"] == 8002  # untouched
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    ([], "give a node YAML file or --engine URL"),
+    (["--engine", "http://127.0.0.1:1", "--model", "m", "--gateway", "8100"],
+     "--gateway: must be HOST:PORT"),
+    (["--engine", "http://127.0.0.1:1"], "--model: not given, and the engine did not say"),
+    (["--engine", "http://127.0.0.1:1", "--model", "m", "--bootstrap", "/ip4/1.2.3.4/tcp/1"],
+     "network.bootstrap[0]: it must end with /p2p/<peer id>"),
+])
+def test_a_node_from_bad_flags_is_a_clear_error(capsys: pytest.CaptureFixture[str],
+                                                argv: list[str], says: str) -> None:
+    assert main(["node", *argv, "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wwwserve node: error: ") and says in err, err

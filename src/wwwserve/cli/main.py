@@ -49,9 +49,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests node0's users send at once (default 40)")
     p.set_defaults(func=cmd_demo)
 
-    p = add("node", "run one node from a YAML config until Ctrl-C",
-            "wwwserve node node_configs/node1.yaml")
-    p.add_argument("config", help="node YAML file (see node_configs/)")
+    p = add("node", "run one node (from a YAML config, flags, or both) until Ctrl-C",
+            "wwwserve node --engine http://127.0.0.1:8000 --bootstrap http://member:8100\n"
+            "  wwwserve node node_configs/node1.yaml")
+    p.add_argument("config", nargs="?", default=None,
+                   help="node YAML file (see node_configs/); the flags below override it")
+    g = p.add_argument_group(
+        "config from the command line (each also a WWWSERVE_<FLAG> variable, e.g. "
+        "WWWSERVE_ENGINE; flags win over variables, variables over the file)")
+    g.add_argument("--engine", metavar="URL",
+                   help="the OpenAI-compatible engine to serve (models[0].base_url); its "
+                        "kind (SGLang, vLLM) is told by its /metrics")
+    g.add_argument("--model", metavar="NAME",
+                   help="the model's name in the network (models[0].model_path; default: "
+                        "the one model the engine lists)")
+    g.add_argument("--bootstrap", metavar="ADDR", action="append",
+                   help="a member to join through: its multiaddr, or its gateway's URL "
+                        "(the address is fetched from its /status); repeatable")
+    g.add_argument("--listen", metavar="MULTIADDR", action="append",
+                   help="where to listen for peers (network.listen); repeatable")
+    g.add_argument("--gateway", metavar="HOST:PORT",
+                   help="where the OpenAI-compatible gateway listens (default 127.0.0.1:8100)")
+    g.add_argument("--api-key", metavar="KEY",
+                   help="the key the gateway's users must send (gateway.api_key)")
+    g.add_argument("--data-dir", metavar="DIR", help="the node's data directory (node.data_dir)")
+    g.add_argument("--policy", metavar="NAME", help="server_params.policy")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the config these make, as YAML, and exit")
     p.add_argument("--json-events", action="store_true",
                    help="print one JSON object per line for the start and each change of the "
                    "peer table (joined, suspected, recovered, rejoined, left)")

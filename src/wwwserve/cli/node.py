@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import os
 import random
 import signal
 import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import trio
+import yaml
 
-from ..config import NodeConfig, load_config
+from ..config import NodeConfig, config_from_dict, config_name, read_config_data
 from ..errors import ConfigError
 from ._common import print_json, setup_logging
 
@@ -51,8 +57,128 @@ async def _run_node(cfg: NodeConfig, json_events: bool) -> None:
                     print(f"{ev.kind.value:>9} {ev.peer_id}  ({len(peers)} peers)", flush=True)
 
 
+#: ``wwwserve node`` flags that set a config value, each also a WWWSERVE_<NAME> variable
+NODE_FLAGS = ("engine", "model", "bootstrap", "listen", "gateway", "api_key", "data_dir",
+              "policy")
+#: of them, the ones that take several values (the variable: separated by spaces or commas)
+LIST_FLAGS = ("bootstrap", "listen")
+
+
+def _flag_values(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
+    """The flags given, else their WWWSERVE_* variables (flags win)."""
+    values: dict[str, Any] = {}
+    for flag in NODE_FLAGS:
+        value = getattr(args, flag, None)
+        if not value:
+            env = environ.get(f"WWWSERVE_{flag.upper()}", "").strip()
+            if env:
+                value = env.replace(",", " ").split() if flag in LIST_FLAGS else env
+        if value:
+            values[flag] = value
+    return values
+
+
+def _fetch_json(url: str) -> Any:
+    import httpx
+
+    try:
+        resp = httpx.get(url, timeout=10.0)
+        resp.raise_for_status()
+        return resp.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ConfigError(f"{url}: {type(exc).__name__}: {exc}") from None
+
+
+def _served_model(engine: str) -> str:
+    """The one model the engine at ``engine`` lists on its /v1/models."""
+    url = engine.rstrip("/").removesuffix("/v1") + "/v1/models"
+    try:
+        data = _fetch_json(url)
+    except ConfigError as exc:
+        raise ConfigError(f"--model: not given, and the engine did not say what it serves "
+                          f"({exc})") from None
+    listed = data.get("data") if isinstance(data, dict) else None
+    names: list[str] = [m["id"] for m in listed or () if isinstance(m, dict)
+                        and isinstance(m.get("id"), str) and m["id"]]
+    if len(names) != 1:
+        raise ConfigError(f"--model: not given, and the engine at {engine} lists "
+                          f"{', '.join(names[:8]) or 'no model'}; say which one")
+    return names[0]
+
+
+def _member_address(addr: str) -> str:
+    """A bootstrap address: a multiaddr as given, or from a member gateway's /status."""
+    if not addr.startswith(("http://", "https://")):
+        return addr
+    status = _fetch_json(addr.rstrip("/") + "/status")
+    found = status.get("addresses") if isinstance(status, dict) else None
+    if not found or not isinstance(found[0], str):
+        raise ConfigError(f"--bootstrap: the node at {addr} gave no address in its /status")
+    return f"{found[0]}/p2p/{status['peer_id']}" if "/p2p/" not in found[0] else found[0]
+
+
+def node_config_data(args: argparse.Namespace, environ: Mapping[str, str]
+                     ) -> tuple[dict[str, Any], str, Path, str]:
+    """The node's config mapping: its YAML file (if given) with the flags and WWWSERVE_*
+    variables applied on top; also the source to name in errors, the directory relative
+    paths resolve against, and the default node name."""
+    flags = _flag_values(args, environ)
+    if args.config:
+        path = Path(args.config)
+        data = read_config_data(path)
+        source, base, name = str(path), path.resolve().parent, config_name(path)
+    elif "engine" in flags:
+        data, source, base, name = {}, "the command line", Path.cwd(), "node"
+    else:
+        raise ConfigError("give a node YAML file or --engine URL (the engine to serve "
+                          "behind this node; see wwwserve node --help)")
+    data = copy.deepcopy(data)
+
+    def section(key: str) -> dict[str, Any]:
+        got = data.setdefault(key, {})
+        if not isinstance(got, dict):
+            raise ConfigError(f"{source}: {key}: must be a mapping, got {type(got).__name__}")
+        return got
+
+    models = data.get("models") or []
+    if not isinstance(models, list) or (models and not isinstance(models[0], dict)):
+        raise ConfigError(f"{source}: models: must be a list of mappings")
+    if "engine" in flags or "model" in flags:
+        first = dict(models[0]) if models else {}
+        if "engine" in flags:
+            first["base_url"] = flags["engine"]
+        if "model" in flags:
+            first["model_path"] = flags["model"]
+        elif "model_path" not in first:
+            first["model_path"] = _served_model(first.get("base_url", ""))
+        if "base_url" not in first:
+            raise ConfigError("--model: needs --engine (or a config whose models[0] has one)")
+        data["models"] = [first, *models[1:]]
+    if "bootstrap" in flags:
+        section("network")["bootstrap"] = [_member_address(a) for a in flags["bootstrap"]]
+    if "listen" in flags:
+        section("network")["listen"] = list(flags["listen"])
+    if "gateway" in flags:
+        host, sep, port = str(flags["gateway"]).rpartition(":")
+        if not sep or not port.isdigit():
+            raise ConfigError(f"--gateway: must be HOST:PORT like 127.0.0.1:8100, got "
+                              f"{flags['gateway']!r}")
+        section("gateway").update(host=host or "127.0.0.1", port=int(port))
+    if "api_key" in flags:
+        section("gateway")["api_key"] = flags["api_key"]
+    if "data_dir" in flags:
+        section("node")["data_dir"] = flags["data_dir"]
+    if "policy" in flags:
+        section("server_params")["policy"] = flags["policy"]
+    return data, source, base, name
+
+
 def cmd_node(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    data, source, base, name = node_config_data(args, os.environ)
+    cfg = config_from_dict(data, source=source, base_dir=base, name=name)  # checks it all
+    if args.print_config:
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+        return 0
     setup_logging(args.verbose, cfg.logging.level, cfg.logging.libp2p_level)
     trio.run(_run_node, cfg, args.json_events)
     return 0
