@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from wwwserve.cli import build_parser, main
+from wwwserve.config import load_config
 
 
 def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[str]) -> None:
@@ -225,3 +226,16 @@ def test_a_node_from_bad_flags_is_a_clear_error(capsys: pytest.CaptureFixture[st
     assert main(["node", *argv, "--print-config"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("wwwserve node: error: ") and says in err, err
+
+
+def test_print_config_round_trips_through_wwwserve_node(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    made = printed_config(capsys, "--engine", "http://127.0.0.1:31000", "--model", "m",
+                          "--bootstrap", f"/ip4/127.0.0.1/tcp/5778/p2p/{PEER}",
+                          "--listen", "/ip4/127.0.0.1/tcp/5790", "--gateway", "0.0.0.0:9200")
+    path = tmp_path / "made.yaml"
+    path.write_text(yaml.safe_dump(made))
+    assert printed_config(capsys, str(path)) == made  # the same config, from the file
+    cfg = load_config(path)
+    assert (cfg.models[0].base_url, cfg.gateway.port, cfg.network.listen) == (
+        "http://127.0.0.1:31000", 9200, ("/ip4/127.0.0.1/tcp/5790",))

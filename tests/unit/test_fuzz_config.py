@@ -67,3 +67,23 @@ def test_any_file_text_gives_a_config_or_a_config_error(tmp_path: Path, text: st
         load_config(path)
     except ConfigError as exc:
         assert str(exc).startswith(str(path))
+
+
+PEER = "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"
+#: pieces of multiaddrs: protocol names and values, good and bad
+parts = st.sampled_from(["ip4", "ip6", "tcp", "udp", "p2p", "dns4", "memory", "quic-v1",
+                         "127.0.0.1", "300.1.2.3", "::1", "0", "5778", "70000", "-1", PEER,
+                         "12D3KooWabc", "", "x" * 70, "%", "\x00"]) | st.text(max_size=8)
+multiaddrs = st.lists(parts, max_size=7).map(lambda xs: "/" + "/".join(xs)) | st.text(
+    max_size=30)
+
+
+@given(st.sampled_from(["bootstrap", "listen"]), st.lists(multiaddrs, min_size=1, max_size=3))
+def test_any_multiaddr_in_the_network_section_gives_a_config_or_a_config_error(
+        key: str, addrs: list[str]) -> None:
+    doc = copy.deepcopy(GOOD)
+    doc["network"][key] = addrs
+    try:
+        config_from_dict(doc, source="fuzz.yaml", base_dir=Path("/tmp"))
+    except ConfigError as exc:  # the file, then the key and which entry
+        assert str(exc).startswith(f"fuzz.yaml: network.{key}["), str(exc)
