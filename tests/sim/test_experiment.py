@@ -216,3 +216,20 @@ def test_a_provider_policy_is_a_scenario_setting(tmp_path):
     bad.write_text("name: x\nnodes: [{name: a}, {name: b, policy: fastest}]\n")
     with pytest.raises(ConfigError, match=r"nodes\[1\]\.policy: unknown policy 'fastest'"):
         load_scenario(str(bad))
+
+
+def test_without_matplotlib_simulate_writes_results_and_says_plots_were_skipped(
+        tmp_path, capsys, monkeypatch):
+    """The lean install (no ``wwwserve[sim]``): results and summary still, no plots."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    out = tmp_path / "run"
+    assert main(["simulate", TINY, "--seed", "1", "--out", str(out), "--quiet",
+                 "--strategies", "single"]) == 0
+    assert (out / "results.json").exists() and (out / "summary.md").exists()
+    assert not list(out.glob("*.png"))
+    assert "plots skipped: matplotlib is not installed (pip install 'wwwserve[sim]')" \
+        in capsys.readouterr().out

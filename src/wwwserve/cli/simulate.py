@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -106,6 +107,11 @@ def _simulate_one(scenario: Scenario, strategies: list[str], seed: int, out: Pat
              f"time: {n * len(plan) / max(wall, 1e-9):.0f} requests per wall second, "
              f"virtual/wall time {scenario.duration * len(plan) / max(wall, 1e-9):.0f}x\n")
     (out / "summary.md").write_text(summary + speed)
+    if importlib.util.find_spec("matplotlib") is None:  # the lean install: no plots
+        print(summary + speed)
+        print(f"wrote {out}/results.json and {out}/summary.md; plots skipped: matplotlib "
+              "is not installed (pip install 'wwwserve[sim]')")
+        return summary + speed
     plots = write_plots(scenario, runs, out)
     if sweep is not None:
         plots.append(write_sweep_plot(scenario, sweep, {
