@@ -2,8 +2,8 @@
 
 Behaviour is timed with trio's clock (``trio.current_time()``), which is virtual in
 simulations. Wall-clock timestamps that go into signed records (heartbeats, transactions) come
-from an injected :data:`WallClock`: :func:`system_wall_clock` in the real world,
-:func:`trio_wall_clock` in simulations, so a simulated run never reads the host's clock.
+from an injected ``WallClock``: ``system_wall_clock()`` in the real world,
+``trio_wall_clock()`` in simulations, so a simulated run never reads the host's clock.
 """
 
 from __future__ import annotations

@@ -591,7 +591,7 @@ def _build(cls: type[T], data: Any, path: str, base: Path) -> T:
 def build_section(cls: type[T], data: Any, *, source: str, base_dir: Path | None = None) -> T:
     """Build any config-style frozen dataclass ``cls`` from parsed YAML, with the same
     checks and messages as node configs (unknown keys, types, the key path): a
-    :class:`ConfigError` naming ``source``. Used for scenario files too."""
+    ``ConfigError`` naming ``source``. Used for scenario files too."""
     try:
         return _build(cls, data, "", base_dir if base_dir is not None else Path.cwd())
     except _Invalid as exc:
@@ -600,7 +600,7 @@ def build_section(cls: type[T], data: Any, *, source: str, base_dir: Path | None
 
 def config_from_dict(data: Any, *, source: str = "<config>", base_dir: Path | None = None,
                      name: str | None = None) -> NodeConfig:
-    """Build a :class:`NodeConfig` from parsed YAML (a dict), validating everything.
+    """Build a ``NodeConfig`` from parsed YAML (a dict), validating everything.
 
     ``source`` names the origin in error messages; relative paths resolve against
     ``base_dir`` (default: the current directory). ``name`` is the default node name.
@@ -620,8 +620,8 @@ def config_from_dict(data: Any, *, source: str = "<config>", base_dir: Path | No
 
 
 def read_config_data(path: str | Path) -> dict[str, Any]:
-    """A node YAML file's mapping, read but not yet validated (:func:`config_from_dict`
-    does that); an unreadable or malformed file is a :class:`ConfigError`."""
+    """A node YAML file's mapping, read but not yet validated (``config_from_dict()``
+    does that); an unreadable or malformed file is a ``ConfigError``."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -651,7 +651,7 @@ def config_name(path: str | Path) -> str:
 
 
 def load_config(path: str | Path) -> NodeConfig:
-    """Read and validate a node YAML file; every problem is a :class:`ConfigError`."""
+    """Read and validate a node YAML file; every problem is a ``ConfigError``."""
     p = Path(path)
     return config_from_dict(read_config_data(p), source=str(p), base_dir=p.resolve().parent,
                             name=config_name(p))

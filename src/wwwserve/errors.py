@@ -1,10 +1,10 @@
 """The one error tree of wwwserve.
 
-Every error wwwserve raises on purpose derives from :class:`WWWServeError`, so an embedding
+Every error wwwserve raises on purpose derives from ``WWWServeError``, so an embedding
 application can catch the whole family with one ``except``. Errors are kept apart by cause:
-bad input you gave us (:class:`ConfigError`, :class:`IdentityError`), bad input a peer sent
-(:class:`ProtocolError`), a peer or network failing under you (:class:`PeerUnavailableError`),
-and using something you already closed (:class:`ClosedError`).
+bad input you gave us (``ConfigError``, ``IdentityError``), bad input a peer sent
+(``ProtocolError``), a peer or network failing under you (``PeerUnavailableError``),
+and using something you already closed (``ClosedError``).
 """
 
 from __future__ import annotations

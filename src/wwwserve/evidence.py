@@ -1,29 +1,29 @@
 """Duel evidence: the requester's record, the judges' commits and reveals, and the tally.
 
 Sans-IO and deterministic, so every ledger replica derives the same outcome from the same
-evidence (:func:`outcome_of`) and rejects a settlement that claims anything else.
+evidence (``outcome_of()``) and rejects a settlement that claims anything else.
 
-- The **record** (:class:`DuelRecord`, signed by the requester) names the duel, its two
+- The **record** (``DuelRecord``, signed by the requester) names the duel, its two
   executors, the SHA-256 of each one's answer (empty: it did not answer in time), the judges
   and, per judge, which answer it was shown first. Every answer in the record comes with
-  its executor's signed :class:`AnswerReceipt` for that digest, so a requester cannot put
+  its executor's signed ``AnswerReceipt`` for that digest, so a requester cannot put
   words in an executor's mouth (an answer without a receipt counts as no answer).
-- Each judge **commits** (:class:`VoteCommit`, signed by the judge) to
+- Each judge **commits** (``VoteCommit``, signed by the judge) to
   ``commitment(duel_id, judge, verdict, salt)`` over the record's digest, then **reveals**
-  (:class:`VoteReveal`) the verdict and salt. A commit cannot be changed after the judge
+  (``VoteReveal``) the verdict and salt. A commit cannot be changed after the judge
   sees others' votes, so judges cannot copy each other.
-- The **tally** (:func:`tally`): each judge's ``A`` / ``B`` is mapped back to an executor
+- The **tally** (``tally()``): each judge's ``A`` / ``B`` is mapped back to an executor
   through the order it was shown. The verdict with the most votes wins; if two verdicts
   share the most votes the duel is a tie. Judges who voted the winning verdict are the
   majority, the other voters the minority; a judge that committed nothing, revealed
   nothing (or a reveal that does not match its commit), or abstained is silent. In a tie
   without a plurality every voter counts as majority (nobody voted against the outcome).
 - A duel with one missing answer needs no judges: the executor that answered wins the
-  reward, but no stake moves (:attr:`Outcome.forfeit`): nobody can prove that an answer
+  reward, but no stake moves (``Outcome.forfeit``): nobody can prove that an answer
   did not come, so the requester's word must cost nobody else anything.
 - Only a judge whose commit is in the evidence can be **silent** (penalised): a judge
   that never committed may never have been asked.
-- On a ledger the **judges are drawn, not chosen** (:func:`draw_judges`): stake-weighted
+- On a ledger the **judges are drawn, not chosen** (``draw_judges()``): stake-weighted
   from the stake table of the checkpoint named in the record (``anchor``), seeded with that
   checkpoint's block id and the requester, skipping the requester and the executors.
   Every replica redraws them, and so does every judge before it evaluates anything.
@@ -140,7 +140,7 @@ class Outcome:
     silent: tuple[str, ...] = ()
     #: one executor gave no (receipted) answer: the other wins the reward, no stake moves
     forfeit: bool = False
-    #: the record it was derived from (None for a bare :func:`tally`)
+    #: the record it was derived from (None for a bare ``tally()``)
     record: DuelRecord | None = None
 
     @property
@@ -239,7 +239,7 @@ def _bad(why: str) -> InvalidTransactionError:
 def outcome_of(evidence: bytes, *, network: str, requester: str, duel_id: str) -> Outcome:
     """Verify ``evidence`` for ``requester``'s duel ``duel_id`` and return its outcome.
 
-    Raises :class:`InvalidTransactionError` naming what is wrong: a record not signed by
+    Raises ``InvalidTransactionError`` naming what is wrong: a record not signed by
     the requester or for another duel, parties that are not distinct, a commit or reveal
     from anyone who is not one of the record's judges, a reveal that does not open its
     commitment, duplicates. (Cached: evidence is immutable and checked on every replay.)

@@ -6,8 +6,8 @@ and the reverse. Peer IDs are computed here without importing libp2p: an Ed25519
 small enough that libp2p inlines it in the peer ID (an *identity* multihash), which means
 anyone can verify a signature knowing only the signer's peer ID.
 
-Protocol code signs and verifies with :meth:`Identity.sign` and :func:`verify`, always over
-canonical bytes (see :func:`canonical_bytes`).
+Protocol code signs and verifies with ``Identity.sign()`` and ``verify()``, always over
+canonical bytes (see ``canonical_bytes()``).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def peer_id_from_public_key(public_key: bytes) -> str:
 def public_key_from_peer_id(peer_id: str) -> bytes:
     """Extract the raw Ed25519 public key inlined in a peer ID.
 
-    Raises :class:`IdentityError` if ``peer_id`` is not the peer ID of an Ed25519 key.
+    Raises ``IdentityError`` if ``peer_id`` is not the peer ID of an Ed25519 key.
     """
     if not isinstance(peer_id, str) or not 40 <= len(peer_id) <= 60:
         raise IdentityError(f"not an Ed25519 peer ID: {peer_id!r}")
@@ -216,7 +216,7 @@ class Identity:
 def load_or_create_identity(path: str | os.PathLike[str]) -> Identity:
     """Load the identity stored at ``path``, creating it (mode 0600) if the file does not exist.
 
-    A file that exists but cannot be read or parsed raises :class:`IdentityError` and is left
+    A file that exists but cannot be read or parsed raises ``IdentityError`` and is left
     untouched: the peer ID it holds is the node's account.
     """
     p = Path(path)

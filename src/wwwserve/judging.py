@@ -1,12 +1,12 @@
 """The judge prompt and its verdict parser (the duel protocol's words, sans-IO).
 
-A judge's engine gets a system message (:data:`JUDGE_SYSTEM`) and a user message holding the
-user's request and the two answers between tags (:func:`judge_messages`). It is asked to
+A judge's engine gets a system message (``JUDGE_SYSTEM``) and a user message holding the
+user's request and the two answers between tags (``judge_messages()``). It is asked to
 reason briefly if it likes and to end with one line ``Verdict: A``, ``Verdict: B`` or
-``Verdict: tie``. :func:`parse_verdict` takes the last such line (after dropping any
+``Verdict: tie``. ``parse_verdict()`` takes the last such line (after dropping any
 ``<think>`` block), or a reply that is nothing but ``A``, ``B`` or ``tie``; anything else is
-an abstention. The simulated engine recognises a judge prompt (:func:`is_judge_prompt`) and
-answers it from :mod:`wwwserve.engines.quality`.
+an abstention. The simulated engine recognises a judge prompt (``is_judge_prompt()``) and
+answers it from ``wwwserve.engines.quality``.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def judge_messages(question: str, answer_a: str, answer_b: str) -> tuple[tuple[s
 
 
 def is_judge_prompt(messages: Sequence[tuple[str, str]]) -> bool:
-    """True if ``messages`` are a judge prompt built by :func:`judge_messages`."""
+    """True if ``messages`` are a judge prompt built by ``judge_messages()``."""
     return len(messages) == 2 and messages[0] == ("system", JUDGE_SYSTEM)
 
 

@@ -1,21 +1,21 @@
 """Membership: a peer table kept in sync by signed gossip heartbeats.
 
-Every node publishes a signed :class:`Heartbeat` on the network's ``peers`` topic every
+Every node publishes a signed ``Heartbeat`` on the network's ``peers`` topic every
 ``heartbeat_interval``: its addresses, served models and their load, policy knobs, stake and
 credit, under an *incarnation* (fixed for the life of a process, larger after every restart)
 and a *sequence number* (increasing within an incarnation).
 
-:class:`PeerTable` is the sans-IO state machine: heartbeats and clock ticks in, events out.
+``PeerTable`` is the sans-IO state machine: heartbeats and clock ticks in, events out.
 A peer silent for ``suspect_timeout`` is SUSPECT; silent for ``peer_timeout`` it is removed
 (LEFT) and a tombstone keeps its last (incarnation, seq) so replays cannot resurrect it; a
 heartbeat with a larger incarnation re-admits it (REJOINED). Heartbeats that are forged (bad
 signature, or relayed by someone other than their signer), replayed, stale, from another
-network or malformed are ignored and counted in :attr:`PeerTable.rejected`, and so are
-heartbeats whose values are out of range (:func:`heartbeat_problem`: a stake of 1e300, a
+network or malformed are ignored and counted in ``PeerTable.rejected``, and so are
+heartbeats whose values are out of range (``heartbeat_problem()``: a stake of 1e300, a
 negative credit, 201 models, an address of another peer). The same stateless checks run as
-the topic's gossip validator (:meth:`PeerTable.valid`), so a node relays none of these.
+the topic's gossip validator (``PeerTable.valid()``), so a node relays none of these.
 
-:class:`Membership` is the I/O shell: it publishes, receives, ticks, and keeps the node
+``Membership`` is the I/O shell: it publishes, receives, ticks, and keeps the node
 connected (bootstrap peers first, then up to ``target_degree`` known peers).
 """
 
@@ -129,10 +129,10 @@ class LocalState:
 
 def heartbeat_problem(msg: Heartbeat | Goodbye) -> str | None:
     """What is out of range in ``msg`` (None if nothing): counters, clock, addresses (at
-    most :data:`MAX_ADDRESSES`, each naming the sender's own peer id), models (at most
-    :data:`MAX_MODELS`, names of at most :data:`MAX_NAME` characters, token usage in
-    [0, 1], request counts in [0, :data:`MAX_REQUESTS`]), policy knobs (finite numbers) and
-    stake and credit (in [0, :data:`MAX_CREDIT`])."""
+    most ``MAX_ADDRESSES``, each naming the sender's own peer id), models (at most
+    ``MAX_MODELS``, names of at most ``MAX_NAME`` characters, token usage in
+    [0, 1], request counts in [0, ``MAX_REQUESTS``]), policy knobs (finite numbers) and
+    stake and credit (in [0, ``MAX_CREDIT``])."""
     if not 0 <= msg.incarnation < MAX_COUNTER or not 0 <= msg.seq < MAX_COUNTER:
         return "incarnation or sequence number out of range"
     if len(msg.peer_id) > MAX_NAME or len(msg.network_id) > MAX_NAME:
@@ -243,7 +243,7 @@ class PeerTable:
     def valid(self, data: bytes) -> bool:
         """The gossip validator of the peers topic: True if ``data`` is a well-formed,
         well-signed heartbeat or goodbye of this network with values in range (the checks
-        that need no state; replays and staleness are :meth:`receive`'s)."""
+        that need no state; replays and staleness are ``receive()``'s)."""
         try:
             envelope = decode(data, expect=Signed)
             msg = decode(envelope.body)
@@ -257,7 +257,7 @@ class PeerTable:
                 wall_now: float) -> list[MembershipEvent]:
         """Apply one gossip payload (a signed heartbeat or goodbye) from ``source``.
 
-        Returns the resulting events; anything unacceptable is counted in :attr:`rejected`
+        Returns the resulting events; anything unacceptable is counted in ``rejected``
         under its reason (malformed, forged, replayed, stale, foreign_network, self, ...).
         """
         try:
@@ -369,7 +369,7 @@ class PeerTable:
 
 
 class Membership:
-    """Runs gossip membership for one node over an :class:`~wwwserve.overlay.Overlay`.
+    """Runs gossip membership for one node over an ``Overlay``.
 
     Start it in a nursery with ``await nursery.start(membership.run)``; it returns once the
     node is subscribed and has sent its first heartbeat.

@@ -70,10 +70,10 @@ class Node:
     - ``rng``: every random choice the node makes (a seeded one makes a simulation
       reproducible; a real node passes ``random.Random()``);
     - ``policy``: its decisions (default: the one ``server_params.policy`` names; wrap it
-      with :class:`~wwwserve.market.FixedStake`, :class:`~wwwserve.market.Draining`, ...);
+      with ``FixedStake``, ``Draining``, ...);
     - ``engines``: engines by model name, instead of the ones the config describes;
-    - ``overlay``: default a :class:`~wwwserve.overlay.Libp2pOverlay` listening on the
-      config's address; pass a :class:`~wwwserve.overlay.MemoryOverlay` to simulate;
+    - ``overlay``: default a ``Libp2pOverlay`` listening on the
+      config's address; pass a ``MemoryOverlay`` to simulate;
     - ``clock``: the wall clock (heartbeats, block slots); trio's clock drives timeouts;
     - ``identity``: default the key file the config names (created on first start);
     - ``credit``, ``genesis``, ``local_state``: a credit account, a genesis, and what the
@@ -191,7 +191,7 @@ class Node:
         return best, next(m.engine for m in self._dispatcher.models if m.name == best)
 
     async def _check_duel_record(self, record: DuelRecord) -> str | None:
-        """Why this node must not judge ``record`` (see :meth:`Chain.record_problem`),
+        """Why this node must not judge ``record`` (see ``Chain.record_problem()``),
         waiting a little for our chain to reach the record's checkpoint."""
         ledger = self._ledger
         assert ledger is not None
@@ -243,7 +243,7 @@ class Node:
 
     def local_state(self) -> LocalState:
         """What this node announces in its heartbeats (``local_state`` if one was given,
-        else :meth:`true_state`)."""
+        else ``true_state()``)."""
         if self._local_state is not None:
             return self._local_state()
         return self.true_state()

@@ -1,17 +1,17 @@
 """Wire format: versioned msgpack messages and length-prefixed frames (sans-IO).
 
-A **message** is a frozen dataclass registered with :func:`message`, under a type tag and a
+A **message** is a frozen dataclass registered with ``message()``, under a type tag and a
 version. It is encoded as a msgpack map ``{"t": tag, "v": version, "b": {field: value}}``.
 Field types are checked strictly on decode, from the dataclass annotations, with validators
 compiled once at registration. Supported field types: ``str``, ``bytes``, ``int``, ``float``,
 ``bool``, ``X | None``, ``tuple[X, ...]``, ``dict[str, X]`` and nested **records**
-(frozen dataclasses registered with :func:`record`).
+(frozen dataclasses registered with ``record()``).
 
 A **frame** is a 4-byte big-endian length followed by that many payload bytes.
-:class:`FrameDecoder` checks the length against its limit *before* buffering the payload, so
+``FrameDecoder`` checks the length against its limit *before* buffering the payload, so
 an oversized frame costs nothing but its header.
 
-Everything malformed raises :class:`~wwwserve.errors.ProtocolError` and nothing else.
+Everything malformed raises ``ProtocolError`` and nothing else.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ _Validator = Callable[[Any, str], Any]
 
 
 class Message:
-    """Base class of wire messages; subclasses are created with :func:`message`."""
+    """Base class of wire messages; subclasses are created with ``message()``."""
 
     __slots__ = ()
     TYPE: ClassVar[str]
@@ -196,7 +196,7 @@ def record(cls: type[T]) -> type[T]:
 
 
 def message(tag: str, version: int = 1) -> Callable[[type[_M]], type[_M]]:
-    """Class decorator registering a :class:`Message` dataclass under ``(tag, version)``."""
+    """Class decorator registering a ``Message`` dataclass under ``(tag, version)``."""
 
     def wrap(cls: type[_M]) -> type[_M]:
         if (tag, version) in _MESSAGES:
@@ -253,7 +253,7 @@ def signable_bytes(msg: Message, *, exclude: str = "signature") -> bytes:
 def decode(data: bytes, *, expect: type[_M] | None = None) -> Any:
     """Decode msgpack bytes into a registered message, validating every field.
 
-    With ``expect``, anything that is not of that message class is a :class:`ProtocolError`.
+    With ``expect``, anything that is not of that message class is a ``ProtocolError``.
     Decoded messages are shared between callers that decode the same bytes (a small cache:
     gossip delivers one message many times), so treat them as immutable.
     """
@@ -307,7 +307,7 @@ def seal(msg: Message, identity: Identity) -> Signed:
 def unseal(envelope: Signed, *, expect: type[_M] | None = None) -> Any:
     """Verify an envelope's signature and decode its body.
 
-    Raises :class:`ProtocolError` for a bad signature or a malformed body.
+    Raises ``ProtocolError`` for a bad signature or a malformed body.
     """
     if not verify(envelope.signer, envelope.body, envelope.signature):
         raise ProtocolError(f"bad signature on a message claimed by {envelope.signer[-8:]}")
@@ -324,9 +324,9 @@ def encode_frame(payload: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> bytes:
 class FrameDecoder:
     """Incremental decoder of length-prefixed frames.
 
-    Feed it bytes as they arrive with :meth:`feed`, then iterate :meth:`frames`. The declared
+    Feed it bytes as they arrive with ``feed()``, then iterate ``frames()``. The declared
     length is checked against ``max_size`` as soon as the header is complete, before any
-    payload is buffered. :meth:`close` raises if the input ended in the middle of a frame.
+    payload is buffered. ``close()`` raises if the input ended in the middle of a frame.
     """
 
     def __init__(self, *, max_size: int = DEFAULT_MAX_FRAME) -> None:
@@ -373,6 +373,6 @@ class FrameDecoder:
         return len(self._buf)
 
     def close(self) -> None:
-        """Declare end of input; raise :class:`ProtocolError` if a frame was cut short."""
+        """Declare end of input; raise ``ProtocolError`` if a frame was cut short."""
         if self._buf:
             raise ProtocolError(f"input ended inside a frame ({len(self._buf)} bytes pending)")

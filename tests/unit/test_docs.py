@@ -46,3 +46,13 @@ def test_every_command_has_an_example_and_is_in_the_top_level_help() -> None:
     for name, cmd in sub.choices.items():  # type: ignore[union-attr]
         assert f"wwwserve {name}" in top, f"`wwwserve --help` shows no example of {name}"
         assert "example:" in cmd.format_help(), f"`wwwserve {name} --help` has no example"
+
+
+def test_no_docstring_holds_a_sphinx_role() -> None:
+    """The API reference renders docstrings as Markdown: a Sphinx role (``:class:`X```)
+    showed there literally. Names are plain code spans."""
+    role = re.compile(r":(class|func|meth|mod|attr|data|exc|obj):`")
+    src = Path(__file__).parent.parent.parent / "src" / "wwwserve"
+    found = [f"{p.relative_to(src)}:{n}" for p in sorted(src.rglob("*.py"))
+             for n, line in enumerate(p.read_text().splitlines(), 1) if role.search(line)]
+    assert not found, found

@@ -1,11 +1,11 @@
 """Duel-and-judge: pairwise quality evaluation that moves credit toward better providers.
 
-- :mod:`.ratings`: Bradley–Terry ratings of peers from duel outcomes;
-- :mod:`.service`: the protocol itself (a node's requester and judge roles).
+- ``ratings``: Bradley–Terry ratings of peers from duel outcomes;
+- ``service``: the protocol itself (a node's requester and judge roles).
 
 Its sans-IO parts live lower, where the ledger can use them too: the signed duel record,
 vote commits and reveals, and the tally every ledger replica re-derives in
-:mod:`wwwserve.evidence`; the judge prompt and verdict parser in :mod:`wwwserve.judging`.
+``wwwserve.evidence``; the judge prompt and verdict parser in ``wwwserve.judging``.
 """
 
 from ..evidence import DuelEvidence, DuelRecord, Outcome, VoteCommit, VoteReveal, tally

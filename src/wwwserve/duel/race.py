@@ -1,10 +1,10 @@
 """The duel race: one offloaded request sent to two executors, the user's answer the first.
 
-A request picked for a duel (:meth:`DuelService.want_duel <.service.DuelService.want_duel>`)
+A request picked for a duel (``DuelService.want_duel <.service.DuelService.want_duel>()``)
 goes to a first executor as usual and, once it accepts, a copy (fresh request id) goes to a
 second one. The first answer to qualify reaches the user (the first to stream a chunk if
-streaming, else the first complete one); both go to :meth:`DuelService.judge
-<.service.DuelService.judge>` in the background, where every step has a deadline.
+streaming, else the first complete one); both go to ``DuelService.judge
+<.service.DuelService.judge>()`` in the background, where every step has a deadline.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class _Tap:
             await race.attach(self)
 
     async def finish(self) -> None:
-        pass  # completion is marked by :meth:`done`, with the usage
+        pass  # completion is marked by ``done()``, with the usage
 
     def failed(self, why: str) -> None:
         self.chunks.clear()
@@ -95,7 +95,7 @@ class _Tap:
 
 
 class DuelRace:
-    """Runs duels for a requester (the :class:`~wwwserve.market.requester.DuelRunner`)."""
+    """Runs duels for a requester (the ``DuelRunner``)."""
 
     def __init__(self, duels: DuelService) -> None:
         self.duels = duels

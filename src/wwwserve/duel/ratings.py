@@ -27,7 +27,7 @@ class PeerRecord:
 
 
 class Ratings:
-    """Accumulates duel outcomes; :meth:`table` fits and returns the ratings."""
+    """Accumulates duel outcomes; ``table()`` fits and returns the ratings."""
 
     def __init__(self, *, prior: float = 1.0, iterations: int = 200) -> None:
         self.prior = prior

@@ -5,22 +5,22 @@ to duel it: the request goes to a first executor as usual and, once that one acc
 with a fresh request id goes to a second executor drawn by stake without the first one, the
 requester and the route (so neither executor can tell a duelled request from any other).
 The user gets the first answer (the first to stream, or the first complete one when not
-streaming); the other is collected up to the request's deadline. Then :meth:`DuelService.judge`:
+streaming); the other is collected up to the request's deadline. Then ``DuelService.judge()``:
 
 1. draws ``k_judges`` judges by stake among live peers serving some model, without the
    executors, the requester and the route (as many as there are, down to ``min_judges``);
-   signs a :class:`~.evidence.DuelRecord`;
+   signs a ``DuelRecord``;
 2. sends each judge the request's prompt and the two answers, in a random order per judge,
    over ``/wwwserve/judge/1.0.0``; each judge evaluates with its own engine and answers with a
    signed commit (within ``judge_timeout``);
 3. once the commits are in, asks each committed judge to reveal (``reveal_timeout``);
-4. tallies (:func:`~.evidence.tally`) and, on a node with a ledger, signs a
-   :class:`~wwwserve.ledger.DuelSettlement` carrying the evidence, which every replica
+4. tallies (``tally()``) and, on a node with a ledger, signs a
+   ``DuelSettlement`` carrying the evidence, which every replica
    re-checks. An executor that did not answer in time loses without judges.
 
 **Judge.** Accepts a judgement only from the record's signer, only if it is one of the record's
 judges and neither an executor nor the requester, and only if the answers match the record's
-digests; evaluates with the judge prompt (:mod:`.judge`); keeps the vote and salt secret until
+digests; evaluates with the judge prompt (``judge``); keeps the vote and salt secret until
 asked to reveal. At most ``max_judging`` judgements at a time; votes are forgotten after the
 reveal window.
 """
@@ -99,7 +99,7 @@ class RevealRequest(Message):
 @dataclass(frozen=True, slots=True)
 class Answer:
     """One executor's part in a duel: who, its answer (None if it never completed) and its
-    signed :class:`~.evidence.AnswerReceipt` (an answer without a valid one counts as none)."""
+    signed ``AnswerReceipt`` (an answer without a valid one counts as none)."""
 
     executor: str
     text: str | None
@@ -150,7 +150,7 @@ class DuelService:
         self.check_record = check_record
         self.stats: Counter[str] = Counter()
         #: outcomes of the duels this node requested (the ledger's, network-wide, are in
-        #: :meth:`wwwserve.node.Node.ratings`)
+        #: ``wwwserve.node.Node.ratings()``)
         self.local_ratings = Ratings()
         self._nursery: trio.Nursery | None = None
         # (requester, duel id) -> (verdict, salt, forget at)
@@ -180,7 +180,7 @@ class DuelService:
     def spawn(self, fn: Callable[[], Awaitable[object]]) -> None:
         """Run ``fn`` in the background (it must end by itself: every step has a deadline).
 
-        Raises :class:`ClosedError` once the node is stopping (its nursery takes no new
+        Raises ``ClosedError`` once the node is stopping (its nursery takes no new
         tasks): a request in flight then ends with that clear error.
         """
         try:
@@ -425,7 +425,7 @@ class DuelService:
                        answer_b: str) -> str:
         """This judge's verdict (``A``, ``B``, ``tie`` or ``abstain``) from its own engine.
 
-        Raises :class:`DuelError` if no engine can judge now (the judge then stays silent).
+        Raises ``DuelError`` if no engine can judge now (the judge then stays silent).
         """
         chosen = self.judge_engine()
         if chosen is None:

@@ -1,4 +1,4 @@
-"""Inference engines: the :class:`Engine` protocol, the simulated engine and its profiles."""
+"""Inference engines: the ``Engine`` protocol, the simulated engine and its profiles."""
 
 from .base import (
     DEFAULT_PLANNED_TOKENS,

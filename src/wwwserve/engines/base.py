@@ -60,7 +60,7 @@ RESERVED_FIELDS = frozenset({
 #: message fields wwwserve reads itself (the rest of a message travels in its ``extra``)
 _MESSAGE_FIELDS = frozenset({"role", "content"})
 
-#: delta fields a :class:`Chunk` holds itself (the rest travel in its ``delta``)
+#: delta fields a ``Chunk`` holds itself (the rest travel in its ``delta``)
 _DELTA_FIELDS = frozenset({"role", "content"})
 
 
@@ -143,8 +143,8 @@ class CompletionRequest(Message):
     wwwserve acts on the fields it holds; every other field of the user's request body
     (``tools``, ``stop``, ``seed``, ``logprobs``, ``response_format``, ...) travels in
     ``extra``, a JSON object carried unchanged to whichever engine runs the request (over
-    the network too), at most :data:`MAX_EXTRA_BYTES` and never with a
-    :data:`RESERVED_FIELDS` key. ``max_tokens``, ``temperature`` and ``top_p`` are None
+    the network too), at most ``MAX_EXTRA_BYTES`` and never with a
+    ``RESERVED_FIELDS`` key. ``max_tokens``, ``temperature`` and ``top_p`` are None
     when the user did not set them: nothing is sent for them then, so the engine's
     provider's defaults (its ``gen_params``, else the engine's own) apply.
 
@@ -190,7 +190,7 @@ class CompletionRequest(Message):
     @property
     def planned_tokens(self) -> int:
         """The answer's length the market plans with: ``max_tokens``, else
-        :data:`DEFAULT_PLANNED_TOKENS`."""
+        ``DEFAULT_PLANNED_TOKENS``."""
         return self.max_tokens if self.max_tokens is not None else DEFAULT_PLANNED_TOKENS
 
     def extra_fields(self) -> dict[str, Any]:
@@ -333,7 +333,7 @@ class Engine(Protocol):
     async def generate(self, request: CompletionRequest, emit: Emit) -> Usage:
         """Run ``request``, pushing chunks to ``emit``; return its usage.
 
-        Raises :class:`~wwwserve.errors.EngineError` if the engine fails.
+        Raises ``EngineError`` if the engine fails.
         """
         ...
 

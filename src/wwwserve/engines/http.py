@@ -9,10 +9,10 @@ way, and a plain response costs the client about a quarter less CPU than a strea
 against 4.0 ms per tiny request, measured against ``wwwserve sim-engine``).
 
 Load comes from the engine's Prometheus ``/metrics``, parsed by ``prometheus_client``'s
-parser (:func:`parse_load`), scraped every ``scrape_interval`` seconds in :meth:`run`;
-:meth:`HTTPEngine.load` returns the cached result. An engine that cannot be scraped (down,
+parser (``parse_load()``), scraped every ``scrape_interval`` seconds in ``run()``;
+``HTTPEngine.load()`` returns the cached result. An engine that cannot be scraped (down,
 erroring) is unhealthy: the dispatcher neither runs nor accepts requests for its model, and
-requests in flight on it are cut short with :class:`EngineUnavailableError` so they fail
+requests in flight on it are cut short with ``EngineUnavailableError`` so they fail
 over. An engine started without metrics (``/metrics`` answers 404) is checked through
 ``/health`` instead and its load is estimated from the requests this driver has in flight.
 """
@@ -76,7 +76,7 @@ def parse_load(text: str, kind: str, model: str | None = None) -> EngineLoad:
 
     Series of several ranks or data-parallel replicas are combined: token usage is the
     maximum, running and queued requests are summed. With ``model``, series labelled with
-    another ``model_name`` are ignored. Raises :class:`ProtocolError` if the text does not
+    another ``model_name`` are ignored. Raises ``ProtocolError`` if the text does not
     parse or lacks the engine's metrics.
     """
     try:
@@ -150,7 +150,7 @@ class HTTPEngine:
 
     ``kind`` (``sglang`` or ``vllm``) picks the metric names; ``auto`` tells them from the
     first ``/metrics`` read, and an explicit kind that the metrics contradict is a
-    :class:`ConfigError` from :meth:`run` naming ``config_key`` (the config entry, such
+    ``ConfigError`` from ``run()`` naming ``config_key`` (the config entry, such
     as ``models[0]``). ``served_model`` is the
     engine's own name for the model (vLLM's ``--served-model-name``); without it the
     engine's ``/v1/models`` is asked: ``model`` if it is listed, else the one model listed.
@@ -497,7 +497,7 @@ _TRACE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 def _check_encodable(body: dict[str, Any]) -> None:
-    """Raise :class:`BadRequestError` if ``body`` cannot be sent as UTF-8 JSON (a lone
+    """Raise ``BadRequestError`` if ``body`` cannot be sent as UTF-8 JSON (a lone
     surrogate such as ``"\\ud800"`` in a message): the request's own fault, the same on
     every engine, so not worth a retry anywhere."""
     try:

@@ -1,12 +1,12 @@
 """Simulated answer quality: the simulated world's stand-in for how good an answer is.
 
 A simulated engine draws each answer's quality from its model's latent quality plus Gaussian
-noise (:attr:`QualityModel.answer_sigma`) and writes it into the answer as a marker
-(:func:`quality_marker`). A simulated judge reads the two markers (an answer without one,
-e.g. garbage, has :data:`GARBAGE_QUALITY`) and votes with the Rao–Kupper extension of the
+noise (``QualityModel.answer_sigma``) and writes it into the answer as a marker
+(``quality_marker()``). A simulated judge reads the two markers (an answer without one,
+e.g. garbage, has ``GARBAGE_QUALITY``) and votes with the Rao–Kupper extension of the
 Bradley–Terry model: ``P(A) = σ(qa - qb - η)``, ``P(B) = σ(qb - qa - η)``, tie otherwise.
-:func:`outcome_probabilities` gives the resulting duel outcome with ``k`` judges and the
-majority rule, and :func:`calibrate` finds latent qualities that reproduce target win rates
+``outcome_probabilities()`` gives the resulting duel outcome with ``k`` judges and the
+majority rule, and ``calibrate()`` finds latent qualities that reproduce target win rates
 (the shipped profiles' values come from it; see ``profiles.yaml``).
 """
 
@@ -44,7 +44,7 @@ def quality_marker(quality: float) -> str:
 
 
 def read_quality(answer: str) -> float:
-    """The quality a simulated judge sees in ``answer`` (:data:`GARBAGE_QUALITY` if none)."""
+    """The quality a simulated judge sees in ``answer`` (``GARBAGE_QUALITY`` if none)."""
     m = _MARKER.match(answer)
     return float(m[1]) if m else GARBAGE_QUALITY
 

@@ -1,7 +1,7 @@
 """An in-process engine read as a real one is: its load as of the last scrape.
 
 A node in front of SGLang or vLLM sees the engine's load through ``/metrics`` read every
-``scrape_interval`` seconds, never as it is this instant. :class:`Scraped` gives a
+``scrape_interval`` seconds, never as it is this instant. ``Scraped`` gives a
 simulated engine the same view, so that the simulated world decides on readings as stale
 as the real one's.
 """
@@ -17,7 +17,7 @@ __all__ = ["Scraped"]
 
 
 class Scraped:
-    """``inner`` with :meth:`load` read every ``interval`` seconds by :meth:`run`
+    """``inner`` with ``load()`` read every ``interval`` seconds by ``run()``
     (until the first reading, it is read on demand)."""
 
     def __init__(self, inner: Engine, interval: float) -> None:

@@ -1,12 +1,12 @@
 """The simulated engine: continuous batching on a calibrated GPU performance model.
 
 One job: the simulated engine's batching, admission and timing (what an answer looks
-like, for the OpenAI API's fields, is :mod:`.sim_api`'s).
+like, for the OpenAI API's fields, is ``sim_api``'s).
 
 It runs in trio time, so under ``MockClock(autojump_threshold=0)`` an hour of serving takes
 seconds, and it reports the same load signals as SGLang and vLLM. Each iteration decodes one
 token for every running request and spends the rest of a chunked-prefill budget on prompts;
-its duration comes from a :class:`Profile` (see ``profiles.yaml`` for the figures and their
+its duration comes from a ``Profile`` (see ``profiles.yaml`` for the figures and their
 sources). Admission follows one of two rules (``admission``):
 
 - ``"sglang"`` (the default) is SGLang's scheduler: a request is admitted when its prompt
@@ -26,8 +26,8 @@ sources). Admission follows one of two rules (``admission``):
 
 Either way a request that is not admitted waits in a FIFO queue. Output text is synthetic:
 one word per token, deterministic per seed and request id, after a quality marker
-(:func:`~wwwserve.engines.quality.quality_marker`: the answer's simulated quality, drawn around
-the profile's latent ``quality``). A judge prompt (:func:`~wwwserve.judging.judge_messages`)
+(``quality_marker()``: the answer's simulated quality, drawn around
+the profile's latent ``quality``). A judge prompt (``judge_messages()``)
 is answered with a verdict drawn from the simulated judge model, so duels run end to end on
 simulated engines.
 """
@@ -68,7 +68,7 @@ NEW_TOKEN_RATIO_DECAY = (INIT_NEW_TOKEN_RATIO - MIN_NEW_TOKEN_RATIO) / 600
 RETRACT_DECODE_STEPS = 20
 CLIP_MAX_NEW_TOKENS = 4096
 
-#: the admission rules of :class:`SimEngine`
+#: the admission rules of ``SimEngine``
 ADMISSIONS = ("sglang", "reserve")
 
 
@@ -167,7 +167,7 @@ class SimEngine:
     The OpenAI API's ``stop``, ``seed``, ``logprobs``, ``tools`` / ``tool_choice`` (a
     synthetic call; with ``auto``, with probability ``tool_call_probability``),
     ``response_format`` and, with ``reasoning``, ``reasoning_content`` are honoured
-    (:mod:`.sim_api`).
+    (``sim_api``).
     """
 
     def __init__(
@@ -441,7 +441,7 @@ class SimEngine:
     # ---- internals --------------------------------------------------------------------------
     def _iteration_start(self) -> float:
         """When the next iteration starts: where the busy engine's schedule stands, unless
-        the host fell more than :data:`MAX_CATCH_UP` behind it (then from now)."""
+        the host fell more than ``MAX_CATCH_UP`` behind it (then from now)."""
         now = trio.current_time()
         if self._busy_until is not None and now - self._busy_until <= MAX_CATCH_UP:
             return self._busy_until
@@ -517,7 +517,7 @@ class SimEngine:
         """Retract requests until ``need`` KV tokens are free for the next iteration
         (SGLang's ``retract_decode``: fewest generated tokens first, the longest prompt
         first among equals, until every request left has room for
-        :data:`RETRACT_DECODE_STEPS` more tokens; never the last one)."""
+        ``RETRACT_DECODE_STEPS`` more tokens; never the last one)."""
         cap = self.profile.kv_capacity_tokens
         if cap - self._used >= need:
             return
@@ -609,7 +609,7 @@ class SimEngine:
 
     # ---- fault injection --------------------------------------------------------------------
     def crash(self) -> None:
-        """Fail every request in flight and refuse new ones until :meth:`recover`."""
+        """Fail every request in flight and refuse new ones until ``recover()``."""
         self._healthy = False
         err = EngineUnavailableError(f"simulated engine {self.profile.name} crashed")
         for r in self._waiting + self._running:
@@ -619,5 +619,5 @@ class SimEngine:
         self._wake.set()
 
     def recover(self) -> None:
-        """Accept requests again after :meth:`crash`."""
+        """Accept requests again after ``crash()``."""
         self._healthy = True

@@ -1,9 +1,9 @@
 """The OpenAI API features of the simulated engine: what a request asks, how the answer looks.
 
-:class:`Asked` reads, from a request's pass-through fields, what the simulated engine honours
+``Asked`` reads, from a request's pass-through fields, what the simulated engine honours
 besides length and timing: ``stop``, ``seed``, ``logprobs`` / ``top_logprobs``, ``tools`` with
 ``tool_choice``, ``response_format`` and reasoning (``chat_template_kwargs.enable_thinking``
-turns it off). :class:`Shaper` turns the engine's raw chunks (synthetic words after a
+turns it off). ``Shaper`` turns the engine's raw chunks (synthetic words after a
 script) into the answer's chunks: reasoning words first as ``reasoning_content``, the tool
 call as streamed ``tool_calls`` deltas, text cut at the first stop string (the text that
 could be the start of one is held back until the next chunk, as vLLM and SGLang do), and

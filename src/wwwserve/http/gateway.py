@@ -1,7 +1,7 @@
 """The node's gateway: the OpenAI-compatible API its users call, plus ``/metrics`` and ``/status``.
 
-Requests go to the node's ``submit`` (any :class:`~.service.NodeService`; a
-:class:`wwwserve.Node` is one), so they run locally or on a peer as its dispatcher decides.
+Requests go to the node's ``submit`` (any ``NodeService``; a
+``wwwserve.Node`` is one), so they run locally or on a peer as its dispatcher decides.
 ``/v1/models`` lists the models served anywhere in the network.
 ``/metrics`` is Prometheus exposition (``prometheus_client``), one registry per gateway:
 

@@ -4,12 +4,12 @@ One job: the OpenAI API's HTTP surface (parse a request, format an answer, serve
 
 Both the node's gateway and ``wwwserve sim-engine`` speak this API; they differ only in the
 backend that produces the chunks and in their ``/metrics``. Parsing and formatting are plain
-functions (sans-IO): :func:`parse_completion` turns a request body into a
-:class:`~wwwserve.engines.CompletionRequest` or raises :class:`~wwwserve.errors.BadRequestError`
+functions (sans-IO): ``parse_completion()`` turns a request body into a
+``CompletionRequest`` or raises ``BadRequestError``
 naming the field; the ``*_body`` / ``*_chunk`` functions build OpenAI's JSON shapes.
 
 Errors use OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}`` with the
-status of the :class:`~wwwserve.errors.RequestError` subclass (400, 401, 404, 413, 503 with
+status of the ``RequestError`` subclass (400, 401, 404, 413, 503 with
 ``Retry-After``, 504). A streamed answer that fails after its first token ends with an
 ``error`` event and no ``[DONE]``, which the ``openai`` client raises as an error: never a
 silent truncation.
@@ -163,7 +163,7 @@ _REFUSED = {
 
 def _pass_through(fields: dict[str, Any], where: str) -> str:
     """``fields`` as the JSON of a pass-through ``extra`` ("" for none), checked to be
-    sendable to an engine and within :data:`MAX_EXTRA_BYTES`."""
+    sendable to an engine and within ``MAX_EXTRA_BYTES``."""
     if not fields:
         return ""
     try:
@@ -195,9 +195,9 @@ def parse_completion(raw: bytes, *, chat: bool, request_id: str | None = None,
     """Parse the JSON body of ``/v1/chat/completions`` (``chat``) or ``/v1/completions``.
 
     The fields wwwserve acts on are checked; every other field is carried unchanged to the
-    engine that runs the request (:attr:`CompletionRequest.extra`). Nothing is filled in
+    engine that runs the request (``CompletionRequest.extra``). Nothing is filled in
     for a field the user left out. What cannot be honoured (``n`` > 1, non-text content)
-    is a :class:`BadRequestError` naming the field. ``timeout`` (seconds) may be
+    is a ``BadRequestError`` naming the field. ``timeout`` (seconds) may be
     overridden per request by the body's ``timeout`` field (a wwwserve extension),
     bounded by the given value.
     """

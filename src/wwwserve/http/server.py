@@ -64,7 +64,7 @@ async def serve_http(app: Any, host: str, port: int, *, keep_alive: float = 30.0
 
     ``port`` 0 picks a free port (the URL tells which; ``on_url`` is called with it too).
     Hypercorn's logs go to the ``hypercorn.error`` logger; access logs are off. Raises
-    :class:`~wwwserve.errors.ListenError` if the address cannot be bound.
+    ``ListenError`` if the address cannot be bound.
     """
     # bind here, so a failure is ours to report and the socket is never leaked; hypercorn
     # takes the bound socket over by file descriptor

@@ -1,9 +1,9 @@
 """What the gateway needs from a node: a small protocol and a frozen status snapshot.
 
-The gateway (:mod:`.gateway`) serves anything that offers :class:`NodeService`:
+The gateway (``gateway``) serves anything that offers ``NodeService``:
 ``submit`` a request, the ``models`` served in the network, whether it is ``healthy``, a
-:class:`NodeStatus` snapshot for ``/status`` and ``/metrics``, and a JSON view of its ledger
-for ``/ledger``. :class:`wwwserve.Node` is one; a test can pass a fake of a few lines. The
+``NodeStatus`` snapshot for ``/status`` and ``/metrics``, and a JSON view of its ledger
+for ``/ledger``. ``wwwserve.Node`` is one; a test can pass a fake of a few lines. The
 gateway never reaches into a node's dispatcher, duels or chain, and ``http/`` imports
 nothing from the node.
 """

@@ -69,7 +69,7 @@ def sim_engine_app(engine: SimEngine, *, api_key: str | None = None) -> OpenAIAp
 
 
 class SimEngineServer:
-    """A :class:`SimEngine` and its HTTP server; ``await nursery.start(server.run)`` → URL."""
+    """A ``SimEngine`` and its HTTP server; ``await nursery.start(server.run)`` → URL."""
 
     def __init__(self, engine: SimEngine, host: str = "127.0.0.1", port: int = 0,
                  api_key: str | None = None) -> None:

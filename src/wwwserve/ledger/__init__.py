@@ -1,13 +1,13 @@
 """The credit ledger: signed transactions in stake-elected, hash-chained blocks.
 
-- :mod:`.tx`: transactions (payment, stake, unstake, join grant, skip, duel settlement),
+- ``tx``: transactions (payment, stake, unstake, join grant, skip, duel settlement),
   signed by the account they debit; amounts in integer micro-credits.
-- :mod:`.slashing`: equivocation evidence (two blocks for one slot, conflicting votes).
-- :mod:`.state`: balances, stakes, unbonding and nonces, the rules, apply and revert.
-- :mod:`.block`: blocks, the genesis, and the stake-weighted proposer lottery.
-- :mod:`.finality`: checkpoint votes and what they justify and finalize (sans-IO).
-- :mod:`.chain`: fork choice, finality, reorganisation and the pending pool (sans-IO).
-- :mod:`.store`: the append-only block file.
+- ``slashing``: equivocation evidence (two blocks for one slot, conflicting votes).
+- ``state``: balances, stakes, unbonding and nonces, the rules, apply and revert.
+- ``block``: blocks, the genesis, and the stake-weighted proposer lottery.
+- ``finality``: checkpoint votes and what they justify and finalize (sans-IO).
+- ``chain``: fork choice, finality, reorganisation and the pending pool (sans-IO).
+- ``store``: the append-only block file.
 """
 
 from .block import Allocation, Block, Genesis, block_id, leader, make_block

@@ -1,13 +1,13 @@
 """Blocks, the genesis of a network, and the proposer lottery.
 
-A :class:`Block` names its ``parent`` by id (:func:`block_id`: the SHA-256 of its
-:class:`BlockHeader` without the signature), carries transaction envelopes, finality votes,
+A ``Block`` names its ``parent`` by id (``block_id()``: the SHA-256 of its
+``BlockHeader`` without the signature), carries transaction envelopes, finality votes,
 equivocation evidence, the state root after applying them, and the proposer's signature
 over the header (which holds the hash of the contents), so that two blocks one proposer
 signed for one slot are proven by two small headers.
 
 **Proposer lottery.** Time is cut into slots of ``slot_length`` seconds from the genesis
-time. The proposer of slot ``s`` on top of parent ``p`` is drawn by :func:`leader`: one
+time. The proposer of slot ``s`` on top of parent ``p`` is drawn by ``leader()``: one
 account, with probability proportional to its stake in the state after ``p``, from a hash
 of ``(p, s)``. Every node can recompute it, so a block by anyone else is rejected. A slot
 whose proposer is offline stays empty; the next slot draws again. (Known limitation, as in
@@ -51,9 +51,9 @@ class Block(Message):
     proposer: str
     txs: tuple[bytes, ...]
     state_root: bytes
-    #: finality vote envelopes (:mod:`.finality`)
+    #: finality vote envelopes (``finality``)
     votes: tuple[bytes, ...] = ()
-    #: equivocation evidence (:mod:`.slashing`) the proposer includes
+    #: equivocation evidence (``slashing``) the proposer includes
     evidence: tuple[bytes, ...] = ()
     signature: bytes = b""
 
@@ -162,7 +162,7 @@ class Genesis:
     """A network's first state and its ledger rules.
 
     ``time`` is the Unix time of slot 0; ``finality_depth`` the distance in blocks between
-    two finality checkpoints (see :mod:`~wwwserve.ledger.finality`).
+    two finality checkpoints (see ``finality``).
     """
 
     network: str
@@ -172,12 +172,12 @@ class Genesis:
     unbonding_blocks: int = 30
     join_grant: int = 0
     finality_depth: int = 4
-    #: duel settlement amounts (see :class:`~wwwserve.ledger.state.Rules`)
+    #: duel settlement amounts (see ``Rules``)
     duel_reward: int = 1_000_000
     duel_loser_ppm: int = 1_000_000
     duel_minority_ppm: int = 200_000
     duel_silent_ppm: int = 50_000
-    #: share of an equivocator's stake and unbonding credit burned (ppm; :mod:`.slashing`)
+    #: share of an equivocator's stake and unbonding credit burned (ppm; ``slashing``)
     equivocation_ppm: int = 100_000
     id: bytes = field(init=False, repr=False, compare=False)
 
@@ -251,7 +251,7 @@ class Genesis:
 
     @classmethod
     def load(cls, path: str | Path) -> Genesis:
-        """Read a genesis file; any problem is a :class:`ConfigError` naming the key."""
+        """Read a genesis file; any problem is a ``ConfigError`` naming the key."""
         path = Path(path)
         try:
             doc = yaml.safe_load(path.read_text())
@@ -261,7 +261,7 @@ class Genesis:
 
     @classmethod
     def from_dict(cls, doc: Any, where: str = "genesis") -> Genesis:
-        """Build from a parsed YAML document (see :meth:`to_yaml`)."""
+        """Build from a parsed YAML document (see ``to_yaml()``)."""
         def bad(key: str, allowed: str, got: Any) -> ConfigError:
             return ConfigError(f"{where}: {key}: {allowed}, got {got!r}")
 

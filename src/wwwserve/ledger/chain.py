@@ -3,8 +3,8 @@
 One job: the replicated chain's state machine (its parts share one block tree and one state,
 and are kept together so every rule that moves the tip reads in one place).
 
-:class:`Chain` is sans-IO: blocks and transactions go in (:meth:`Chain.add_block`,
-:meth:`Chain.add_tx`), a block comes out when this node may propose (:meth:`Chain.propose`);
+``Chain`` is sans-IO: blocks and transactions go in (``Chain.add_block()``,
+``Chain.add_tx()``), a block comes out when this node may propose (``Chain.propose()``);
 gossip, sync and the clock live elsewhere.
 
 **Fork choice** (as in Casper FFG): the chain whose votes justify the highest checkpoint
@@ -18,16 +18,16 @@ rejected.
 
 **Finality**: stakers vote for checkpoints (every ``finality_depth``-th height) and
 blocks carry the votes; a checkpoint is final once more than two thirds of the stake voted
-for it and then for its next checkpoint (:mod:`.finality`, after Casper FFG). The chain
+for it and then for its next checkpoint (``finality``, after Casper FFG). The chain
 never reorganises below its last final block. A partition holding less than two thirds of
 the stake never finalizes, so after the heal it can still reorganise onto the other side's
 longer chain; two conflicting chains cannot both finalize unless a third of the stake
 votes twice.
 
 **Equivocation**: a second block one proposer signed for a slot is kept like any other
-(at most :data:`MAX_SLOT_VERSIONS` per proposer and slot), so that a node that saw one
+(at most ``MAX_SLOT_VERSIONS`` per proposer and slot), so that a node that saw one
 first can still follow the branch the others built on the other; the pair becomes
-evidence (:mod:`.slashing`, also for conflicting finality votes) that the next block this
+evidence (``slashing``, also for conflicting finality votes) that the next block this
 node proposes carries, and applying it slashes the equivocator on chain.
 
 **Storage**: only blocks that were applied to the best chain (leader, transactions,
@@ -42,7 +42,7 @@ balance. At most ``pool_per_account`` per account and ``pool_size`` in all (when
 account with the most pending makes room for one with fewer), each expiring
 ``pool_expiry`` seconds after it arrived. A transaction that turns out not to apply when
 its turn comes is dropped by the proposer, and its signer replaces it (or fills a gap in
-its nonces) with a :class:`~.tx.Skip`, which takes a pending nonce's place: one invalid
+its nonces) with a ``Skip``, which takes a pending nonce's place: one invalid
 transaction never holds up the account's later ones. Transactions of blocks undone by a
 reorganisation go back to the pool, so each is applied exactly once: nonces make a second
 application invalid.
@@ -103,7 +103,7 @@ MIN_JUDGES = 2
 
 
 class AddResult(enum.Enum):
-    """What :meth:`Chain.add_block` did with a block."""
+    """What ``Chain.add_block()`` did with a block."""
 
     EXTENDED = "extended"  #: it became the new tip
     REORGANIZED = "reorganized"  #: the chain switched to its branch
@@ -420,7 +420,7 @@ class Chain:
                     votes: list[SignedVote] | None = None) -> Block:
         """The block ``identity`` would sign for ``slot`` on the tip with these contents
         (valid if it is the slot's proposer and they apply), without adding it anywhere.
-        :meth:`propose` is what an honest node calls; tests build other blocks with it."""
+        ``propose()`` is what an honest node calls; tests build other blocks with it."""
         height = self.height + 1
         ev = evidence or []
         offences = [check_evidence(e, self.network) for e in ev]
@@ -469,7 +469,7 @@ class Chain:
     def judge_draw(self, requester: str, exclude: Iterable[str], k: int
                    ) -> tuple[int, tuple[str, ...]]:
         """(checkpoint height, judges) for a duel ``requester`` starts now: drawn at the
-        best chain's latest checkpoint (see :func:`~wwwserve.evidence.draw_judges`)."""
+        best chain's latest checkpoint (see ``draw_judges()``)."""
         anchor = self.height // self.genesis.finality_depth * self.genesis.finality_depth
         bid = self._canonical[anchor]
         return anchor, draw_judges(bid, requester, self._checkpoint_stakes[bid][1],
@@ -488,7 +488,7 @@ class Chain:
 
     def _check_judges(self, record: DuelRecord, height: int) -> None:
         """A judged duel settled at ``height``: its checkpoint is one of this branch's
-        within :data:`MAX_DUEL_AGE` blocks, and its judges are the ones drawn there."""
+        within ``MAX_DUEL_AGE`` blocks, and its judges are the ones drawn there."""
         anchor, depth = record.anchor, self.genesis.finality_depth
         if not 0 <= anchor < height or anchor % depth or height - anchor > MAX_DUEL_AGE:
             raise InvalidTransactionError(
@@ -561,8 +561,8 @@ class Chain:
     def add_vote(self, envelope: bytes | SignedVote) -> SignedVote | None:
         """Verify a vote and keep it for the next blocks; None if it is too old to matter.
 
-        Raises :class:`InvalidVoteError` for a bad one; a vote that conflicts with another
-        of the same voter is recorded in :attr:`vote_equivocations` and dropped.
+        Raises ``InvalidVoteError`` for a bad one; a vote that conflicts with another
+        of the same voter is recorded in ``vote_equivocations`` and dropped.
         """
         sv = envelope if isinstance(envelope, SignedVote) else decode_vote(envelope)
         vote = sv.vote
@@ -606,7 +606,7 @@ class Chain:
                   from_disk: bool = False) -> AddResult:
         """Take a block from the network or the disk (see the module docs).
 
-        Raises :class:`InvalidBlockError` for a block that breaks a rule; with
+        Raises ``InvalidBlockError`` for a block that breaks a rule; with
         ``current_slot``, blocks from future slots are rejected too. ``from_disk``: the
         block comes from this node's own block file (it is not handed to ``on_block``
         again).
@@ -636,7 +636,7 @@ class Chain:
         """The checks that need no state but the stake tables kept here (network, a
         proposer that holds stake somewhere this node can see, signature, sizes,
         transactions, votes, evidence); returns the verified transactions, votes and
-        offences or raises :class:`InvalidBlockError`. (Also the block topic's gossip
+        offences or raises ``InvalidBlockError``. (Also the block topic's gossip
         validator: what fails here is not relayed.)"""
         if block.network != self.network:
             raise InvalidBlockError(f"block of network {block.network!r}")
@@ -735,7 +735,7 @@ class Chain:
         """What ``entry``'s branch justifies, as far as can be told before applying it, and
         whether that may fall short: its votes counted along its own branch, or, if they
         cannot be checked yet (the stake table of a checkpoint this node never applied), the
-        parent's, a lower bound. :meth:`_apply` decides for good."""
+        parent's, a lower bound. ``_apply()`` decides for good."""
         assert parent.fin is not None  # every entry gets one when it is attached
         try:
             return parent.fin.advance(entry.votes, height=entry.height,
@@ -764,7 +764,7 @@ class Chain:
 
     def _better(self, entry: _Entry) -> bool:
         """Should the best chain switch to ``entry``'s branch? A longer branch whose
-        justification cannot be told yet is tried (:meth:`_reorganize` goes back if it
+        justification cannot be told yet is tried (``_reorganize()`` goes back if it
         justifies less)."""
         assert entry.fin is not None
         theirs = (entry.fin.last_justified.height, entry.height)

@@ -5,7 +5,7 @@ supporters is not safe, because an honest proposer that reorganises onto another
 then supports both. Here support is explicit and exclusive:
 
 - every ``interval``-th block height is a **checkpoint**; the genesis is the first;
-- a staked account signs a :class:`Vote` for a *link* from a **source** checkpoint (the
+- a staked account signs a ``Vote`` for a *link* from a **source** checkpoint (the
   highest justified one it knows) to a **target** checkpoint (the newest on its best chain),
   at most one vote per target height, and never a vote whose source is lower than that of
   an earlier vote of its own (so no two of its votes *surround* each other);
@@ -18,11 +18,11 @@ then supports both. Here support is explicit and exclusive:
 
 Two conflicting final checkpoints need more than a third of the stake to have voted twice
 for one height or in surrounding pairs: behaviour no honest node shows, and which leaves
-signed evidence (:func:`slashable`). A partition holding less than two thirds of the stake
+signed evidence (``slashable()``). A partition holding less than two thirds of the stake
 never finalizes, so after the heal it can still reorganise onto the other side.
 
-:class:`FinalityState` is immutable: each block's state derives from its parent's by
-:meth:`FinalityState.advance`, so a reorganisation needs no undo.
+``FinalityState`` is immutable: each block's state derives from its parent's by
+``FinalityState.advance()``, so a reorganisation needs no undo.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def sign_vote(vote: Vote, identity: Identity) -> SignedVote:
 
 
 def decode_vote(envelope: bytes) -> SignedVote:
-    """Decode and verify a vote envelope; raises :class:`InvalidVoteError`."""
+    """Decode and verify a vote envelope; raises ``InvalidVoteError``."""
     try:
         signed = decode(envelope, expect=Signed)
         vote = unseal(signed, expect=Vote)
@@ -123,7 +123,7 @@ class FinalityState:
               ancestor: Callable[[int], bytes | None],
               weights: Callable[[bytes], Mapping[str, int] | None]) -> int:
         """The weight ``vote`` adds if a block at ``height`` on this branch includes it;
-        raises :class:`InvalidVoteError` if it may not."""
+        raises ``InvalidVoteError`` if it may not."""
         if vote.target_height % interval or not 0 < vote.target_height < height:
             raise InvalidVoteError(f"target height {vote.target_height} is not a checkpoint "
                                    f"below {height}")
@@ -147,7 +147,7 @@ class FinalityState:
 
         ``ancestor(h)`` is the branch's block id at height ``h`` (below ``height``);
         ``weights(id)`` the stake table recorded at a checkpoint. Raises
-        :class:`InvalidBlockError` if any vote may not be included.
+        ``InvalidBlockError`` if any vote may not be included.
         """
         votes = list(votes)
         if not votes:

@@ -2,23 +2,23 @@
 
 One job: the I/O shell of one chain replica (every task here drives the same chain).
 
-:class:`LedgerService` drives one node's :class:`~.chain.Chain` over any
-:class:`~wwwserve.overlay.Overlay` (libp2p or memory):
+``LedgerService`` drives one node's ``Chain`` over any
+``Overlay`` (libp2p or memory):
 
 - transactions, blocks and finality votes travel on three GossipSub topics per network
-  (:func:`tx_topic`, :func:`block_topic`, :func:`vote_topic`); whatever does not decode or
+  (``tx_topic()``, ``block_topic()``, ``vote_topic()``); whatever does not decode or
   validate is dropped and counted, never raised;
 - whenever the best chain reaches a new checkpoint, a staked node votes for it
-  (:mod:`.finality`), after recording the vote on disk (:class:`~.store.VoteRecord`);
+  (``finality``), after recording the vote on disk (``VoteRecord``);
 - every slot (the genesis' ``slot_length``, on the injected wall clock) the node proposes
   a block if the lottery picked it;
 - a node that misses blocks (a joiner, a restart, a healed partition, an orphan) catches up
-  over the request/response protocol :data:`SYNC_PROTOCOL`: it sends a *locator* (ids of
+  over the request/response protocol ``SYNC_PROTOCOL``: it sends a *locator* (ids of
   its best chain at exponentially spaced heights) and gets back the peer's blocks after
-  the last id they share, at most :data:`SYNC_BATCH` per request;
+  the last id they share, at most ``SYNC_BATCH`` per request;
 - accepted blocks are appended to the block file and replayed from it on start.
 
-:class:`LedgerAccount` is the node's :class:`~wwwserve.market.CreditAccount` backed by the
+``LedgerAccount`` is the node's ``CreditAccount`` backed by the
 chain: payments and stake changes become signed transactions.
 """
 
@@ -73,7 +73,7 @@ MAX_OWED = 64
 MAX_DEBTORS = 4096
 #: seconds after which a debt is forgotten (a payment that never came stops counting)
 OWED_TTL = 3600.0
-#: our own payments followed until they are on the chain (:meth:`LedgerService.follow`)
+#: our own payments followed until they are on the chain (``LedgerService.follow()``)
 MAX_FOLLOWED = 4096
 #: Most blocks one sync request returns.
 SYNC_BATCH = 64
@@ -136,9 +136,9 @@ def ledger_view(chain: Chain, *, last: int = 10, accounts: bool = True,
 def replay(chain: Chain, store: BlockStore, *, repair: bool = True) -> int:
     """Add every block of ``store`` to ``chain``; returns how many were read.
 
-    ``repair=False`` leaves a torn tail in the file (see :meth:`BlockStore.load`).
+    ``repair=False`` leaves a torn tail in the file (see ``BlockStore.load()``).
 
-    Raises :class:`LedgerCorruptError` for a damaged file and :class:`InvalidBlockError`
+    Raises ``LedgerCorruptError`` for a damaged file and ``InvalidBlockError``
     for a block that does not fit the chain (a file of another network, say).
     """
     n = 0
@@ -186,7 +186,7 @@ class LedgerService:
         self._sync_from: str | None = None
         #: sync peers that were too slow or failed, avoided until the time given
         self._slow: dict[str, float] = {}
-        #: our payments not yet on the chain, by request id (see :meth:`follow`)
+        #: our payments not yet on the chain, by request id (see ``follow()``)
         self._followed: OrderedDict[str, Payment] = OrderedDict()
 
     @property
@@ -211,7 +211,7 @@ class LedgerService:
 
     # ---- start --------------------------------------------------------------------------
     def load(self) -> int:
-        """Replay the block file into the chain (before :meth:`run`); returns blocks read."""
+        """Replay the block file into the chain (before ``run()``); returns blocks read."""
         n = 0 if self.store is None else replay(self.chain, self.store)
         self.stats["blocks_loaded"] = n
         return n
@@ -293,7 +293,7 @@ class LedgerService:
     def repair_nonces(self) -> bool:
         """Keep our account's nonces moving: if our next pending transaction cannot apply
         (or its nonce went missing from the pool while later ones wait), sign a
-        :class:`~.tx.Skip` for that nonce, which replaces it in every pool. True if one
+        ``Skip`` for that nonce, which replaces it in every pool. True if one
         was sent."""
         me = self.identity.peer_id
         mine = self.chain.pending(me)
@@ -321,7 +321,7 @@ class LedgerService:
 
     def follow(self, payment: Payment) -> None:
         """Keep ``payment`` (ours, submitted) until the chain holds it: see
-        :meth:`resign_lost_payments`."""
+        ``resign_lost_payments()``."""
         self._followed[payment.request_id] = payment
         self._followed.move_to_end(payment.request_id)
         while len(self._followed) > MAX_FOLLOWED:
@@ -489,9 +489,9 @@ class LedgerService:
     async def sync_from(self, peer: str, *, max_rounds: int = 1000) -> int:
         """Fetch the blocks ``peer`` has beyond ours; returns how many were new.
 
-        Each batch must arrive within :data:`SYNC_BATCH_TIMEOUT` and bring something new:
+        Each batch must arrive within ``SYNC_BATCH_TIMEOUT`` and bring something new:
         a peer that trickles blocks, or sends only what we have, is left (and avoided for
-        :data:`SLOW_PEER_PENALTY` seconds) so that another one is asked.
+        ``SLOW_PEER_PENALTY`` seconds) so that another one is asked.
         """
         new = 0
         async with self._sync_lock:
@@ -558,7 +558,7 @@ class LedgerService:
 
 
 class LedgerAccount:
-    """A node's :class:`~wwwserve.market.CreditAccount` on the ledger.
+    """A node's ``CreditAccount`` on the ledger.
 
     Amounts are in credits (floats) at this interface, micro-credits on the chain. Balance
     and stake are read from the best chain's tip, less this node's pending payments.
@@ -632,7 +632,7 @@ class LedgerAccount:
 
     def earn(self, payer: str, amount: float, request_id: str) -> bool:
         """Remember that ``payer`` owes us for ``request_id`` until its payment is on the
-        chain (the payer's signed payment is the record; see :meth:`can_serve`). Free
+        chain (the payer's signed payment is the record; see ``can_serve()``). Free
         work (``amount`` 0) is owed nothing."""
         if micro(amount) <= 0:
             return False

@@ -1,15 +1,15 @@
 """Equivocation evidence: two signed statements of one account that no honest node makes.
 
-- **block**: two :class:`~.block.BlockHeader` s one proposer signed for the same slot (two
+- **block**: two ``BlockHeader`` s one proposer signed for the same slot (two
   different blocks). An honest proposer signs one block per slot and records it before it
   sends it anywhere.
-- **vote**: two finality votes of one voter that :func:`~.finality.slashable` calls
+- **vote**: two finality votes of one voter that ``slashable()`` calls
   conflicting (two targets at one height, or one link surrounding the other).
 
 Evidence is sans-IO and checked from its own bytes alone (signatures and fields), so every
 replica decides the same. A block proposer includes the evidence it has seen
-(:attr:`~.block.Block.evidence`); applying it slashes the offender once per offence (see
-:meth:`~.state.LedgerState.slash`): a share of its stake and unbonding credit is burned
+(``evidence``); applying it slashes the offender once per offence (see
+``slash()``): a share of its stake and unbonding credit is burned
 (nobody gains it, so reporting oneself gains nothing) and the rest of its stake is moved
 to unbonding, so it stops proposing and being drawn at once. The two parts of an evidence
 message are kept in a canonical order, so the same offence is the same bytes wherever it
@@ -67,7 +67,7 @@ def vote_equivocation(a: SignedVote, b: SignedVote) -> bytes:
 
 
 def check_evidence(data: bytes, network: str) -> Offence:
-    """Verify evidence of ``network``; raises :class:`InvalidBlockError` naming what is
+    """Verify evidence of ``network``; raises ``InvalidBlockError`` naming what is
     wrong (malformed, another network, not one account, not conflicting, bad signature)."""
     return _check(data, network)
 

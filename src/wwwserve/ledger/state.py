@@ -1,10 +1,10 @@
 """The ledger's state (balances, stakes, unbonding, nonces) and its transition rules.
 
-:class:`LedgerState` is sans-IO and deterministic: every node applying the same blocks gets
-the same state and the same :meth:`~LedgerState.root`. Every change is recorded in an
-:class:`Undo` log, so a block can be reverted exactly when the chain reorganises.
+``LedgerState`` is sans-IO and deterministic: every node applying the same blocks gets
+the same state and the same ``root()``. Every change is recorded in an
+``Undo`` log, so a block can be reverted exactly when the chain reorganises.
 
-Rules (each violation raises :class:`InvalidTransactionError` and changes nothing):
+Rules (each violation raises ``InvalidTransactionError`` and changes nothing):
 
 - the transaction's ``network`` is this ledger's; its ``nonce`` is the signer's next one;
 - amounts are positive; nobody spends more than its balance; an unstake moves up to its
@@ -13,21 +13,21 @@ Rules (each violation raises :class:`InvalidTransactionError` and changes nothin
   ``request_id`` at most once;
 - a join grant needs the network's ``join_grant`` > 0, nonce 0, and is granted once;
 - a duel settlement is settled once per (requester, ``duel_id``); its amounts are the
-  network's (:class:`Rules`) and its winner, loser and judge groups must be exactly what its
-  signed evidence implies (:func:`wwwserve.evidence.outcome_of`); penalties are taken
+  network's (``Rules``) and its winner, loser and judge groups must be exactly what its
+  signed evidence implies (``wwwserve.evidence.outcome_of()``); penalties are taken
   from stake first, then from unbonding credit (so unstaking cannot dodge them), and go to
   the winner and the majority judges. A forfeit (one executor gave no receipted answer)
   moves no stake: the answering executor gets the reward from the requester. A judged
-  duel's judges must be the ones :func:`wwwserve.evidence.draw_judges` draws at the
-  record's checkpoint (:attr:`LedgerState.judge_check`, which the chain provides).
+  duel's judges must be the ones ``wwwserve.evidence.draw_judges()`` draws at the
+  record's checkpoint (``LedgerState.judge_check``, which the chain provides).
 
-- equivocation evidence (:mod:`.slashing`, carried by blocks) slashes its offender once
+- equivocation evidence (``slashing``, carried by blocks) slashes its offender once
   per offence: ``equivocation_ppm`` of its stake and unbonding credit is burned, the rest
   of its stake moves to unbonding.
 
 Total credit (balances + stakes + unbonding) only changes by join grants, which
-:attr:`LedgerState.issued` counts, and by slashing, which burns what
-:attr:`LedgerState.burned` counts: ``total() == genesis supply + issued - burned`` always.
+``LedgerState.issued`` counts, and by slashing, which burns what
+``LedgerState.burned`` counts: ``total() == genesis supply + issued - burned`` always.
 """
 
 from __future__ import annotations
@@ -93,12 +93,12 @@ class LedgerState:
         self.payments_made: dict[str, int] = {}
         self.settled: dict[tuple[str, str], bool] = {}
         self.granted: dict[str, bool] = {}
-        #: offences already slashed (:class:`~.slashing.Offence` keys)
+        #: offences already slashed (``Offence`` keys)
         self.slashed: dict[tuple[str, str, int], bool] = {}
         self.meta: dict[str, int] = {"issued": 0, "burned": 0}
         self.genesis_supply = self.total()
         #: checks a judged duel's record (its checkpoint and its judges) at a height;
-        #: raises :class:`InvalidTransactionError`. Set by the chain, which keeps the
+        #: raises ``InvalidTransactionError``. Set by the chain, which keeps the
         #: checkpoints' stake tables; without it judges are not checked (bare states in
         #: tests of the other rules)
         self.judge_check: Callable[[DuelRecord, int], None] | None = None

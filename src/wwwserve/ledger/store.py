@@ -1,15 +1,15 @@
 """The block file: an append-only log of the blocks a node accepted.
 
 Each record is ``length (4 bytes, big-endian) | CRC-32 of the payload (4 bytes) | payload``
-where the payload is an encoded :class:`~wwwserve.ledger.block.Block`. Every append is
+where the payload is an encoded ``Block``. Every append is
 flushed and ``fsync``-ed before it returns, so a block the node announced survives a crash.
 
-Reading back (:meth:`BlockStore.load`): a last record cut short or with a bad checksum is
+Reading back (``BlockStore.load()``): a last record cut short or with a bad checksum is
 what a crash in the middle of an append leaves; it is dropped (the file is truncated to the
 last good record) and logged, and so is a zero-filled tail (what some file systems leave
 after a crash: records are never empty, so zeros are never a record). A bad record
 *followed by* good ones is corruption: a
-:class:`LedgerCorruptError` naming the file and offset, never a silent skip.
+``LedgerCorruptError`` naming the file and offset, never a silent skip.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ class VoteRecord:
 
     Written (atomically, ``fsync``-ed) *before* the vote leaves the node, so a restarted node
     never casts a vote that conflicts with one it cast before the crash
-    (:mod:`~wwwserve.ledger.finality`). A damaged file is an error, never a reset: a reset
+    (``finality``). A damaged file is an error, never a reset: a reset
     would let the node vote twice.
     """
 

@@ -3,10 +3,10 @@
 Every transaction is a registered wire message carrying the ``network`` it belongs to (so a
 transaction cannot be replayed on another network) and the ``nonce`` of the account that
 signs it (so it cannot be replayed on this one: an account's transactions apply in nonce
-order, each nonce once). A transaction travels as a :class:`~wwwserve.wire.Signed`
-envelope whose signer must be the account the transaction debits (:func:`signer_of`).
+order, each nonce once). A transaction travels as a ``Signed``
+envelope whose signer must be the account the transaction debits (``signer_of()``).
 
-Amounts are integers in micro-credits (:data:`UNIT` per credit), so balances add up exactly.
+Amounts are integers in micro-credits (``UNIT`` per credit), so balances add up exactly.
 
 =================  ===========================  ============================================
 transaction        signed by                    effect
@@ -24,11 +24,11 @@ Skip               the account                  nothing: it uses up a nonce, so 
                                                 transaction that could not apply (and was
                                                 dropped) holds up none of the later ones
 DuelSettlement     the duel's requester         defined here, evidence checked by the duel
-                                                protocol (see :mod:`wwwserve.ledger.state`)
+                                                protocol (see ``wwwserve.ledger.state``)
 =================  ===========================  ============================================
 
 Genesis allocations are not transactions: they are the genesis block's content
-(:class:`~wwwserve.ledger.genesis.Genesis`).
+(``Genesis``).
 """
 
 from __future__ import annotations
@@ -201,9 +201,9 @@ def sign_tx(tx: Transaction, identity: Identity) -> SignedTx:
 def decode_tx(envelope: bytes) -> SignedTx:
     """Decode and verify a transaction envelope from the network or the disk.
 
-    Raises :class:`InvalidTransactionError` for anything malformed, a bad signature, a
+    Raises ``InvalidTransactionError`` for anything malformed, a bad signature, a
     signer that is not the debited account, or a non-transaction message. Checks that need
-    the ledger's state (balances, nonces) are :meth:`LedgerState.apply`'s.
+    the ledger's state (balances, nonces) are ``LedgerState.apply()``'s.
     """
     try:
         signed = decode(envelope, expect=Signed)

@@ -5,7 +5,7 @@ straight back to it: the engine rests for this request for a capped exponential 
 jitter (``base * 2**(n-1)``, at most ``cap``, times a uniform draw in [0.5, 1]), or for
 what the engine's ``Retry-After`` asked (up to ``cap``), and after ``attempts`` failures it
 is not tried again for this request at all. Meanwhile the request may go to a peer; when
-nobody can serve it the user gets the engine's own verdict (:meth:`Backoff.error`).
+nobody can serve it the user gets the engine's own verdict (``Backoff.error()``).
 
 The delays draw from the node's seeded RNG (the simulator's runs stay reproducible), which
 is why this is a small class rather than a retry library's decorator: the retry is one

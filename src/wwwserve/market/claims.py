@@ -2,8 +2,8 @@
 
 A peer may advertise a model it does not serve; its users' requests would otherwise wait
 for it until their deadline. So a peer that says it does not serve a model, or that has
-never accepted it and refused (or not answered) :data:`UNPROVEN_REFUSALS` times in a row, is
-not asked for that model for :data:`DEMOTE_SECONDS`. A peer that has accepted the model once
+never accepted it and refused (or not answered) ``UNPROVEN_REFUSALS`` times in a row, is
+not asked for that model for ``DEMOTE_SECONDS``. A peer that has accepted the model once
 is never demoted for being busy.
 """
 

@@ -1,6 +1,6 @@
 """Credits: who pays whom for served requests, behind a small interface.
 
-:class:`CreditAccount` is what the dispatcher needs. :class:`CreditBook` is an in-memory
+``CreditAccount`` is what the dispatcher needs. ``CreditBook`` is an in-memory
 implementation: give every node its own book (each node keeps its own view, as before a
 ledger exists: the requester debits itself, the executor credits itself), or share one book
 (``shared=True``) between the nodes of a simulation: one truth, where only the requester's
@@ -44,7 +44,7 @@ class CreditAccount(Protocol):
 
     def earn(self, payer: str, amount: float, request_id: str) -> bool:
         """Executor side: record the payment for ``request_id`` (a no-op where the payer's
-        own :meth:`pay` is the truth, as in a shared book or a ledger)."""
+        own ``pay()`` is the truth, as in a shared book or a ledger)."""
         ...
 
     def can_serve(self, payer: str, amount: float, running: int) -> bool:

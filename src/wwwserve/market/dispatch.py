@@ -1,13 +1,13 @@
 """The dispatcher: one node's market roles, composed.
 
-- :class:`~.requester.Requester`: where each of this node's users' requests runs (decide,
+- ``Requester``: where each of this node's users' requests runs (decide,
   offer and probe, attempt, pay);
-- :class:`~.executor.Executor`: peers' probes and offloaded requests served here (grants,
+- ``Executor``: peers' probes and offloaded requests served here (grants,
   per-peer limits, keepalives, receipts);
-- :class:`~.local.Local`: what both share (models, policy, credit, counters, speeds);
-- the wire order of both streams: :mod:`.protocol`; duels: :mod:`wwwserve.duel.race`.
+- ``Local``: what both share (models, policy, credit, counters, speeds);
+- the wire order of both streams: ``protocol``; duels: ``wwwserve.duel.race``.
 
-Every knob is a field of :class:`~wwwserve.config.DispatchParams` (the config's ``dispatch``
+Every knob is a field of ``DispatchParams`` (the config's ``dispatch``
 section).
 """
 
@@ -102,7 +102,7 @@ class Dispatcher:
 
     def speed_ratio(self, model: str = "auto") -> float:
         """How many times faster than our own engine the fastest live peer serving
-        ``model`` has answered us (see :meth:`Local.speed_ratio <.local.Local.speed_ratio>`)."""
+        ``model`` has answered us (see ``Local.speed_ratio <.local.Local.speed_ratio>()``)."""
         return self.local.speed_ratio(model)
 
     def network_models(self) -> set[str]:

@@ -5,12 +5,12 @@ that follows within ``grant_ttl`` runs without asking the policy again. An offlo
 an offer (or that no grant announced) is judged by the policy like a probe. Every request
 is refused while its peer has ``max_peer_inflight`` running here, while all peers together
 have ``max_peers_inflight``, or while the peer could not pay for one more
-(:meth:`CreditAccount.can_serve <wwwserve.market.credit.CreditAccount.can_serve>`).
+(``CreditAccount.can_serve <wwwserve.market.credit.CreditAccount.can_serve>()``).
 
 While an accepted request's answer is silent (queued behind others in the engine, or
 preempted and waiting to be prefilled again), the executor sends an empty keepalive chunk
 every ``keepalive_interval``, so a slow answer is not taken for a dead executor. The order
-of what it sends is :class:`~.protocol.ExecutorStream`'s.
+of what it sends is ``ExecutorStream``'s.
 """
 
 from __future__ import annotations

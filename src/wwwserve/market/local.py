@@ -1,8 +1,8 @@
 """What a node's two market roles share: its models, policy, credit, counters and speeds.
 
-The requester's placement (:mod:`.requester`) and the executor's service (:mod:`.executor`)
-both decide from the same :class:`~.policy.NodeView` of the same engines, count into the
-same counters, and wake the requests waiting for capacity (:meth:`Local.notify`).
+The requester's placement (``requester``) and the executor's service (``executor``)
+both decide from the same ``NodeView`` of the same engines, count into the
+same counters, and wake the requests waiting for capacity (``Local.notify()``).
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ class LocalModel:
     """A model this node serves: its name, engine, target token usage and its provider's
     sampling defaults (``gen_params``: applied where a request does not set a field).
 
-    Its :meth:`load` is the engine's last reading plus what was admitted since it
+    Its ``load()`` is the engine's last reading plus what was admitted since it
     (``count_admitted``): an engine's load is read every ``scrape_interval``, and a burst
-    decided on one reading would all land here. Each request admitted (:meth:`admit`, or
-    by :meth:`generate`) counts as one more running request holding the usage that a
+    decided on one reading would all land here. Each request admitted (``admit()``, or
+    by ``generate()``) counts as one more running request holding the usage that a
     running request held on the engine's readings, or as one more queued request once
     that estimate is at the target; its count ends when it finishes or when a new reading
     comes (which shows it, if it still runs).
@@ -74,7 +74,7 @@ class LocalModel:
 
     def admit(self) -> int:
         """Count one request admitted to the engine now; returns the token that
-        :meth:`release` takes when it is done (or was never sent)."""
+        ``release()`` takes when it is done (or was never sent)."""
         load = self.load()
         token = next(self._tokens)
         self._since[token] = not (load.token_usage < self.target_token_usage
@@ -88,7 +88,7 @@ class LocalModel:
     async def generate(self, request: CompletionRequest, emit: Emit, *,
                        admitted: int | None = None) -> Usage:
         """Run ``request`` on this model's engine, with this provider's defaults
-        (``admitted``: its :meth:`admit` token, if it was admitted before)."""
+        (``admitted``: its ``admit()`` token, if it was admitted before)."""
         token = self.admit() if admitted is None else admitted
         try:
             return await self.engine.generate(with_defaults(request, self.defaults), emit)
@@ -123,7 +123,7 @@ class Local:
 
     @property
     def changed(self) -> trio.Event:
-        """Set at the next :meth:`notify`."""
+        """Set at the next ``notify()``."""
         return self._changed
 
     def notify(self) -> None:

@@ -40,7 +40,7 @@ class ProbeReply(Message):
 class Offload(Message):
     """Run this request (an encoded CompletionRequest); ``route`` lists the nodes it passed.
 
-    The executor answers with a :class:`ProbeReply` first, then the answer's chunks. With
+    The executor answers with a ``ProbeReply`` first, then the answer's chunks. With
     ``offer`` the request was not probed first: the executor applies its accept policy and
     may refuse (``ProbeReply(accept=False)``, nothing more), which saves the requester the
     probe's round trip whenever the peer accepts.

@@ -6,11 +6,11 @@ queue locally with ``queue_frequency``; else wait for a change and decide again.
 peer's request with ``accept_frequency`` when the node's own users are not waiting and a
 model is idle. A config names a policy (``server_params.policy``): a registered name
 (``default_sglang``, ``default_vllm``) or a dotted path ``package.module:Class`` whose class
-takes the :class:`~wwwserve.config.ServerParams`.
+takes the ``ServerParams``.
 
-Wrappers change a policy's decisions without touching it: :class:`FixedStake` (a stake
-of exactly so many credits), :class:`ServePeersOnly` (run none of the node's own users'
-requests), :class:`Draining` (a node about to leave). Pass the result to
+Wrappers change a policy's decisions without touching it: ``FixedStake`` (a stake
+of exactly so many credits), ``ServePeersOnly`` (run none of the node's own users'
+requests), ``Draining`` (a node about to leave). Pass the result to
 ``Node(config, policy=...)``.
 """
 
@@ -54,7 +54,7 @@ class NodeView:
     balance: float
     stake: float
     #: how many times faster than the node's own engine the fastest live peer it has
-    #: measured answers (>= 1; 1 while unmeasured); see :class:`SpeedAwarePolicy`
+    #: measured answers (>= 1; 1 while unmeasured); see ``SpeedAwarePolicy``
     speed_ratio: float = 1.0
 
 
@@ -192,7 +192,7 @@ class FixedStake(PolicyWrapper):
         self.stake = stake
 
     def target_stake(self, view: NodeView) -> float:
-        """Always :attr:`stake`."""
+        """Always ``stake``."""
         return self.stake
 
 
@@ -218,7 +218,7 @@ class ServePeersOnly(PolicyWrapper):
 
 
 class Draining(PolicyWrapper):
-    """``inner`` until :meth:`drain`; then no peer's request is accepted and nothing is
+    """``inner`` until ``drain()``; then no peer's request is accepted and nothing is
     staked (a node about to leave finishes what it runs)."""
 
     def __init__(self, inner: Policy) -> None:

@@ -8,16 +8,16 @@ An offload stream carries, from the executor to the requester, in this order::
 where the chunks run until one with a ``finish_reason`` (the answer is whole), an empty
 chunk is a *keepalive* (the executor is at work but its answer is not moving), and the
 optional receipt is the executor's signature over the answer
-(:class:`~wwwserve.evidence.AnswerReceipt`). A probe stream carries one :class:`ProbeReply`.
+(``AnswerReceipt``). A probe stream carries one ``ProbeReply``.
 
 Each side is a small class that turns what it is given into what it should do, the way h11
-does for HTTP: :class:`RequesterStream` takes the frames an executor sent and returns
-events (:class:`Accepted`, :class:`Refused`, :class:`Data`, :class:`Keepalive`,
-:class:`Receipt`, :class:`Ended`, :class:`Broken`); :class:`ExecutorStream` takes the
+does for HTTP: ``RequesterStream`` takes the frames an executor sent and returns
+events (``Accepted``, ``Refused``, ``Data``, ``Keepalive``,
+``Receipt``, ``Ended``, ``Broken``); ``ExecutorStream`` takes the
 executor's decisions and chunks and returns the bytes to send. The I/O shells
-(:mod:`.requester`, :mod:`.executor`) only move bytes and time.
+(``requester``, ``executor``) only move bytes and time.
 
-States of the requester's side (:class:`Phase`)::
+States of the requester's side (``Phase``)::
 
     AWAIT_REPLY --accept--> STREAMING --final chunk--> AWAIT_END --end--> DONE
          |                      |                         |
@@ -26,7 +26,7 @@ States of the requester's side (:class:`Phase`)::
       REFUSED                 FAILED
 
 Anything else (a frame that is not the expected message, a second receipt, a frame after
-the end) is a :class:`~wwwserve.errors.ProtocolError` and leaves the stream FAILED; a
+the end) is a ``ProtocolError`` and leaves the stream FAILED; a
 stream that is over refuses every further input the same way. Misusing the executor's side
 (a chunk before the decision, a keepalive after the answer) raises the same error: it is a
 bug in the caller, never something a peer can cause.
@@ -167,7 +167,7 @@ class RequesterStream:
         return ProtocolError(why)
 
     def receive(self, frame: bytes) -> Event:
-        """What one frame from the executor means; raises :class:`ProtocolError` for a
+        """What one frame from the executor means; raises ``ProtocolError`` for a
         frame the protocol does not allow here."""
         phase = self.phase
         if phase in OVER:
@@ -224,7 +224,7 @@ class ProbeExchange:
         self.reply: ProbeReply | None = None
 
     def receive(self, frame: bytes) -> ProbeReply:
-        """The executor's reply; a second frame is a :class:`ProtocolError`."""
+        """The executor's reply; a second frame is a ``ProtocolError``."""
         if self.reply is not None:
             raise ProtocolError("more than one probe-reply")
         self.reply = decode(frame, expect=ProbeReply)

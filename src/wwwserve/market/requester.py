@@ -3,20 +3,20 @@
 A user's request is decided when it arrives; if the policy says neither run, offload nor
 queue, it waits for something to change (a local request finishing, a peer's heartbeat)
 and is decided again, until its deadline. Offloading draws ``candidates`` peers by stake
-(:func:`~wwwserve.sampling.weighted_sample`) among live peers serving the model, offers the
+(``weighted_sample()``) among live peers serving the model, offers the
 request to the first while probing the others, and streams the answer of the first that
-accepts back (:class:`~.protocol.RequesterStream` says what each frame means).
+accepts back (``RequesterStream`` says what each frame means).
 
 Failures: an executor that breaks or stalls (no chunk for ``stall_timeout``) is abandoned
 and the request decided again while its deadline allows. Streamed requests whose tokens
-already reached the user cannot be retried: they end with :class:`StreamBrokenError`.
+already reached the user cannot be retried: they end with ``StreamBrokenError``.
 Non-streamed requests are buffered per attempt, so a failed attempt leaves no trace.
 An answer counts once its last chunk (with its usage) arrived: if the executor's stream then
 breaks, or its receipt and end do not follow within ``probe_timeout``, the answer stands.
 A request is paid for once, only after it completed, by request id.
 
-A local engine that fails a request (:class:`~wwwserve.errors.EngineError`) rests for that
-request with capped exponential backoff (:mod:`.backoff`); meanwhile the request fails over
+A local engine that fails a request (``EngineError``) rests for that
+request with capped exponential backoff (``backoff``); meanwhile the request fails over
 to a peer whatever the policy's offload frequency, and after a few failures with nobody
 else to serve it the user gets the engine's verdict (a 429 stays a 429).
 """
@@ -73,7 +73,7 @@ logger = logging.getLogger(__name__)
 
 
 class AnswerSink(Protocol):
-    """Where one attempt's answer goes: the user (:class:`UserSink`) or a duel's tap."""
+    """Where one attempt's answer goes: the user (``UserSink``) or a duel's tap."""
 
     #: the answer is a duel's second copy (counted apart from offloaded requests)
     duel_copy: bool
@@ -138,7 +138,7 @@ REFUSED = _Refused()
 
 
 class DuelRunner(Protocol):
-    """Duel-and-judge as the requester sees it (see :mod:`wwwserve.duel.race`)."""
+    """Duel-and-judge as the requester sees it (see ``wwwserve.duel.race``)."""
 
     def want_duel(self) -> bool:
         """Duel this offloaded request?"""
@@ -151,7 +151,7 @@ class DuelRunner(Protocol):
         ...
 
 
-#: whole answers from peers a requester remembers (:attr:`Requester.delivered`)
+#: whole answers from peers a requester remembers (``Requester.delivered``)
 DELIVERED_RECORD = 4096
 
 
@@ -452,7 +452,7 @@ class Requester:
                        ) -> Usage | _Refused | None:
         """Send the request to ``executor`` and stream its answer into ``sink``.
 
-        Returns the usage, :data:`REFUSED` if the executor declined (nothing reached the
+        Returns the usage, ``REFUSED`` if the executor declined (nothing reached the
         user), or None if it failed after accepting.
         """
         params = self.params

@@ -1,9 +1,9 @@
 """Speed metering: each engine's decode speed, measured on the answers this node received.
 
-A :class:`Meter` times one answer's tokens from the first to the last; a :class:`SpeedBook`
+A ``Meter`` times one answer's tokens from the first to the last; a ``SpeedBook``
 keeps a moving average per engine (key: the executor's peer id, or our own for the local
 engine) and says how many times faster than ours the fastest live peer is
-(:attr:`NodeView.speed_ratio <wwwserve.market.policy.NodeView.speed_ratio>`).
+(``NodeView.speed_ratio <wwwserve.market.policy.NodeView.speed_ratio>``).
 """
 
 from __future__ import annotations

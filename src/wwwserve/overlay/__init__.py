@@ -1,7 +1,7 @@
-"""Peer-to-peer overlays: the :class:`Overlay` interface and its two implementations.
+"""Peer-to-peer overlays: the ``Overlay`` interface and its two implementations.
 
-:class:`MemoryOverlay` (on a :class:`MemoryNetwork`) runs in-process in virtual time;
-:class:`Libp2pOverlay` runs on py-libp2p. ``Libp2pOverlay`` is imported lazily, so simulations
+``MemoryOverlay`` (on a ``MemoryNetwork``) runs in-process in virtual time;
+``Libp2pOverlay`` runs on py-libp2p. ``Libp2pOverlay`` is imported lazily, so simulations
 never pay for importing libp2p.
 """
 

@@ -1,10 +1,10 @@
 """The Overlay interface: what node logic needs from a peer-to-peer network.
 
-Two implementations satisfy it: :class:`~wwwserve.overlay.Libp2pOverlay` (the real network)
-and :class:`~wwwserve.overlay.MemoryOverlay` (in-process, deterministic in virtual time, with
+Two implementations satisfy it: ``Libp2pOverlay`` (the real network)
+and ``MemoryOverlay`` (in-process, deterministic in virtual time, with
 fault injection). One conformance suite (``tests/overlay_conformance.py``) runs against both.
 
-Payloads are bytes; message encoding belongs to the protocols above (see :mod:`wwwserve.wire`).
+Payloads are bytes; message encoding belongs to the protocols above (see ``wwwserve.wire``).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class GossipMessage:
 
 
 class PeerEventKind(enum.Enum):
-    """Kinds of :class:`PeerEvent`."""
+    """Kinds of ``PeerEvent``."""
 
     CONNECTED = "connected"
     DISCONNECTED = "disconnected"
@@ -70,7 +70,7 @@ class ResponseSender(Protocol):
     """Given to a request handler to stream response chunks back to the requester."""
 
     async def send(self, chunk: bytes) -> None:
-        """Send one response chunk; raises :class:`PeerUnavailableError` if the requester left."""
+        """Send one response chunk; raises ``PeerUnavailableError`` if the requester left."""
         ...
 
 
@@ -91,7 +91,7 @@ Handler = Callable[[str, bytes, ResponseSender], Awaitable[None]]
 """A request handler: ``await handler(requester_peer_id, request_bytes, sender)``.
 
 The handler streams zero or more chunks with ``sender.send``; returning ends the response
-normally. If it raises, the requester gets a :class:`RemoteError` carrying the message (the
+normally. If it raises, the requester gets a ``RemoteError`` carrying the message (the
 handler's own exception never escapes into the overlay).
 """
 
@@ -99,8 +99,8 @@ handler's own exception never escapes into the overlay).
 class ResponseStream(Protocol):
     """Response chunks of one request, as an async iterator of bytes.
 
-    Iteration raises :class:`PeerUnavailableError` if the stream breaks, the peer vanishes or
-    no chunk arrives within the idle timeout, and :class:`RemoteError` if the handler failed.
+    Iteration raises ``PeerUnavailableError`` if the stream breaks, the peer vanishes or
+    no chunk arrives within the idle timeout, and ``RemoteError`` if the handler failed.
     It ends normally only when the handler finished.
     """
 
@@ -136,7 +136,7 @@ class Overlay(Protocol):
         ...
 
     def add_peer_addresses(self, peer_id: str, addresses: tuple[str, ...]) -> None:
-        """Remember how to reach ``peer_id``, so :meth:`request` can dial it on demand."""
+        """Remember how to reach ``peer_id``, so ``request()`` can dial it on demand."""
         ...
 
     def connected_peers(self) -> frozenset[str]:
@@ -177,7 +177,7 @@ class Overlay(Protocol):
         ...
 
     def peer_events(self) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[PeerEvent]]:
-        """Receive a :class:`PeerEvent` per connection opened or closed while open."""
+        """Receive a ``PeerEvent`` per connection opened or closed while open."""
         ...
 
 
@@ -214,7 +214,7 @@ class StreamCode(bytes, enum.Enum):
 
 
 def raise_for_frame(code: StreamCode, body: bytes, peer_id: str) -> bytes | None:
-    """Return a DATA body, None at END; raise :class:`RemoteError` for ERROR."""
+    """Return a DATA body, None at END; raise ``RemoteError`` for ERROR."""
     if code is StreamCode.DATA:
         return body
     if code is StreamCode.END:
@@ -225,7 +225,7 @@ def raise_for_frame(code: StreamCode, body: bytes, peer_id: str) -> bytes | None
 async def receive_with_idle_timeout(
     receive: Callable[[], Awaitable[_T]], idle_timeout: float, peer_id: str
 ) -> _T:
-    """Await ``receive()``, mapping a timeout to :class:`PeerUnavailableError`."""
+    """Await ``receive()``, mapping a timeout to ``PeerUnavailableError``."""
     with trio.move_on_after(idle_timeout):
         return await receive()
     raise PeerUnavailableError(

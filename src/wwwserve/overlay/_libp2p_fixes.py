@@ -1,6 +1,6 @@
 """Workarounds and guards for py-libp2p 0.8.1 (pinned: several touch its internals).
 
-:mod:`.libp2p` is the adapter; this module holds everything that changes py-libp2p's own
+``libp2p`` is the adapter; this module holds everything that changes py-libp2p's own
 behaviour, each with the reason and, where measured, the figure:
 
 - bigger per-peer RPC queues and subscription buffers (the defaults of 32 drop messages
@@ -10,13 +10,13 @@ behaviour, each with the reason and, where measured, the figure:
 - GossipSub meshes kept within their degree bounds (no opportunistic grafting);
 - py-libp2p's logger routed through the application's logging;
 - dialed sockets tracked so none outlives the overlay;
-- **guards on every parser of a stranger's bytes** (:func:`guard_host`): py-libp2p runs
+- **guards on every parser of a stranger's bytes** (``guard_host()``): py-libp2p runs
   its stream handlers (pubsub's RPC reader, identify, ping, ours) and pubsub's message
   tasks unguarded, so one malformed RPC (a length, then bytes that are no protobuf) made
   an exception escape the host's nursery and stop the process. Every inbound stream
   handler and every pubsub message task now runs under a guard: an exception that is not
   a cancellation ends that stream, the offending peer's connection is closed and the peer
-  is refused for :data:`BAN_SECONDS`; the node goes on.
+  is refused for ``BAN_SECONDS``; the node goes on.
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ class Offenders:
 
     Peer ids are free, so this only spares the node the cost of an offender that keeps
     coming back with the same key; the guard itself (a stream ended, a connection closed)
-    is what keeps the node up. Bounded: at most :data:`MAX_OFFENDERS` are remembered.
+    is what keeps the node up. Bounded: at most ``MAX_OFFENDERS`` are remembered.
     """
 
     def __init__(self, *, ban_s: float = BAN_SECONDS, max_entries: int = MAX_OFFENDERS,

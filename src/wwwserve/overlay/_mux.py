@@ -1,22 +1,22 @@
 """Many requests over one long-lived byte stream per peer and direction.
 
 Opening a libp2p stream costs a multistream-select negotiation (several round trips and
-~8 ms in py-libp2p), so :class:`~wwwserve.overlay.Libp2pOverlay` keeps one stream per peer
+~8 ms in py-libp2p), so ``Libp2pOverlay`` keeps one stream per peer
 and direction and multiplexes requests over it. Every frame is a length-prefixed
-(:func:`~wwwserve.wire.encode_frame`) record::
+(``encode_frame()``) record::
 
     kind (1 byte) | request id (4 bytes, big-endian) | body
 
 Requester to server: ``O`` opens request ``id`` (body: 2-byte protocol length, protocol
 name, request payload); ``C`` cancels it. Server to requester: ``D`` data chunk, ``E`` end,
-``X`` error (body: UTF-8 reason), the same codes as :class:`~._base.StreamCode`.
+``X`` error (body: UTF-8 reason), the same codes as ``StreamCode``.
 
-The module is written against :class:`ByteStream` (read / write / close / reset), so the
+The module is written against ``ByteStream`` (read / write / close / reset), so the
 protocol can be tested without a network.
 
 **Memory a peer can hold.** A frame that has started must be complete within
 ``partial_timeout`` (else the stream is reset), and the bytes of unfinished frames held by
-all streams that share a :class:`ReceiveBudget` stay under its limit (a stream that would
+all streams that share a ``ReceiveBudget`` stay under its limit (a stream that would
 pass it is reset). So a peer that opens streams and sends the first bytes of huge frames,
 then nothing, holds at most the budget, for at most the timeout.
 """
@@ -65,7 +65,7 @@ class ReceiveBudget:
 
     def move(self, old: int, new: int) -> None:
         """A stream's holding goes from ``old`` to ``new`` bytes; raises
-        :class:`ProtocolError` (and holds ``old`` still) if that passes the limit."""
+        ``ProtocolError`` (and holds ``old`` still) if that passes the limit."""
         if new > old and self.held - old + new > self.limit:
             self.refused += 1
             raise ProtocolError(f"unfinished frames would hold more than {self.limit} bytes")
@@ -75,7 +75,7 @@ class ReceiveBudget:
 class _Receiver:
     """Reads frames from one stream within its budget and its partial-frame deadline.
 
-    Call :meth:`release` when done with the stream (it gives the budget back).
+    Call ``release()`` when done with the stream (it gives the budget back).
     """
 
     def __init__(self, stream: ByteStream, max_frame: int, budget: ReceiveBudget,
@@ -89,7 +89,7 @@ class _Receiver:
 
     async def next_frame(self) -> bytes | None:
         """The next complete frame, or None when the stream ends; raises
-        :class:`ProtocolError` for bad framing, an exhausted budget or a frame not
+        ``ProtocolError`` for bad framing, an exhausted budget or a frame not
         finished within the timeout."""
         while (frame := self._decoder.next_frame()) is None:
             if self._held:
@@ -278,8 +278,8 @@ class _Response:
 class MuxClient:
     """The requester's end of one multiplexed stream to ``peer``.
 
-    Start :meth:`run` in a nursery; when it returns the stream is dead (``broken``) and every
-    request still waiting on it fails with :class:`PeerUnavailableError`.
+    Start ``run()`` in a nursery; when it returns the stream is dead (``broken``) and every
+    request still waiting on it fails with ``PeerUnavailableError``.
     """
 
     def __init__(

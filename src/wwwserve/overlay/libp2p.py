@@ -1,6 +1,6 @@
 """Libp2pOverlay: the real overlay on py-libp2p 0.8.1 (TCP, Noise, Yamux, GossipSub).
 
-This is the only module of wwwserve (with :mod:`._libp2p_fixes`, which holds the changes to
+This is the only module of wwwserve (with ``_libp2p_fixes``, which holds the changes to
 py-libp2p's own behaviour) that imports libp2p. The adapter: Noise and Yamux only, one
 connection per peer (no 250 ms dial stall), a 1 s GossipSub heartbeat with spam and
 eclipse protection off (all loopback peers share one IP), guarded stream handlers and
@@ -10,13 +10,13 @@ services stop.
 
 **Untrusted bytes.** Every inbound stream handler of the host (pubsub's RPC reader,
 identify, ping, the request multiplexer) and every pubsub message task runs under a
-guard (:func:`._libp2p_fixes.guard_host`): input that breaks a parser ends that stream,
+guard (``_libp2p_fixes.guard_host()``): input that breaks a parser ends that stream,
 closes the offender's connection and refuses it for a while; the node goes on. Every
 topic has a validator (a subscriber without its own gets one that drops what is empty or
 oversized), so nothing undecodable is relayed by a node that cannot read it.
 
 Requests are multiplexed over one long-lived libp2p stream per peer and direction
-(:mod:`._mux`): opening a stream per request costs a multistream-select negotiation, several
+(``_mux``): opening a stream per request costs a multistream-select negotiation, several
 times the round trip itself.
 """
 
@@ -93,7 +93,7 @@ def _map_dial_error(exc: BaseException, peer: str) -> PeerUnavailableError:
 
 
 class _Notifee(INotifee):
-    """Turns swarm connection callbacks into :class:`PeerEvent` (one per peer, not per conn)."""
+    """Turns swarm connection callbacks into ``PeerEvent`` (one per peer, not per conn)."""
 
     def __init__(self, overlay: Libp2pOverlay) -> None:
         self._overlay = overlay
@@ -125,7 +125,7 @@ class _Notifee(INotifee):
 
 
 class Libp2pOverlay:
-    """One node's overlay on py-libp2p (see :class:`~wwwserve.overlay.Overlay`).
+    """One node's overlay on py-libp2p (see ``Overlay``).
 
     ``listen`` takes multiaddrs such as ``/ip4/127.0.0.1/tcp/0`` (port 0 picks a free port).
     ``gossip_degree`` is GossipSub's D: each topic's mesh keeps between D - 1 and 2 D peers
@@ -164,7 +164,7 @@ class Libp2pOverlay:
         self.offenders = Offenders(clock=trio.current_time)
         self._drop_send, self._drop_receive = trio.open_memory_channel[ID](OFFENDER_QUEUE)
         #: bytes of unfinished frames that peers' request streams (in) and the answers to
-        #: ours (out) may hold, each side in all (see :mod:`._mux`)
+        #: ours (out) may hold, each side in all (see ``_mux``)
         self.receive_budget_in = ReceiveBudget()
         self.receive_budget_out = ReceiveBudget()
         self._mux_streams: dict[str, int] = {}

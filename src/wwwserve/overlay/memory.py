@@ -2,7 +2,7 @@
 
 One job: the simulated network (nodes, links, delivery scheduler and faults share one clock).
 
-A :class:`MemoryNetwork` holds the nodes, the connection graph and one delivery scheduler (a
+A ``MemoryNetwork`` holds the nodes, the connection graph and one delivery scheduler (a
 heap of timed deliveries served by a single task), so thousands of messages cost no tasks.
 Faults are knobs on the network: per-link latency and jitter (which reorders gossip), gossip
 loss and duplication, partitions, and node crash / restart.
@@ -11,7 +11,7 @@ Semantics mirror the libp2p overlay closely enough that one conformance suite ru
 
 - gossip reaches subscribed nodes in the publisher's connected component, after one link
   latency per hop (a flood over direct connections, as GossipSub's mesh does);
-- requests ride the same multiplexer as the libp2p overlay (:mod:`._mux`: one byte stream
+- requests ride the same multiplexer as the libp2p overlay (``_mux``: one byte stream
   per peer and direction, length-prefixed records) over simulated byte streams that deliver
   in order after the link latency; a crash or partition resets them;
 - dialing an unreachable peer fails after ``dial_failure_delay`` (libp2p: ~0.7 s).
@@ -132,7 +132,7 @@ class _Conn:
 
 
 class _End:
-    """One side of a :class:`_Conn`, the :class:`~._mux.ByteStream` the multiplexer runs on."""
+    """One side of a ``_Conn``, the ``ByteStream`` the multiplexer runs on."""
 
     def __init__(self, conn: _Conn, sender: MemoryOverlay, receiver: MemoryOverlay,
                  inbound: _Pipe, outbound: _Pipe) -> None:
@@ -179,9 +179,9 @@ class _End:
 
 
 class MemoryNetwork:
-    """An in-process network of :class:`MemoryOverlay` nodes with injectable faults.
+    """An in-process network of ``MemoryOverlay`` nodes with injectable faults.
 
-    Use as ``async with MemoryNetwork(seed=1) as net:``; make nodes with :meth:`node`.
+    Use as ``async with MemoryNetwork(seed=1) as net:``; make nodes with ``node()``.
     All randomness (loss, duplication, jitter) comes from ``random.Random(seed)``.
     """
 
@@ -325,7 +325,7 @@ class MemoryNetwork:
         """Split the network: peers in different groups cannot reach each other.
 
         Peers named in no group form one more group together. Connections across groups are
-        closed and their streams reset; :meth:`heal` lets peers dial each other again.
+        closed and their streams reset; ``heal()`` lets peers dial each other again.
         """
         self._group = {pid: i for i, g in enumerate(groups) for pid in g}
         for a in list(self._edges):
@@ -334,7 +334,7 @@ class MemoryNetwork:
                     self._drop_edge(a, b)
 
     def heal(self) -> None:
-        """Undo :meth:`partition` (connections are not re-opened by themselves)."""
+        """Undo ``partition()`` (connections are not re-opened by themselves)."""
         self._group = {}
 
     def crash(self, peer_id: str) -> None:
@@ -404,7 +404,7 @@ def _bind_deliver(node: MemoryOverlay, msg: GossipMessage) -> Callable[[], None]
 
 
 class MemoryOverlay:
-    """One node's overlay on a :class:`MemoryNetwork` (see :class:`~wwwserve.overlay.Overlay`)."""
+    """One node's overlay on a ``MemoryNetwork`` (see ``Overlay``)."""
 
     def __init__(self, network: MemoryNetwork, identity: Identity) -> None:
         self.network = network

@@ -1,6 +1,6 @@
 """Attacker strategies for deterministic simulation testing, and the invariants they test.
 
-In an adversarial run (:func:`wwwserve.sim.dst.run_seed` with ``adversarial=True``) the
+In an adversarial run (``wwwserve.sim.dst.run_seed()`` with ``adversarial=True``) the
 network's last node is compromised: it runs the honest node code (so it is funded, staked
 and proposes blocks) and, beside it, a few of these strategies, chosen by the seed. Each is
 what a red team did to real nodes:
@@ -17,7 +17,7 @@ what a red team did to real nodes:
 - ``lying_heartbeat``: heartbeats claiming absurd stake, credit and models;
 - ``stalled_sync``: answering sync requests with one stale block every 8 s.
 
-The invariants (:func:`check_honest_stakes`, :func:`check_bounds`) hold if every defence
+The invariants (``check_honest_stakes()``, ``check_bounds()``) hold if every defence
 works: an honest account loses stake only in a judged duel (as loser, outvoted judge, or a
 judge that committed and never revealed), never by a forfeit it cannot disprove; no honest
 account is slashed; what strangers can fill (pool, side blocks, the block file) stays
@@ -96,8 +96,8 @@ async def play(node: Node, strategies: Sequence[str], *, targets: Sequence[Targe
     """Run ``strategies`` from the running ``node`` against ``targets`` for ``duration`` s.
 
     ``stranger`` makes an overlay for a fresh identity (a newcomer without an account): a
-    :class:`~wwwserve.overlay.MemoryOverlay` of the simulated network, or
-    :class:`~wwwserve.overlay.Libp2pOverlay` against real processes.
+    ``MemoryOverlay`` of the simulated network, or
+    ``Libp2pOverlay`` against real processes.
     """
     plays: dict[str, Callable[[], Awaitable[None]]] = {
         "forged_settlement": lambda: _forge_settlements(node, targets, rng, duration),

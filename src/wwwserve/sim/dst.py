@@ -1,10 +1,10 @@
 """Deterministic simulation testing: seeded networks of real nodes with faults, and invariants.
 
-:func:`run_seed` builds, from one seed, a network of 5-12 real nodes with ledgers over the
+``run_seed()`` builds, from one seed, a network of 5-12 real nodes with ledgers over the
 in-memory overlay (trio's virtual time), drives a random workload through them while it
 injects random faults, heals everything, lets the ledger settle and checks the invariants:
 
-- every user request ended with an answer or a :class:`~wwwserve.errors.WWWServeError` by
+- every user request ended with an answer or a ``WWWServeError`` by
   its deadline (none hung, none raised anything else);
 - every replica's state holds exactly the genesis credit (credit is conserved);
 - all replicas agree on the finalized chain, and finality moves again once the faults are
@@ -12,10 +12,10 @@ injects random faults, heals everything, lets the ledger settle and checks the i
 - every whole answer a requester received from a peer is paid exactly once on the settled
   chain (60 virtual seconds after the heal), to that peer; no payment exists for an answer
   its payer did not receive whole, or that the payee's engine never produced
-  (:class:`PaymentAudit` gathers what was served and received, beside the market's code);
+  (``PaymentAudit`` gathers what was served and received, beside the market's code);
 - no balance or stake is negative.
 
-Adversarial runs (``adversarial=True``) add an attacker (:mod:`.attacks`) and two
+Adversarial runs (``adversarial=True``) add an attacker (``attacks``) and two
 invariants: an honest account loses stake only in a judged duel it lost (or was outvoted
 in, or committed to and never revealed), never to a forgery, and is never slashed; pools,
 side blocks, block files and peer tables stay within their bounds.
@@ -23,7 +23,7 @@ side blocks, block files and peer tables stay within their bounds.
 Faults: crash and restart with the node's on-disk chain, partitions and heals, gossip loss,
 duplication and reordering (jitter), slow and failing engines, skewed wall clocks. Everything
 comes from the seed, so a failing seed reproduces exactly: ``run(seed)`` again. Run under
-``trio.run(..., clock=MockClock(autojump_threshold=0))`` (see :func:`run`).
+``trio.run(..., clock=MockClock(autojump_threshold=0))`` (see ``run()``).
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ async def run_seed(seed: int, data_dir: Path, *, max_nodes: int = 12,
     """Run one seeded network with faults for ``duration`` virtual seconds; check it.
 
     Needs trio's virtual clock. ``data_dir`` receives the nodes' chains. ``adversarial``:
-    the last node also plays 2-4 attacker strategies (:mod:`.attacks`) and the honest
+    the last node also plays 2-4 attacker strategies (``attacks``) and the honest
     nodes' stakes and bounds are checked too.
     """
     rng = random.Random(seed)
@@ -388,6 +388,6 @@ def _check_payments(nodes: list[Node], audit: PaymentAudit, result: SeedResult, 
 
 
 def run(seed: int, data_dir: Path, **kw: Any) -> SeedResult:
-    """:func:`run_seed` in its own trio run under a virtual clock."""
+    """``run_seed()`` in its own trio run under a virtual clock."""
     return trio.run(lambda: run_seed(seed, data_dir, **kw),
                     clock=MockClock(autojump_threshold=0))

@@ -1,11 +1,11 @@
 """Duel studies in virtual time: networks of simulated providers of different quality.
 
-:func:`start` builds a network of real :class:`~wwwserve.node.Node` s over a
-:class:`~wwwserve.overlay.MemoryNetwork` with simulated engines and a private ledger;
-:class:`Network` drives user load from user-only nodes and reads the duels settled on the
+``start()`` builds a network of real ``Node`` s over a
+``MemoryNetwork`` with simulated engines and a private ledger;
+``Network`` drives user load from user-only nodes and reads the duels settled on the
 chain: per-class win rates (measured as calibrated: per pair of classes, over duels between
 different classes, ties half, averaged over the opponent classes) and credit.
-:func:`class_study` is the whole quality study, shared by the tests and ``bench/duels.py``.
+``class_study()`` is the whole quality study, shared by the tests and ``bench/duels.py``.
 """
 
 from __future__ import annotations
@@ -175,10 +175,10 @@ async def start(nursery: trio.Nursery, net: MemoryNetwork, specs: list[Spec], da
 
 @dataclass
 class StudyResult:
-    """What :func:`class_study` measured."""
+    """What ``class_study()`` measured."""
 
     #: each class's win rate (see the module docs), the cross-class duels behind them and
-    #: the per-pair results (to pool several runs with :func:`rates_from_pairs`)
+    #: the per-pair results (to pool several runs with ``rates_from_pairs()``)
     rates: dict[str, float]
     duels: int
     pairs: PairResults

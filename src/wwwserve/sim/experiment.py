@@ -1,7 +1,7 @@
 """Experiments: one workload served three ways, in trio's virtual time.
 
-A :class:`Scenario` (a YAML file: nodes with GPU profiles and policies, a workload, SLO
-thresholds) is turned into a deterministic list of requests (:func:`make_workload`), then
+A ``Scenario`` (a YAML file: nodes with GPU profiles and policies, a workload, SLO
+thresholds) is turned into a deterministic list of requests (``make_workload()``), then
 served, on identical copies of the simulated engines, by
 
 - ``single``: every node serves only its own users;
@@ -9,16 +9,16 @@ served, on identical copies of the simulated engines, by
   authors' rule (keep a request on its own node if that node's ``token_usage`` < 0.6, else
   send it to the node with the lowest ``token_usage``, ties by running + queued);
 - ``oracle``: a stronger global scheduler with perfect, instant knowledge: each request goes
-  to the engine where it would finish first (:meth:`SimEngine.estimate_completion`);
-- ``decentralized``: the real :class:`~wwwserve.node.Node` code (membership gossip, PoS
-  offloading, policies, credits) over :class:`~wwwserve.overlay.MemoryNetwork`.
+  to the engine where it would finish first (``SimEngine.estimate_completion()``);
+- ``decentralized``: the real ``Node`` code (membership gossip, PoS
+  offloading, policies, credits) over ``MemoryNetwork``.
 
-Each run yields one :class:`Record` per request; :func:`summarize` computes SLO attainment
+Each run yields one ``Record`` per request; ``summarize()`` computes SLO attainment
 (the share of *all* requests finished within each threshold; a failed request never meets
 an SLO), latency percentiles and time to first token.
 
-The parts: :mod:`.scenario` (the YAML model), :mod:`.workload` (requests), :mod:`.run`
-(the four ways), :mod:`.report` (figures, tables, plots); this module gathers them.
+The parts: ``scenario`` (the YAML model), ``workload`` (requests), ``run``
+(the four ways), ``report`` (figures, tables, plots); this module gathers them.
 """
 
 from .report import (

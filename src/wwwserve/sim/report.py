@@ -113,7 +113,7 @@ def per_node(scenario: Scenario, records: Sequence[Record]) -> list[dict[str, An
 
 
 def per_node_markdown(scenario: Scenario, records: Sequence[Record]) -> str:
-    """The :func:`per_node` rows as a markdown table."""
+    """The ``per_node()`` rows as a markdown table."""
     lines = ["| node | profile | stake | accept | requests | ran own | ran for others "
              "| mean latency (s) |", "|---|---|---|---|---|---|---|---|"]
     for r in per_node(scenario, records):

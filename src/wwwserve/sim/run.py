@@ -326,7 +326,7 @@ def run_strategy(scenario: Scenario, strategy: str, seed: int = 0, *,
                  timelines: Timelines | None = None) -> list[Record]:
     """Serve the scenario's workload with ``strategy`` in virtual time; one record each.
 
-    With ``timelines``, it is filled per node with samples every :data:`TIMELINE_INTERVAL`
+    With ``timelines``, it is filled per node with samples every ``TIMELINE_INTERVAL``
     seconds: ``[time, token_usage, running, queued, stake, credit]`` (stake and credit are
     the node's own in the decentralized strategy, 0 in the others).
     """

@@ -1,13 +1,13 @@
 """Test helpers for integrators and for wwwserve's own tests.
 
-- :class:`MemoryTestnet`: real nodes with simulated engines over an in-memory network, in
+- ``MemoryTestnet``: real nodes with simulated engines over an in-memory network, in
   trio's virtual time (deterministic for a seed; a minute of traffic in milliseconds).
-- :class:`ProcessTestnet`: node processes with sim-engine processes on loopback, a private
+- ``ProcessTestnet``: node processes with sim-engine processes on loopback, a private
   genesis, real libp2p (what ``wwwserve testnet`` runs).
-- :class:`ChildProcess`: one ``python -m wwwserve ...`` child speaking JSON lines.
-- :func:`signed_duel`: a duel settlement with real signed evidence.
+- ``ChildProcess``: one ``python -m wwwserve ...`` child speaking JSON lines.
+- ``signed_duel()``: a duel settlement with real signed evidence.
 
-Installing wwwserve registers a pytest plugin (:mod:`wwwserve.testing.pytest_plugin`)
+Installing wwwserve registers a pytest plugin (``wwwserve.testing.pytest_plugin``)
 with two fixtures: ``memory_testnet`` (virtual time) and ``process_testnet`` (real
 processes), each a factory used as ``async with memory_testnet(4, ...) as net:``.
 """

@@ -43,9 +43,9 @@ FAST_MEMBERSHIP = MembershipParams(heartbeat_interval=1.0, suspect_timeout=2.5,
 
 
 class MemoryTestnet:
-    """``n`` real :class:`~wwwserve.node.Node`\\ s over a :class:`MemoryNetwork`.
+    """``n`` real ``Node``\\ s over a ``MemoryNetwork``.
 
-    Each node has one :class:`~wwwserve.engines.SimEngine`. It runs under trio's virtual
+    Each node has one ``SimEngine``. It runs under trio's virtual
     clock (with pytest-trio, the test takes the ``autojump_clock`` fixture), where a minute
     of network time takes milliseconds and every run of a seed is the same::
 
@@ -54,13 +54,13 @@ class MemoryTestnet:
             assert net.nodes[0].dispatcher.stats["offloaded"] == 1
 
     Per-node settings take one value for all nodes or a list with one per node.
-    Credits: a shared in-memory :class:`~wwwserve.market.CreditBook` (``net.book``), or,
+    Credits: a shared in-memory ``CreditBook`` (``net.book``), or,
     with ``ledger=True``, a genesis (``net.genesis``) and each node's real ledger
     (chains on disk under ``data_dir``, required then). ``stake`` pins each node's stake
     (default: nodes re-target it from their load, as in production). ``clock_skew`` offsets
     a node's wall clock (seconds); ``engine_wrapper(k, engine)`` may wrap node ``k``'s
     engine (to inject faults), ``policy_wrapper(k, policy)`` its policy (see
-    :class:`~wwwserve.market.PolicyWrapper`), and ``local_state(k, node)`` return what it
+    ``PolicyWrapper``), and ``local_state(k, node)`` return what it
     announces instead of the truth (a liar); ``dispatch`` sets the dispatcher's knobs.
     Entering the block waits until every node sees every other.
     """
@@ -194,7 +194,7 @@ class MemoryTestnet:
             data_dir=(self.data_dir or Path(".wwwserve")) / f"node{k}")
 
     async def start_node(self, k: int) -> Node:
-        """Start node ``k`` (again, after :meth:`stop_node`: same identity, fresh engine)."""
+        """Start node ``k`` (again, after ``stop_node()``: same identity, fresh engine)."""
         assert self._nursery is not None
         ident = self.identities[k]
         engine = SimEngine(get_profile(self.profiles[k]), models=(self.model,),

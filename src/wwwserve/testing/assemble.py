@@ -1,7 +1,7 @@
 """The one assembler of simulated nodes: a node's config and its Node on a MemoryNetwork.
 
-:class:`~.MemoryTestnet`, the experiments (:mod:`wwwserve.sim.run`) and the duel studies
-(:mod:`wwwserve.sim.duels`) all build their nodes here, so a simulated node differs from
+``MemoryTestnet``, the experiments (``wwwserve.sim.run``) and the duel studies
+(``wwwserve.sim.duels``) all build their nodes here, so a simulated node differs from
 another only by what its caller chose (its engine, policy, credit, clock and RNG), never by
 how it was put together.
 """

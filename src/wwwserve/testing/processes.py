@@ -1,6 +1,6 @@
 """Multi-process testnets on loopback: the process supervisor behind ``wwwserve testnet``.
 
-A :class:`ProcessTestnet` starts N ``wwwserve node`` processes, each in front of its own
+A ``ProcessTestnet`` starts N ``wwwserve node`` processes, each in front of its own
 ``wwwserve sim-engine`` process (or of engine URLs you give), with fresh keys, a private
 genesis, bootstrap through the first node, and waits until every node sees every other::
 
@@ -10,8 +10,8 @@ genesis, bootstrap through the first node, and waits until every node sees every
         print(await net.status(0))   # the node's /status JSON
 
 Leaving the block stops every child (SIGTERM, then SIGKILL after a grace period), also on
-an error or Ctrl-C. :mod:`.workload` drives requests through the gateways and
-:mod:`.report` summarises them.
+an error or Ctrl-C. ``workload`` drives requests through the gateways and
+``report`` summarises them.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class ChildProcess:
     async def start(self, nursery: trio.Nursery, within: float = 30.0) -> dict[str, Any]:
         """Start the process and return its ``started`` event.
 
-        Raises :class:`TestnetError` if the child exits or stays silent for ``within`` s.
+        Raises ``TestnetError`` if the child exits or stays silent for ``within`` s.
         """
         stderr: Any = None
         if self.log is not None:
@@ -193,7 +193,7 @@ def rss_bytes(pid: int, *, peak: bool = False) -> int | None:
 
 @dataclass
 class TestnetNode:
-    """One node of a :class:`ProcessTestnet` and its engine."""
+    """One node of a ``ProcessTestnet`` and its engine."""
 
     index: int
     name: str

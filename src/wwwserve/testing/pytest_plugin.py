@@ -1,6 +1,6 @@
 """pytest fixtures for networks of wwwserve nodes (registered when wwwserve is installed).
 
-``memory_testnet``: a factory for :class:`~wwwserve.testing.MemoryTestnet` that keeps
+``memory_testnet``: a factory for ``MemoryTestnet`` that keeps
 ledgers under the test's ``tmp_path``. The network runs in trio's virtual time, so the test
 also takes pytest-trio's ``autojump_clock`` (pytest-trio only takes a clock from the test's
 own arguments; without one, entering the testnet raises a ConfigError saying so)::
@@ -10,7 +10,7 @@ own arguments; without one, entering the testnet raises a ConfigError saying so)
             await net.burst(0, 20)
             assert net.nodes[0].dispatcher.stats["offloaded"] > 0
 
-``process_testnet``: a factory for :class:`~wwwserve.testing.ProcessTestnet` (real node and
+``process_testnet``: a factory for ``ProcessTestnet`` (real node and
 sim-engine processes on loopback, files under ``tmp_path``); every child is stopped when
 the block ends::
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 def memory_testnet(tmp_path: Path) -> Callable[..., MemoryTestnet]:
-    """Factory of in-memory testnets in virtual time (see :class:`MemoryTestnet`)."""
+    """Factory of in-memory testnets in virtual time (see ``MemoryTestnet``)."""
     from . import MemoryTestnet
 
     return functools.partial(MemoryTestnet, data_dir=tmp_path / "memory-testnet")
@@ -45,7 +45,7 @@ def memory_testnet(tmp_path: Path) -> Callable[..., MemoryTestnet]:
 
 @pytest.fixture
 def process_testnet(tmp_path: Path) -> Callable[..., ProcessTestnet]:
-    """Factory of multi-process loopback testnets (see :class:`ProcessTestnet`)."""
+    """Factory of multi-process loopback testnets (see ``ProcessTestnet``)."""
     from . import ProcessTestnet
 
     return functools.partial(ProcessTestnet, root=tmp_path / "process-testnet")

@@ -16,7 +16,7 @@ __all__ = ["SLO_THRESHOLDS", "Report", "report"]
 
 @dataclass
 class Report:
-    """What a testnet run measured (see :func:`report`)."""
+    """What a testnet run measured (see ``report()``)."""
 
     requests: int
     ok: int

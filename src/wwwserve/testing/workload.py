@@ -1,4 +1,4 @@
-"""Workloads for a :class:`~.processes.ProcessTestnet`: requests through the gateways."""
+"""Workloads for a ``ProcessTestnet``: requests through the gateways."""
 
 from __future__ import annotations
 
