@@ -112,7 +112,8 @@ async def test_load_rises_under_a_burst_and_returns_to_idle(vllm: VLLMServer) ->
             peak.update(running=max(peak["running"], load.running),
                         queued=max(peak["queued"], load.queued),
                         usage=max(peak["usage"], load.token_usage))
-            return load.running >= 1 and load.running + load.queued >= 6
+            # some running and some waiting: both gauges move (the pool seats ~3)
+            return load.running >= 1 and load.queued >= 1 and load.running + load.queued >= 4
 
         with trio.fail_after(180):
             async with trio.open_nursery() as nursery:
@@ -120,7 +121,7 @@ async def test_load_rises_under_a_burst_and_returns_to_idle(vllm: VLLMServer) ->
                 # 48 requests of ~900 tokens each want 43,000 of the pool's 2,048 KV tokens
                 # (~15 s of work): how many run at once varies (1 to 4 seen), but many wait
                 await wait_until(loaded, within=60,
-                                 what="a reading of the burst with 6 or more requests")
+                                 what="a reading of the burst, some running and some waiting")
 
         def idle() -> bool:
             load = engine.load()
