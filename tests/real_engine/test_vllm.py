@@ -92,8 +92,6 @@ async def test_load_rises_under_a_burst_and_returns_to_idle(vllm: VLLMServer) ->
     # load scrapes on a 2-core machine (the readings are what is under test); and patient
     # scrapes: under the burst vLLM's own front end answers /metrics seconds late
     async with driver(vllm, unstreamed_max_tokens=1000, scrape_timeout=60) as engine:
-        peak = {"running": 0, "queued": 0, "usage": 0.0}
-
         async def one(i: int) -> None:
             await run(engine, CompletionRequest(request_id=f"b{i}", model=MODEL,
                                                 prompt=" ".join(str(j * i) for j in range(120)),
@@ -109,9 +107,6 @@ async def test_load_rises_under_a_burst_and_returns_to_idle(vllm: VLLMServer) ->
                 load = await engine.scrape()
             except EngineUnavailableError:  # a busy vLLM's front end: read again
                 return False
-            peak.update(running=max(peak["running"], load.running),
-                        queued=max(peak["queued"], load.queued),
-                        usage=max(peak["usage"], load.token_usage))
             # some running and some waiting: both gauges move (the pool seats ~3)
             return load.running >= 1 and load.queued >= 1 and load.running + load.queued >= 4
 

@@ -151,7 +151,13 @@ class _Member(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         body = {"/v1/models": {"object": "list", "data": [{"id": "served/qwen"}]},
-                "/status": {"peer_id": PEER, "addresses": [f"/ip4/127.0.0.1/tcp/5999/p2p/{PEER}"]}
+                "/status": {"peer_id": PEER,
+                            "addresses": [f"/ip4/127.0.0.1/tcp/5999/p2p/{PEER}"]},
+                # what a hostile or broken member may answer instead
+                "/odd/status": {"addresses": "/ip4/127.0.0.1/tcp/5999"},
+                "/bare/status": {"addresses": ["/ip4/127.0.0.1/tcp/5999"], "peer_id": 7},
+                "/big/status": {"addresses": ["x" * (2 << 20)]},
+                "/odd/v1/models": {"data": {"id": "x"}},
                 }.get(self.path)
         data = json.dumps(body).encode()
         self.send_response(200 if body else 404)
@@ -197,6 +203,22 @@ def test_a_node_from_flags_alone_finds_its_model_and_a_member(
     assert data["network"]["bootstrap"] == [f"/ip4/127.0.0.1/tcp/5999/p2p/{PEER}"]
     assert data["gateway"] == {"host": "127.0.0.1", "port": 9101, "api_key": "k"}
     assert data["node"] == {"data_dir": "d"}
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--bootstrap", "{m}/odd"], "--bootstrap: the node at {m}/odd gave no address"),
+    (["--bootstrap", "{m}/bare"], "--bootstrap: the node at {m}/bare gave no address"),
+    (["--bootstrap", "{m}/big"], "answer larger than 1048576 bytes"),
+    (["--engine", "{m}/odd"], "--model: not given, and the engine at {m}/odd lists no model"),
+])
+def test_what_a_member_or_an_engine_answers_is_checked(
+        member: str, capsys: pytest.CaptureFixture[str], argv: list[str], says: str) -> None:
+    argv = [a.format(m=member) for a in argv]
+    if "--engine" not in argv:
+        argv += ["--engine", member]
+    assert main(["node", *argv, "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wwwserve node: error: ") and says.format(m=member) in err, err
 
 
 def test_flags_win_over_variables_and_variables_over_the_file(

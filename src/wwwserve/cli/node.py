@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import random
 import signal
@@ -78,28 +79,37 @@ def _flag_values(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[s
     return values
 
 
+#: the most a member's /status or an engine's /v1/models may send back at start-up
+MAX_FETCH_BYTES = 1 << 20
+
+
 def _fetch_json(url: str) -> Any:
+    """``url``'s JSON, read up to ``MAX_FETCH_BYTES`` (a URL the user gave, but the
+    server behind it may be anyone's)."""
     import httpx
 
     try:
-        resp = httpx.get(url, timeout=10.0)
-        resp.raise_for_status()
-        return resp.json()
+        with httpx.stream("GET", url, timeout=10.0) as resp:
+            resp.raise_for_status()
+            body = bytearray()
+            for chunk in resp.iter_bytes():
+                body += chunk
+                if len(body) > MAX_FETCH_BYTES:
+                    raise ValueError(f"answer larger than {MAX_FETCH_BYTES} bytes")
+        return json.loads(body)
     except (httpx.HTTPError, ValueError) as exc:
         raise ConfigError(f"{url}: {type(exc).__name__}: {exc}") from None
 
 
 def _served_model(engine: str) -> str:
     """The one model the engine at ``engine`` lists on its /v1/models."""
-    url = engine.rstrip("/").removesuffix("/v1") + "/v1/models"
+    from ..engines.http import listed_models, root_url
+
     try:
-        data = _fetch_json(url)
+        names = listed_models(_fetch_json(root_url(engine) + "/v1/models"))
     except ConfigError as exc:
         raise ConfigError(f"--model: not given, and the engine did not say what it serves "
                           f"({exc})") from None
-    listed = data.get("data") if isinstance(data, dict) else None
-    names: list[str] = [m["id"] for m in listed or () if isinstance(m, dict)
-                        and isinstance(m.get("id"), str) and m["id"]]
     if len(names) != 1:
         raise ConfigError(f"--model: not given, and the engine at {engine} lists "
                           f"{', '.join(names[:8]) or 'no model'}; say which one")
@@ -107,14 +117,17 @@ def _served_model(engine: str) -> str:
 
 
 def _member_address(addr: str) -> str:
-    """A bootstrap address: a multiaddr as given, or from a member gateway's /status."""
+    """A bootstrap address: a multiaddr as given, or from a member gateway's /status
+    (the config's check of every bootstrap address then applies to it)."""
     if not addr.startswith(("http://", "https://")):
         return addr
     status = _fetch_json(addr.rstrip("/") + "/status")
     found = status.get("addresses") if isinstance(status, dict) else None
-    if not found or not isinstance(found[0], str):
+    first = found[0] if isinstance(found, list) and found else None
+    peer = status.get("peer_id") if isinstance(status, dict) else None
+    if not isinstance(first, str) or ("/p2p/" not in first and not isinstance(peer, str)):
         raise ConfigError(f"--bootstrap: the node at {addr} gave no address in its /status")
-    return f"{found[0]}/p2p/{status['peer_id']}" if "/p2p/" not in found[0] else found[0]
+    return first if "/p2p/" in first else f"{first}/p2p/{peer}"
 
 
 def node_config_data(args: argparse.Namespace, environ: Mapping[str, str]

@@ -140,9 +140,19 @@ def _check(resp: httpx.Response) -> None:
         raise EngineUnavailableError(f"HTTP {resp.status_code} from {resp.request.url}")
 
 
-def _root(base_url: str) -> str:
+def root_url(base_url: str) -> str:
+    """An engine's URL without a trailing ``/v1`` (both forms are accepted)."""
     url = base_url.rstrip("/")
     return url[:-3] if url.endswith("/v1") else url
+
+
+def listed_models(data: object) -> list[str]:
+    """The model names in a ``/v1/models`` answer (anything malformed lists none)."""
+    listed = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(listed, list):
+        return []
+    return [m["id"] for m in listed
+            if isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"]]
 
 
 class HTTPEngine:
@@ -178,7 +188,7 @@ class HTTPEngine:
         if kind != "auto" and kind not in METRIC_NAMES:
             raise ValueError(f"unknown engine kind {kind!r}; one of auto, "
                              f"{', '.join(sorted(METRIC_NAMES))}")
-        self.base_url = _root(base_url)
+        self.base_url = root_url(base_url)
         self.model = model
         self.served_model = served_model or model
         #: the engine's kind: ``auto`` until the first /metrics read tells
@@ -389,10 +399,8 @@ class HTTPEngine:
             return  # down: asked again at the next refresh
         self._discover = False
         try:
-            data = resp.json().get("data") if resp.status_code == 200 else None
-            names = [m["id"] for m in data or () if isinstance(m, dict)
-                     and isinstance(m.get("id"), str)]
-        except (ValueError, AttributeError, TypeError):
+            names = listed_models(resp.json()) if resp.status_code == 200 else []
+        except ValueError:
             return  # no list to go by: the configured name it is
         if not names or self.model in names:
             return
